@@ -1,0 +1,3 @@
+"""Tante Emma: open-source, AI-driven marketing automation."""
+
+__version__ = "0.1.0"

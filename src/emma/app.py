@@ -1,0 +1,47 @@
+"""The HTTP application: every domain's router, error handlers, health."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from emma import __version__
+from emma.config import Settings, get_settings
+from emma.db import make_engine, make_sessionmaker
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for the given settings (nothing is created at import time)."""
+    settings = settings or get_settings()
+    app = FastAPI(title="Tante Emma", version=__version__)
+    engine = make_engine(settings.database_url, echo=settings.echo_sql)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+    app.state.key_cache = {}
+    app.state.write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    from emma.ingest.router import router as ingest_router
+    from emma.profiles.router import router as customers_router
+
+    app.include_router(ingest_router)
+    app.include_router(customers_router)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "reason": e["msg"]}
+                  for e in exc.errors()]
+        return JSONResponse({"success": False, "errors": errors}, status_code=400)
+
+    @app.get("/health", tags=["health"])
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.on_event("shutdown")
+    def _dispose() -> None:
+        engine.dispose()
+
+    return app

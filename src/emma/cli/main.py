@@ -1,0 +1,132 @@
+"""The `emma` command: one typer sub-app per domain."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from emma.cli.common import cli_session, console, err_console
+from emma.config import get_settings
+
+app = typer.Typer(help="Tante Emma: AI-driven marketing automation.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+customers_app = typer.Typer(help="Customers.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(customers_app, name="customers")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Migrate the database (EMMA_DATABASE_URL) to the latest schema."""
+    from emma.db import upgrade
+
+    url = get_settings().database_url
+    upgrade(url, revision)
+    console.print(f"[green]database at {revision}[/green]: {url}")
+
+
+@keys_app.command("create")
+def keys_create(kind: str = typer.Argument(..., help="write | admin"), name: str = typer.Option(None)) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+    from emma.auth import service as auth
+
+    if kind not in auth.KINDS:
+        err_console.print(f"[red]kind: must be one of {', '.join(auth.KINDS)}[/red]")
+        raise typer.Exit(2)
+    with cli_session() as session:
+        key = auth.create_key(session=session, kind=kind, name=name)
+    console.print(key, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (prefix, kind, created, revoked)."""
+    from emma.auth import service as auth
+
+    table = Table("prefix", "kind", "name", "created", "revoked")
+    with cli_session() as session:
+        for k in auth.list_keys(session=session):
+            table.add_row(k.prefix, k.kind, k.name or "", str(k.created_at), str(k.revoked_at or ""))
+    console.print(table)
+
+
+@customers_app.command("show")
+def customers_show(ref: str, as_json: bool = typer.Option(False, "--json", help="print JSON"),
+                   events: int = typer.Option(10, help="how many recent events")) -> None:
+    """A customer: profile, identities, consents, cart, last events, orders."""
+    from emma.profiles.exceptions import CustomerNotFound
+    from emma.profiles.views import customer_view
+
+    with cli_session() as session:
+        try:
+            view = customer_view(session=session, ref=ref, events=events)
+        except CustomerNotFound as exc:
+            err_console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps(view, indent=2, ensure_ascii=False, default=str))
+        return
+    _print_view(view)
+
+
+def _print_view(view: dict) -> None:  # type: ignore[type-arg]
+    p = view["profile"]
+    name = " ".join(x for x in (p["first_name"], p["last_name"]) if x) or "(no name)"
+    console.rule(f"[bold]{name}[/bold]  #{p['id']}  {p['external_id'] or 'anonymous'}")
+    prof = Table(show_header=False, box=None)
+    for k, v in p.items():
+        if v not in (None, {}, ""):
+            prof.add_row(k, str(v))
+    console.print(prof)
+    for title, rows, cols in (
+        ("identities", view["identities"], ("kind", "value")),
+        ("consents", view["consents"], ("purpose", "status", "source", "recorded_at")),
+        ("orders", view["orders"], ("order_id", "ordered_at", "status", "revenue")),
+        ("events", view["events"], ("timestamp", "type", "name")),
+    ):
+        if rows:
+            t = Table(*cols, title=title, title_justify="left")
+            for r in rows:
+                t.add_row(*(str(r.get(c) or "") for c in cols))
+            console.print(t)
+    for cart in view["carts"]:
+        t = Table("sku", "quantity", "price", title=f"cart {cart['cart_id']} ({cart['status']})", title_justify="left")
+        for it in cart["items"]:
+            t.add_row(it["sku"], str(it["quantity"]), str(it["price"]))
+        console.print(t)
+    if view["wishlist"]:
+        console.print("wishlist: " + ", ".join(view["wishlist"]))
+
+
+@app.command("serve")
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the HTTP API (and, as they come, the dashboard and the embedded worker)."""
+    import uvicorn
+
+    from emma.app import create_app
+
+    console.print(f"Tante Emma at [link]http://{host}:{port}[/link]  (docs: /docs)")
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+
+
+def _register_optional() -> None:
+    """Sub-apps of domains that live in their own modules."""
+    import importlib
+
+    for module, name in (("emma.cli.importer", "import"), ("emma.cli.demo", "demo")):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        sub = mod.app
+        if isinstance(sub, typer.Typer):
+            app.add_typer(sub, name=name)
+
+
+_register_optional()

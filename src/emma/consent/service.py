@@ -1,0 +1,68 @@
+"""Consent per customer and purpose; every change is appended to the audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from emma.consent.exceptions import InvalidConsent
+from emma.consent.models import PURPOSES, STATUSES, Consent, ConsentLog
+from emma.db import utcnow
+
+# Channel -> the purpose whose consent a marketing message on it needs.
+CHANNEL_PURPOSE = {"email": "email_marketing", "sms": "sms_marketing", "push": "push", "ads": "ads",
+                   "onsite": "personalization"}
+
+
+def validate(*, purpose: str, status: str) -> None:
+    """Reject unknown purposes and statuses with the field that is wrong."""
+    if purpose not in PURPOSES:
+        raise InvalidConsent("purpose", f"unknown purpose {purpose!r}; one of {', '.join(PURPOSES)}")
+    if status not in STATUSES:
+        raise InvalidConsent("status", f"unknown status {status!r}; one of {', '.join(STATUSES)}")
+
+
+def record(*, session: Session, customer_id: int, purpose: str, status: str, source: str,
+           recorded_at: dt.datetime | None = None, text_version: str | None = None) -> bool:
+    """Record a consent decision; returns False when it changes nothing (same status, or older than current)."""
+    validate(purpose=purpose, status=status)
+    recorded_at = recorded_at or utcnow()
+    current = session.scalar(select(Consent).where(Consent.customer_id == customer_id,
+                                                   Consent.purpose == purpose))
+    if current is not None:
+        if current.recorded_at > recorded_at:
+            return False  # a stale decision must not overwrite a newer one
+        if (current.status, current.source, current.text_version, current.recorded_at) == (
+                status, source, text_version, recorded_at):
+            return False  # replayed import: idempotent
+    previous = current.status if current else None
+    if current is None:
+        session.add(Consent(customer_id=customer_id, purpose=purpose, status=status, source=source,
+                            text_version=text_version, recorded_at=recorded_at))
+    else:
+        current.status, current.source = status, source
+        current.text_version, current.recorded_at = text_version, recorded_at
+    session.add(ConsentLog(customer_id=customer_id, purpose=purpose, status=status, previous_status=previous,
+                           source=source, text_version=text_version, recorded_at=recorded_at,
+                           logged_at=utcnow()))
+    return True
+
+
+def status_of(*, session: Session, customer_id: int) -> dict[str, str]:
+    """Current status per purpose (purposes never decided are absent)."""
+    rows = session.execute(select(Consent.purpose, Consent.status).where(Consent.customer_id == customer_id))
+    return dict(rows.all())
+
+
+def allows(*, session: Session, customer_id: int, purpose: str) -> bool:
+    """True only for an explicit, confirmed grant (pending double opt-in is not consent)."""
+    return session.scalar(select(Consent.status).where(Consent.customer_id == customer_id,
+                                                       Consent.purpose == purpose)) == "granted"
+
+
+def history(*, session: Session, customer_id: int) -> list[ConsentLog]:
+    """The audit log of the customer's consent, oldest first."""
+    return list(session.scalars(select(ConsentLog).where(ConsentLog.customer_id == customer_id)
+                                .order_by(ConsentLog.recorded_at, ConsentLog.id)))

@@ -1,0 +1,245 @@
+"""Ingestion: validate Segment messages, resolve identities, store events once, update derived state."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from emma.catalog import service as catalog
+from emma.config import Settings, get_settings
+from emma.consent import service as consent
+from emma.consent.models import PURPOSES
+from emma.db import utcnow
+from emma.ingest.models import Event
+from emma.ingest.schemas import (
+    ORDER_STATUS_EVENTS,
+    FieldError,
+    IngestResult,
+    Message,
+    Rejected,
+    derived_message_id,
+    ecommerce_errors,
+    validation_errors,
+)
+from emma.orders import service as orders
+from emma.profiles import service as profiles
+from emma.profiles.models import Customer
+
+_CHUNK = 500
+
+
+def _sku(p: dict[str, Any]) -> str:
+    return str(p.get("sku") or p.get("product_id"))
+
+
+def _money(v: Any) -> Decimal | None:
+    if v is None:
+        return None
+    try:
+        return Decimal(str(v)).quantize(Decimal("0.01"))
+    except InvalidOperation:
+        return None
+
+
+def parse(raw: Any, *, index: int | None = None, settings: Settings | None = None,
+          received_at: dt.datetime | None = None) -> Message | list[FieldError]:
+    """Validate one raw message; the list of field errors when it is not acceptable."""
+    settings = settings or get_settings()
+    received_at = received_at or utcnow()
+    if not isinstance(raw, dict):
+        return [FieldError(field="", reason="message must be a JSON object")]
+    try:
+        msg = Message.model_validate(raw)
+    except ValidationError as exc:
+        return validation_errors(exc)
+    errs = ecommerce_errors(msg)
+    if errs:
+        return errs
+    if msg.timestamp is None:
+        # Segment's clock-skew correction: the device clock may be wrong, the gap it measured is not.
+        if msg.originalTimestamp is not None and msg.sentAt is not None:
+            msg.timestamp = received_at - (msg.sentAt - msg.originalTimestamp)
+        else:
+            msg.timestamp = msg.originalTimestamp or received_at
+    if (msg.timestamp - received_at).total_seconds() > settings.max_future_skew_seconds:
+        return [FieldError(field="timestamp", reason="is too far in the future "
+                           f"(more than {settings.max_future_skew_seconds // 3600} h ahead of the server clock)")]
+    if msg.messageId is None:
+        msg.messageId = derived_message_id(raw)
+    return msg
+
+
+def ingest(*, session: Session, raw_messages: Sequence[Any], received_at: dt.datetime | None = None,
+           settings: Settings | None = None, index_offset: int = 0) -> IngestResult:
+    """Store a batch: valid messages land, invalid ones are reported by index, resends are no-ops."""
+    settings = settings or get_settings()
+    received_at = received_at or utcnow()
+    result = IngestResult()
+    valid: list[tuple[int, Message]] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_messages):
+        parsed = parse(raw, settings=settings, received_at=received_at)
+        if isinstance(parsed, list):
+            result.rejected.append(Rejected(index=i + index_offset, errors=parsed))
+            continue
+        if parsed.messageId in seen:
+            result.duplicates += 1
+            continue
+        seen.add(parsed.messageId)  # type: ignore[arg-type]
+        valid.append((i, parsed))
+    for start in range(0, len(valid), _CHUNK):
+        _store(session, [m for _, m in valid[start:start + _CHUNK]], received_at, result)
+    result.success = not result.rejected
+    return result
+
+
+def _store(session: Session, msgs: list[Message], received_at: dt.datetime, result: IngestResult) -> None:
+    existing = set(session.scalars(select(Event.message_id).where(Event.message_id.in_([m.messageId for m in msgs]))))
+    fresh = [m for m in msgs if m.messageId not in existing]
+    result.duplicates += len(msgs) - len(fresh)
+    if not fresh:
+        return
+    resolver = profiles.Resolver(session, now=received_at)
+    resolver.preload([("user_id", m.userId) for m in fresh if m.userId] +
+                     [("anonymous_id", m.anonymousId) for m in fresh if m.anonymousId] +
+                     [("anonymous_id", m.previousId) for m in fresh if m.previousId])
+    rows = []
+    customer_of: dict[str, int] = {}
+    for m in fresh:
+        if m.type == "alias":
+            cid = resolver.resolve(user_id=m.userId, anonymous_id=m.previousId, at=m.timestamp,
+                                   message_id=m.messageId)
+        else:
+            cid = resolver.resolve(user_id=m.userId, anonymous_id=m.anonymousId, at=m.timestamp,
+                                   message_id=m.messageId)
+        customer_of[m.messageId] = cid  # type: ignore[index]
+        name = m.event if m.type == "track" else m.name
+        props = m.traits if m.type == "identify" else m.properties
+        rows.append({"message_id": m.messageId, "type": m.type, "name": name, "customer_id": cid,
+                     "user_id": m.userId, "anonymous_id": m.anonymousId, "properties": props,
+                     "context": m.context, "timestamp": m.timestamp, "received_at": received_at})
+    session.flush()
+    inserted = _insert_events(session, rows)
+    result.duplicates += len(rows) - len(inserted)
+    result.accepted += len(inserted)
+    skus: set[str] = set()
+    last_seen: dict[int, dt.datetime] = {}
+    for m in fresh:
+        if m.messageId not in inserted:
+            continue
+        cid = customer_of[m.messageId]  # type: ignore[index]
+        ts = m.timestamp
+        assert ts is not None
+        if cid not in last_seen or last_seen[cid] < ts:
+            last_seen[cid] = ts
+        if m.type == "identify":
+            _identify(session, resolver, cid, m)
+        elif m.type == "track":
+            skus.update(_track(session, cid, m))
+        _consent_from_context(session, cid, m)
+    if skus:
+        unknown = sorted(skus - catalog.known_skus(session=session, skus=skus))
+        if unknown:
+            shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            result.warnings.append(f"unknown skus kept (add them to the catalog): {shown}")
+    for cid, ts in last_seen.items():
+        session.execute(update(Customer).where(Customer.id == cid)
+                        .where((Customer.last_seen_at.is_(None)) | (Customer.last_seen_at < ts))
+                        .values(last_seen_at=ts))
+    if resolver.conflicts:
+        result.warnings.append(f"{len(resolver.conflicts)} identity conflict(s) recorded; profiles kept apart")
+
+
+def _insert_events(session: Session, rows: list[dict[str, Any]]) -> set[str]:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    # ON CONFLICT DO NOTHING makes a concurrent resend of the same messageId a no-op, not an error.
+    stmt = dialect_insert(Event).on_conflict_do_nothing(index_elements=["message_id"]).returning(Event.message_id)
+    return set(session.scalars(stmt, rows))
+
+
+def _identify(session: Session, resolver: profiles.Resolver, cid: int, m: Message) -> None:
+    customer = session.get(Customer, cid)
+    assert customer is not None
+    traits = dict(m.traits)
+    for key in ("locale", "timezone"):
+        if key in m.context and key not in traits:
+            traits[key] = m.context[key]
+    email = traits.get("email")
+    if isinstance(email, str) and email.strip():
+        resolver.claim(customer_id=cid, kind="email", value=email.strip().lower(), message_id=m.messageId)
+    if traits:
+        profiles.apply_traits(session=session, customer=customer, traits=traits, source="identify",
+                              at=m.timestamp)  # type: ignore[arg-type]
+
+
+def _consent_from_context(session: Session, cid: int, m: Message) -> None:
+    prefs = (m.context.get("consent") or {}).get("categoryPreferences") if isinstance(
+        m.context.get("consent"), dict) else None
+    if not isinstance(prefs, dict):
+        return
+    for purpose, granted in prefs.items():
+        if purpose in PURPOSES and isinstance(granted, bool):
+            consent.record(session=session, customer_id=cid, purpose=purpose,
+                           status="granted" if granted else "revoked", source=f"{m.type}:context.consent",
+                           recorded_at=m.timestamp)
+
+
+def _track(session: Session, cid: int, m: Message) -> set[str]:
+    """Apply an ecommerce event to carts, orders and wishlists; returns the skus it named."""
+    name, p, at = m.event, m.properties, m.timestamp
+    assert at is not None
+    if name in ("Product Added", "Product Removed"):
+        cart_id = str(p.get("cart_id") or orders.open_cart_id(session=session, customer_id=cid))
+        if name == "Product Added":
+            orders.cart_add(session=session, customer_id=cid, cart_id=cart_id, sku=_sku(p),
+                            quantity=int(p.get("quantity", 1)), price=_money(p.get("price")), at=at)
+        else:
+            q = p.get("quantity")
+            orders.cart_remove(session=session, customer_id=cid, cart_id=cart_id, sku=_sku(p),
+                               quantity=int(q) if q is not None else None, at=at)
+        return {_sku(p)}
+    if name == "Checkout Started":
+        cart_id = str(p.get("cart_id") or orders.open_cart_id(session=session, customer_id=cid))
+        orders.cart_checkout(session=session, customer_id=cid, cart_id=cart_id, at=at)
+        return set()
+    if name == "Order Completed":
+        products = p.get("products") or []
+        lines = [{"sku": _sku(x), "quantity": int(x.get("quantity", 1)), "unit_price": _money(x.get("price"))}
+                 for x in products]
+        revenue = p.get("revenue", p.get("total"))
+        cart_id = str(p.get("cart_id") or orders.open_cart_id(session=session, customer_id=cid))
+        orders.create_orders(session=session, source="event", orders=[{
+            "order_id": str(p["order_id"]), "customer_id": cid, "ordered_at": at, "status": "completed",
+            "currency": p.get("currency") or "EUR", "revenue": _money(revenue), "discount": _money(p.get("discount")),
+            "coupon": p.get("coupon"), "cart_id": cart_id, "lines": lines}])
+        orders.cart_ordered(session=session, cart_id=cart_id, order_id=str(p["order_id"]), at=at)
+        return {line["sku"] for line in lines}
+    if name in ORDER_STATUS_EVENTS:
+        status = ORDER_STATUS_EVENTS[name] or str(p["status"])
+        orders.update_order_status(session=session, order_id=str(p["order_id"]), status=status, at=at)
+        return set()
+    if name == "Product Added to Wishlist":
+        orders.wishlist_add(session=session, customer_id=cid, sku=_sku(p), at=at)
+        return {_sku(p)}
+    if name == "Product Removed from Wishlist":
+        orders.wishlist_remove(session=session, customer_id=cid, sku=_sku(p), at=at)
+        return {_sku(p)}
+    if name == "Product Viewed":
+        return {_sku(p)}
+    return set()
+
+
+def recent_events(*, session: Session, customer_id: int, limit: int = 20) -> list[Event]:
+    """The customer's latest events."""
+    return list(session.scalars(select(Event).where(Event.customer_id == customer_id)
+                                .order_by(Event.timestamp.desc(), Event.id.desc()).limit(limit)))

@@ -1,0 +1,298 @@
+"""Customers and identity resolution: anonymous activity joins the known customer, known ones never merge."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from emma.db import utcnow
+from emma.profiles.exceptions import CustomerNotFound, MergeNotRevertible
+from emma.profiles.models import Customer, Identity, IdentityConflict, MergeLog, TraitChange
+
+# Segment trait names (camelCase and snake_case) -> profile columns.
+TRAIT_COLUMNS: dict[str, str] = {
+    "email": "email", "phone": "phone",
+    "firstName": "first_name", "first_name": "first_name",
+    "lastName": "last_name", "last_name": "last_name",
+    "birthday": "birthday", "locale": "locale", "timezone": "timezone",
+}
+ADDRESS_COLUMNS: dict[str, str] = {
+    "postalCode": "postal_code", "postal_code": "postal_code", "city": "city", "country": "country",
+    "lat": "lat", "lon": "lon", "latitude": "lat", "longitude": "lon",
+}
+# Tables whose customer_id follows an anonymous profile into the known one on merge.
+_MOVABLE = ("events", "carts", "wishlist_items", "orders", "consents", "consent_log", "trait_history")
+
+
+def _table(name: str) -> Any:
+    from emma.db import Base
+
+    return Base.metadata.tables[name]
+
+
+class Resolver:
+    """Resolves (user id, anonymous id) to customer ids within one transaction, with a cache for batches."""
+
+    def __init__(self, session: Session, *, now: dt.datetime | None = None) -> None:
+        self.session = session
+        self.now = now or utcnow()
+        self._cache: dict[tuple[str, str], int] = {}
+        self._anonymous: dict[int, bool] = {}
+        self.conflicts: list[IdentityConflict] = []
+        self.merges: list[MergeLog] = []
+
+    def preload(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Load the customers of many identities with one query per kind."""
+        by_kind: dict[str, set[str]] = {}
+        for kind, value in pairs:
+            if (kind, value) not in self._cache:
+                by_kind.setdefault(kind, set()).add(value)
+        for kind, values in by_kind.items():
+            vals = list(values)
+            for i in range(0, len(vals), 900):
+                rows = self.session.execute(
+                    select(Identity.value, Identity.customer_id, Customer.is_anonymous)
+                    .join(Customer, Customer.id == Identity.customer_id)
+                    .where(Identity.kind == kind, Identity.value.in_(vals[i:i + 900]))
+                )
+                for value, cid, anon in rows:
+                    self._cache[(kind, value)] = cid
+                    self._anonymous[cid] = anon
+
+    def lookup(self, kind: str, value: str) -> int | None:
+        key = (kind, value)
+        if key not in self._cache:
+            self.preload([key])
+        return self._cache.get(key)
+
+    def is_anonymous(self, customer_id: int) -> bool:
+        if customer_id not in self._anonymous:
+            self._anonymous[customer_id] = bool(
+                self.session.scalar(select(Customer.is_anonymous).where(Customer.id == customer_id)))
+        return self._anonymous[customer_id]
+
+    def _add_identity(self, customer_id: int, kind: str, value: str) -> None:
+        self.session.add(Identity(customer_id=customer_id, kind=kind, value=value, created_at=self.now))
+        self._cache[(kind, value)] = customer_id
+
+    def _create(self, *, user_id: str | None, first_seen: dt.datetime) -> int:
+        customer = Customer(external_id=user_id, is_anonymous=user_id is None, attributes={},
+                            created_at=first_seen, last_seen_at=first_seen)
+        self.session.add(customer)
+        self.session.flush()
+        self._anonymous[customer.id] = customer.is_anonymous
+        if user_id is not None:
+            self._add_identity(customer.id, "user_id", user_id)
+        return customer.id
+
+    def _conflict(self, a: int, b: int, kind: str, value: str, message_id: str | None) -> None:
+        conflict = IdentityConflict(customer_id=a, other_customer_id=b, kind=kind, value=value,
+                                    message_id=message_id, created_at=self.now)
+        self.session.add(conflict)
+        self.conflicts.append(conflict)
+
+    def resolve(self, *, user_id: str | None, anonymous_id: str | None, at: dt.datetime | None = None,
+                message_id: str | None = None) -> int:
+        """The customer these ids belong to, creating, promoting or merging profiles as the rules allow."""
+        at = at or self.now
+        if user_id is None and anonymous_id is None:
+            raise ValueError("userId or anonymousId is required")
+        anon_cid = self.lookup("anonymous_id", anonymous_id) if anonymous_id else None
+        if user_id is None:
+            if anon_cid is not None:
+                return anon_cid
+            cid = self._create(user_id=None, first_seen=at)
+            self._add_identity(cid, "anonymous_id", anonymous_id)  # type: ignore[arg-type]
+            return cid
+        user_cid = self.lookup("user_id", user_id)
+        if user_cid is None:
+            if anon_cid is not None and self.is_anonymous(anon_cid):
+                # The anonymous visitor identifies: the same profile becomes the known customer.
+                self.session.execute(update(Customer).where(Customer.id == anon_cid)
+                                     .values(external_id=user_id, is_anonymous=False))
+                self._anonymous[anon_cid] = False
+                self._add_identity(anon_cid, "user_id", user_id)
+                return anon_cid
+            cid = self._create(user_id=user_id, first_seen=at)
+            if anonymous_id is not None:
+                if anon_cid is None:
+                    self._add_identity(cid, "anonymous_id", anonymous_id)
+                else:  # device already used by another known customer: keep both apart
+                    self._conflict(cid, anon_cid, "anonymous_id", anonymous_id, message_id)
+            return cid
+        if anonymous_id is not None:
+            if anon_cid is None:
+                self._add_identity(user_cid, "anonymous_id", anonymous_id)
+            elif anon_cid != user_cid:
+                if self.is_anonymous(anon_cid):
+                    self.merge(source_id=anon_cid, target_id=user_cid,
+                               reason=f"identify: anonymousId {anonymous_id} is userId {user_id}")
+                else:
+                    self._conflict(user_cid, anon_cid, "anonymous_id", anonymous_id, message_id)
+        return user_cid
+
+    def claim(self, *, customer_id: int, kind: str, value: str, message_id: str | None = None) -> bool:
+        """Attach an email / phone to a customer; a value owned by another known customer is a conflict."""
+        owner = self.lookup(kind, value)
+        if owner is None:
+            self._add_identity(customer_id, kind, value)
+            return True
+        if owner == customer_id:
+            return True
+        if self.is_anonymous(owner):
+            self.merge(source_id=owner, target_id=customer_id, reason=f"{kind} {value} identified")
+            return True
+        self._conflict(customer_id, owner, kind, value, message_id)
+        return False
+
+    def merge(self, *, source_id: int, target_id: int, reason: str) -> MergeLog:
+        """Move an anonymous profile's rows into the known customer, logging what moved."""
+        if not self.is_anonymous(source_id):
+            raise ValueError("only anonymous profiles are merged automatically")
+        self.session.flush()
+        moved: dict[str, list[int]] = {}
+        for name in (*_MOVABLE, "identities"):
+            table = _table(name)
+            ids = list(self.session.scalars(select(table.c.id).where(table.c.customer_id == source_id)))
+            if not ids:
+                continue
+            if name == "consents":
+                # The known customer's own consent decisions win over the anonymous visitor's.
+                own = set(self.session.scalars(select(table.c.purpose).where(table.c.customer_id == target_id)))
+                ids = list(self.session.scalars(select(table.c.id).where(
+                    table.c.customer_id == source_id, table.c.purpose.not_in(own or {""}))))
+            if ids:
+                self.session.execute(update(table).where(table.c.id.in_(ids)).values(customer_id=target_id))
+                moved[name] = ids
+        self.session.execute(update(Customer).where(Customer.id == source_id).values(merged_into_id=target_id))
+        for key, cid in list(self._cache.items()):
+            if cid == source_id:
+                self._cache[key] = target_id
+        log = MergeLog(source_customer_id=source_id, target_customer_id=target_id, reason=reason,
+                       moved=moved, created_at=self.now)
+        self.session.add(log)
+        self.merges.append(log)
+        return log
+
+
+def revert_merge(*, session: Session, merge_id: int) -> MergeLog:
+    """Undo a logged merge: the moved rows go back to the anonymous profile."""
+    log = session.get(MergeLog, merge_id)
+    if log is None or log.reverted_at is not None:
+        raise MergeNotRevertible(f"merge {merge_id} does not exist or was already reverted")
+    for name, ids in log.moved.items():
+        table = _table(name)
+        session.execute(update(table).where(table.c.id.in_(ids), table.c.customer_id == log.target_customer_id)
+                        .values(customer_id=log.source_customer_id))
+    session.execute(update(Customer).where(Customer.id == log.source_customer_id).values(merged_into_id=None))
+    log.reverted_at = utcnow()
+    return log
+
+
+def _coerce(column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column == "birthday":
+        if isinstance(value, dt.date):
+            return value
+        return dt.date.fromisoformat(str(value)[:10])
+    if column in ("lat", "lon"):
+        return float(value)
+    if column == "country":
+        return str(value).upper()[:2]
+    if column == "email":
+        return str(value).strip().lower()
+    return str(value)
+
+
+def apply_traits(*, session: Session, customer: Customer, traits: dict[str, Any], source: str,
+                 at: dt.datetime) -> list[str]:
+    """Set profile fields from traits; every change is kept in the history, the latest by time wins."""
+    changes: list[tuple[str, Any, Any]] = []  # (trait, column-or-None, value)
+    for key, value in traits.items():
+        if key == "address" and isinstance(value, dict):
+            for sub, sval in value.items():
+                col = ADDRESS_COLUMNS.get(sub)
+                changes.append((f"address.{sub}", col, sval))
+            continue
+        changes.append((key, TRAIT_COLUMNS.get(key), value))
+    latest = _latest_times(session, customer.id, [t for t, _, _ in changes]) if customer.id else {}
+    changed: list[str] = []
+    attrs = dict(customer.attributes or {})
+    for trait, column, value in changes:
+        session.add(TraitChange(customer_id=customer.id, trait=trait, value=_jsonable(value), source=source,
+                                recorded_at=at))
+        if trait in latest and latest[trait] > at:
+            continue  # an older update arrives late: history only
+        if column is not None:
+            setattr(customer, column, _coerce(column, value))
+        else:
+            attrs[trait] = value
+        changed.append(trait)
+    if attrs != (customer.attributes or {}):
+        customer.attributes = attrs
+    return changed
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    return value
+
+
+def _latest_times(session: Session, customer_id: int, traits: list[str]) -> dict[str, dt.datetime]:
+    from sqlalchemy import func
+
+    rows = session.execute(
+        select(TraitChange.trait, func.max(TraitChange.recorded_at))
+        .where(TraitChange.customer_id == customer_id, TraitChange.trait.in_(traits))
+        .group_by(TraitChange.trait))
+    out: dict[str, dt.datetime] = {}
+    for trait, ts in rows:
+        if ts is not None:
+            if isinstance(ts, str):
+                ts = dt.datetime.fromisoformat(ts)
+            out[trait] = ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)
+    return out
+
+
+def get_customer(*, session: Session, ref: str | int) -> Customer:
+    """A customer by internal id, external id, email or anonymous id (merged profiles lead to the target)."""
+    customer: Customer | None = None
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        customer = session.get(Customer, int(ref))
+    if customer is None:
+        customer = session.scalar(select(Customer).where(Customer.external_id == str(ref)))
+    if customer is None:
+        cid = session.scalar(select(Identity.customer_id).where(Identity.value == str(ref)).limit(1))
+        customer = session.get(Customer, cid) if cid else None
+    if customer is None:
+        raise CustomerNotFound(str(ref))
+    while customer.merged_into_id is not None:
+        customer = session.get(Customer, customer.merged_into_id)  # type: ignore[assignment]
+    return customer
+
+
+def ensure_customers(*, session: Session, external_ids: Iterable[str], at: dt.datetime) -> dict[str, int]:
+    """Customer ids for many external ids, creating the unknown ones (orders may name new customers)."""
+    resolver = Resolver(session, now=at)
+    ids = list(dict.fromkeys(external_ids))
+    resolver.preload(("user_id", x) for x in ids)
+    return {x: resolver.resolve(user_id=x, anonymous_id=None, at=at) for x in ids}
+
+
+def identities_of(*, session: Session, customer_id: int) -> list[Identity]:
+    """All identities that point at the customer."""
+    return list(session.scalars(select(Identity).where(Identity.customer_id == customer_id).order_by(Identity.id)))
+
+
+def conflicts(*, session: Session, open_only: bool = True) -> list[IdentityConflict]:
+    """Identity conflicts awaiting a human decision."""
+    stmt = select(IdentityConflict).order_by(IdentityConflict.id)
+    if open_only:
+        stmt = stmt.where(IdentityConflict.resolved_at.is_(None))
+    return list(session.scalars(stmt))
