@@ -115,6 +115,7 @@ def import_all_models() -> None:
     """Import every domain's models so Base.metadata is complete (Alembic, tests)."""
     from emma.auth import models as _auth  # noqa: F401
     from emma.catalog import models as _catalog  # noqa: F401
+    from emma.channels import models as _channels  # noqa: F401
     from emma.consent import models as _consent  # noqa: F401
     from emma.ingest import models as _ingest  # noqa: F401
     from emma.orders import models as _orders  # noqa: F401
