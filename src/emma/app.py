@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,8 +18,14 @@ from emma.db import make_engine, make_sessionmaker
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for the given settings (nothing is created at import time)."""
     settings = settings or get_settings()
-    app = FastAPI(title="Tante Emma", version=__version__)
     engine = make_engine(settings.database_url, echo=settings.echo_sql)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="Tante Emma", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
@@ -39,9 +47,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health", tags=["health"])
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
-
-    @app.on_event("shutdown")
-    def _dispose() -> None:
-        engine.dispose()
 
     return app

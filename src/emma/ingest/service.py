@@ -152,6 +152,7 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, resu
         session.execute(update(Customer).where(Customer.id == cid)
                         .where((Customer.last_seen_at.is_(None)) | (Customer.last_seen_at < ts))
                         .values(last_seen_at=ts))
+    resolver.apply_merges()
     if resolver.conflicts:
         result.warnings.append(f"{len(resolver.conflicts)} identity conflict(s) recorded; profiles kept apart")
 

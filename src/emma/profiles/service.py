@@ -44,6 +44,7 @@ class Resolver:
         self._anonymous: dict[int, bool] = {}
         self.conflicts: list[IdentityConflict] = []
         self.merges: list[MergeLog] = []
+        self._pending: list[tuple[int, int, str]] = []
 
     def preload(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Load the customers of many identities with one query per kind."""
@@ -129,8 +130,7 @@ class Resolver:
                 self._add_identity(user_cid, "anonymous_id", anonymous_id)
             elif anon_cid != user_cid:
                 if self.is_anonymous(anon_cid):
-                    self.merge(source_id=anon_cid, target_id=user_cid,
-                               reason=f"identify: anonymousId {anonymous_id} is userId {user_id}")
+                    self._defer_merge(anon_cid, user_cid, f"identify: anonymousId {anonymous_id} is userId {user_id}")
                 else:
                     self._conflict(user_cid, anon_cid, "anonymous_id", anonymous_id, message_id)
         return user_cid
@@ -144,10 +144,24 @@ class Resolver:
         if owner == customer_id:
             return True
         if self.is_anonymous(owner):
-            self.merge(source_id=owner, target_id=customer_id, reason=f"{kind} {value} identified")
+            self._defer_merge(owner, customer_id, f"{kind} {value} identified")
             return True
         self._conflict(customer_id, owner, kind, value, message_id)
         return False
+
+    def _defer_merge(self, source_id: int, target_id: int, reason: str) -> None:
+        # Rows of this very batch are written with the ids resolved so far; merging after they are
+        # stored (apply_merges) lets the merge log list every row it moved, so it stays reversible.
+        for key, cid in list(self._cache.items()):
+            if cid == source_id:
+                self._cache[key] = target_id
+        self._pending.append((source_id, target_id, reason))
+
+    def apply_merges(self) -> list[MergeLog]:
+        """Carry out the merges that resolution decided on."""
+        done = [self.merge(source_id=s, target_id=t, reason=r) for s, t, r in self._pending]
+        self._pending.clear()
+        return done
 
     def merge(self, *, source_id: int, target_id: int, reason: str) -> MergeLog:
         """Move an anonymous profile's rows into the known customer, logging what moved."""
@@ -282,7 +296,9 @@ def ensure_customers(*, session: Session, external_ids: Iterable[str], at: dt.da
     resolver = Resolver(session, now=at)
     ids = list(dict.fromkeys(external_ids))
     resolver.preload(("user_id", x) for x in ids)
-    return {x: resolver.resolve(user_id=x, anonymous_id=None, at=at) for x in ids}
+    out = {x: resolver.resolve(user_id=x, anonymous_id=None, at=at) for x in ids}
+    resolver.apply_merges()
+    return out
 
 
 def identities_of(*, session: Session, customer_id: int) -> list[Identity]:
