@@ -129,4 +129,12 @@ def _register_optional() -> None:
             app.add_typer(sub, name=name)
 
 
+def _register_predict() -> None:
+    from emma.cli import predict
+
+    app.command("score")(predict.score)
+    app.add_typer(predict.predictions_app, name="predictions")
+
+
 _register_optional()
+_register_predict()
