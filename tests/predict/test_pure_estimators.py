@@ -1,0 +1,67 @@
+"""Recommendations, send hour and affinity estimators on synthetic data with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emma.predict.estimators.affinity import AffinityModel
+from emma.predict.estimators.recommend import CoPurchaseRecommender, top_k
+from emma.predict.estimators.sendtime import SendHourModel
+
+
+def test_co_purchase_finds_items_bought_together():
+    rng = np.random.default_rng(1)
+    # items 0-9; pairs (2k, 2k+1) are bought together, plus noise
+    cust, item = [], []
+    for c in range(2000):
+        a = rng.integers(0, 5) * 2
+        cust += [c, c]
+        item += [a, a + 1]
+        if rng.random() < 0.3:
+            cust.append(c)
+            item.append(int(rng.integers(0, 10)))
+    rec = CoPurchaseRecommender(neighbors=5).fit(np.array(cust), np.array(item), n_items=10)
+    for a in range(0, 10, 2):
+        assert rec.similar(a, k=1)[0][0] == a + 1
+    scores = rec.score(np.array([4]))
+    assert int(np.argmax(scores)) == 5
+    many = rec.score_many(np.array([0, 1]), np.array([6, 8]), np.array([1.0, 1.0]), n_customers=2).toarray()
+    assert np.argmax(many[0]) == 7 and np.argmax(many[1]) == 9
+
+
+def test_top_k_applies_business_rules():
+    scores = np.array([9.0, 8, 7, 6, 5, 4])
+    category = np.array([0, 0, 0, 1, 1, 2])
+    allowed = np.array([True, True, True, True, False, True])
+    got = top_k(scores, 4, exclude=np.array([1]), category=category, max_per_category=1, allowed=allowed)
+    assert got.tolist() == [0, 3, 5]
+
+
+def test_send_hour_shrinks_sparse_customers_toward_population():
+    rng = np.random.default_rng(2)
+    true_hour = rng.integers(0, 24, size=500)
+    cust, hours = [], []
+    for c in range(500):
+        n = 30 if c < 400 else 1  # 100 customers with a single, noisy observation
+        h = np.where(rng.random(n) < 0.6, true_hour[c], rng.integers(0, 24, size=n))
+        cust += [c] * n
+        hours += h.tolist()
+    # the population also engages a lot at 20:00
+    cust += [500 + i for i in range(300)]
+    hours += [20] * 300
+    m = SendHourModel().fit(np.array(cust), np.array(hours), n_customers=800)
+    best = m.best_hour()
+    assert (best[:400] == true_hour[:400]).mean() > 0.9
+    assert 1.0 <= m.strength_ <= 200.0
+    post = m.posterior()
+    assert np.allclose(post.sum(axis=1), 1.0)
+    # one observation moves a customer less than thirty consistent ones
+    assert post[450].max() < post[0].max()
+
+
+def test_affinity_is_lift_over_population_and_needs_evidence():
+    cust = np.array([0] * 20 + [1] * 2 + [2] * 20)
+    grp = np.array([1] * 20 + [1] * 2 + [0] * 10 + [1] * 10)
+    aff = AffinityModel(prior_strength=5).fit(cust, grp, np.ones(len(cust)), n_customers=3, n_groups=2).scores()
+    assert aff[0, 1] > aff[1, 1] > 1.0  # 20 purchases in group 1 say more than 2
+    assert aff[0, 0] < 1.0
