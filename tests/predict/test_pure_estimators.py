@@ -65,3 +65,22 @@ def test_affinity_is_lift_over_population_and_needs_evidence():
     aff = AffinityModel(prior_strength=5).fit(cust, grp, np.ones(len(cust)), n_customers=3, n_groups=2).scores()
     assert aff[0, 1] > aff[1, 1] > 1.0  # 20 purchases in group 1 say more than 2
     assert aff[0, 0] < 1.0
+
+
+def test_uplift_ranks_persuadables_first():
+    from emma.predict.estimators.uplift import TwoModelUplift, XLearner, qini_coefficient, uplift_at_k
+
+    rng = np.random.default_rng(3)
+    n = 8000
+    X = rng.normal(size=(n, 3))
+    # persuadable where x0 > 0.5: buys only with a coupon; sure things where x1 > 1: buy anyway
+    persuadable = X[:, 0] > 0.5
+    sure = (X[:, 1] > 1.0) & ~persuadable
+    t = rng.random(n) < 0.5
+    p = np.where(sure, 0.8, 0.05) + np.where(persuadable & t, 0.5, 0.0)
+    y = (rng.random(n) < p).astype(int)
+    true = np.where(persuadable, 0.5, 0.0)
+    for model in (TwoModelUplift(), XLearner()):
+        s = model.fit(X, t, y).predict(X)
+        assert uplift_at_k(s, true, 0.3) > 2 * true.mean()
+        assert qini_coefficient(s, t, y) > qini_coefficient(rng.random(n), t, y)
