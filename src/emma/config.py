@@ -17,6 +17,37 @@ class Settings(BaseSettings):
     max_future_skew_seconds: int = 24 * 3600
     base_url: str = "http://127.0.0.1:8000"
     echo_sql: bool = False
+    default_locale: str = "de"
+
+    # Channels. SMTP: security is none | starttls | tls.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_security: str = "none"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_timeout: float = 10.0
+    mail_from: str = "Tante Emma <shop@example.com>"
+    mail_reply_to: str | None = None
+    # Webhook channel and the HTTP providers SMS and push are sent through.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None  # falls back to secret_key
+    webhook_timeout: float = 5.0
+    sms_provider_url: str | None = None
+    sms_provider_token: str | None = None
+    push_provider_url: str | None = None
+    push_provider_token: str | None = None
+    # Messages per minute and channel, e.g. EMMA_CHANNEL_RATE_LIMITS='{"email": 600}'; absent = unlimited.
+    channel_rate_limits: dict[str, int] = {}
+    delivery_max_attempts: int = 6
+    delivery_backoff_seconds: float = 60.0
+    delivery_backoff_max_seconds: float = 6 * 3600.0
+    delivery_batch_size: int = 100
+    delivery_lease_seconds: float = 300.0
+    # Marketers' own templates; they override the packaged defaults of the same name.
+    template_dir: str | None = None
+    # Lifetimes of signed links.
+    doi_link_ttl_hours: int = 72
+    unsubscribe_link_ttl_days: int = 365
 
 
 @lru_cache

@@ -117,7 +117,8 @@ def _register_optional() -> None:
     """Sub-apps of domains that live in their own modules."""
     import importlib
 
-    for module, name in (("emma.cli.importer", "import"), ("emma.cli.demo", "demo")):
+    for module, name in (("emma.cli.importer", "import"), ("emma.cli.demo", "demo"),
+                         ("emma.cli.channels", "channels")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from emma import signing
+from emma.config import Settings
 from emma.consent.exceptions import InvalidConsent
 from emma.consent.models import PURPOSES, STATUSES, Consent, ConsentLog
 from emma.db import utcnow
@@ -66,3 +69,48 @@ def history(*, session: Session, customer_id: int) -> list[ConsentLog]:
     """The audit log of the customer's consent, oldest first."""
     return list(session.scalars(select(ConsentLog).where(ConsentLog.customer_id == customer_id)
                                 .order_by(ConsentLog.recorded_at, ConsentLog.id)))
+
+
+# Signed links: unsubscribe (RFC 8058 one-click), preference center, double opt-in confirmation.
+# The purpose of each token is part of its signature, so one kind cannot be replayed as another.
+
+def unsubscribe_token(*, customer_id: int, purpose: str, message_id: int | None, settings: Settings) -> str:
+    """A signed token that revokes one purpose of one customer (carried in List-Unsubscribe)."""
+    return signing.sign(purpose="unsubscribe", data={"c": customer_id, "p": purpose, "m": message_id},
+                        secret=settings.secret_key, ttl=dt.timedelta(days=settings.unsubscribe_link_ttl_days))
+
+
+def preferences_token(*, customer_id: int, settings: Settings) -> str:
+    """A signed token that opens the customer's preference center."""
+    return signing.sign(purpose="preferences", data={"c": customer_id}, secret=settings.secret_key,
+                        ttl=dt.timedelta(days=settings.unsubscribe_link_ttl_days))
+
+
+def confirmation_token(*, customer_id: int, purpose: str, settings: Settings,
+                       now: dt.datetime | None = None) -> str:
+    """A signed, short-lived token that confirms a pending double opt-in."""
+    return signing.sign(purpose="doi", data={"c": customer_id, "p": purpose}, secret=settings.secret_key,
+                        ttl=dt.timedelta(hours=settings.doi_link_ttl_hours), now=now)
+
+
+def read_token(*, token: str, kind: str, settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The data of a genuine, unexpired token of kind; signing.InvalidToken / ExpiredToken otherwise."""
+    return signing.unsign(token, purpose=kind, secret=settings.secret_key, now=now)
+
+
+def unsubscribe_url(*, customer_id: int, purpose: str, message_id: int | None, settings: Settings) -> str:
+    """The HTTPS link for List-Unsubscribe and the footer."""
+    token = unsubscribe_token(customer_id=customer_id, purpose=purpose, message_id=message_id, settings=settings)
+    return f"{settings.base_url.rstrip('/')}/u/{token}"
+
+
+def preferences_url(*, customer_id: int, settings: Settings) -> str:
+    """The link to the customer's preference center."""
+    token = preferences_token(customer_id=customer_id, settings=settings)
+    return f"{settings.base_url.rstrip('/')}/preferences/{token}"
+
+
+def confirmation_url(*, customer_id: int, purpose: str, settings: Settings, now: dt.datetime | None = None) -> str:
+    """The double opt-in confirmation link."""
+    token = confirmation_token(customer_id=customer_id, purpose=purpose, settings=settings, now=now)
+    return f"{settings.base_url.rstrip('/')}/consent/confirm/{token}"

@@ -1,0 +1,79 @@
+"""The delivery loop: claim due outbox messages per channel, send each outside any transaction, record it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from emma.channels import service
+from emma.channels.adapters import Adapter, DeliveryResult, configured_adapters
+from emma.channels.exceptions import ChannelError, TransientError
+from emma.config import Settings
+from emma.db import session_scope, utcnow
+
+log = logging.getLogger(__name__)
+
+# Hooks run once per tick after delivery (coupon attribution registers itself here).
+AFTER_TICK: list[Callable[[Session, dt.datetime], object]] = []
+
+
+def deliver_due(*, sessions: sessionmaker[Session], settings: Settings, adapters: Mapping[str, Adapter] | None = None,
+                now: dt.datetime | None = None) -> Counter[str]:
+    """One pass: every configured channel sends what is due, within its rate limit; returns status counts."""
+    adapters = configured_adapters(settings) if adapters is None else adapters
+    now = now or utcnow()
+    counts: Counter[str] = Counter()
+    lease = dt.timedelta(seconds=settings.delivery_lease_seconds)
+    for channel, adapter in adapters.items():
+        with session_scope(sessions) as s:
+            limit = settings.delivery_batch_size
+            per_minute = settings.channel_rate_limits.get(channel)
+            if per_minute is not None:
+                limit = min(limit, per_minute - service.in_flight(session=s, channel=channel, now=now))
+            ids = service.claim(session=s, channel=channel, now=now, limit=limit, lease=lease)
+        for mid in ids:
+            counts[_deliver_one(sessions, settings, adapter, mid, now)] += 1
+    for hook in AFTER_TICK:
+        with session_scope(sessions) as s:
+            hook(s, now)
+    return counts
+
+
+def _deliver_one(sessions: sessionmaker[Session], settings: Settings, adapter: Adapter, mid: int,
+                 now: dt.datetime) -> str:
+    with session_scope(sessions) as s:
+        envelope = service.prepare(session=s, message_id=mid, settings=settings, now=now)
+        if envelope is None:
+            m = s.get(service.OutboxMessage, mid)
+            return m.status if m else "missing"
+    # No transaction is open while we talk to the SMTP server or provider.
+    outcome: DeliveryResult | ChannelError
+    try:
+        outcome = adapter.send(envelope)
+    except ChannelError as exc:
+        outcome = exc
+    except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the message: retry it later
+        log.exception("adapter %s failed on message %s", adapter.channel, mid)
+        outcome = TransientError(f"{exc.__class__.__name__}: {exc}")
+    with session_scope(sessions) as s:
+        return service.record(session=s, message_id=mid, outcome=outcome, settings=settings, now=now)
+
+
+def run(*, sessions: sessionmaker[Session], settings: Settings, interval: float = 2.0,
+        stop: threading.Event | None = None) -> None:
+    """Deliver until stopped (the worker's loop); a failing pass is logged and the loop goes on."""
+    stop = stop or threading.Event()
+    adapters = configured_adapters(settings)
+    while not stop.is_set():
+        try:
+            counts = deliver_due(sessions=sessions, settings=settings, adapters=adapters)
+        except Exception:  # noqa: BLE001 - e.g. the database restarting; try again next tick
+            log.exception("delivery pass failed")
+            counts = Counter()
+        if not sum(counts.values()):
+            stop.wait(interval)

@@ -1,0 +1,39 @@
+"""Public tracking endpoints: the open pixel and the click redirect (signed tokens, no API key)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+
+from emma.channels import service
+from emma.ingest.jobs import run_with_retry
+from emma.signing import InvalidToken
+
+router = APIRouter(tags=["tracking"])
+
+_PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+_NO_CACHE = {"Cache-Control": "no-store, max-age=0"}
+
+
+@router.get("/t/o/{token}.gif", include_in_schema=False)
+async def opened(token: str, request: Request) -> Response:
+    """The open pixel: always a GIF (a forged token is simply not recorded)."""
+    settings = request.app.state.settings
+    with contextlib.suppress(InvalidToken):
+        await run_with_retry(request.app, lambda s: service.track_open(session=s, token=token, settings=settings))
+    return Response(_PIXEL, media_type="image/gif", headers=_NO_CACHE)
+
+
+@router.get("/t/c/{token}", include_in_schema=False)
+async def clicked(token: str, request: Request) -> Response:
+    """Record the click and redirect to the link's target, which only a genuine token can name."""
+    settings = request.app.state.settings
+    try:
+        url = await run_with_retry(request.app, lambda s: service.track_click(session=s, token=token,
+                                                                               settings=settings))
+    except InvalidToken as exc:
+        raise HTTPException(404, detail=[{"field": "token", "reason": str(exc)}]) from exc
+    return RedirectResponse(url, status_code=302, headers=_NO_CACHE)

@@ -1,0 +1,400 @@
+"""The outbox at delivery time: claim due messages, re-check consent, render, record every outcome."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import html as html_lib
+import re
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from emma import signing
+from emma.catalog.models import Product
+from emma.channels import content
+from emma.channels.adapters import DeliveryResult, Envelope
+from emma.channels.exceptions import ChannelError, PermanentError, RateLimited, RenderError
+from emma.channels.models import DeliveryEvent, OutboxMessage
+from emma.config import Settings
+from emma.consent import service as consent
+from emma.db import utcnow
+from emma.orders.models import Cart, CartItem, OrderLine
+from emma.profiles.models import Customer, Identity
+
+CHANNELS = ("email", "sms", "push", "webhook")
+RATE_WINDOW = dt.timedelta(minutes=1)
+_OWN_PATHS = ("/u/", "/preferences/", "/consent/", "/t/")
+_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
+
+
+def log(*, session: Session, message_id: int, status: str, detail: dict[str, Any] | None = None,
+        at: dt.datetime | None = None) -> None:
+    """Append one entry to the message's delivery log."""
+    session.add(DeliveryEvent(message_id=message_id, status=status, detail=detail or {}, at=at or utcnow()))
+
+
+def enqueue(*, session: Session, idempotency_key: str, customer_id: int | None, channel: str,
+            template: str | None, purpose: str | None = None, transactional: bool = False,
+            locale: str | None = None, payload: dict[str, Any] | None = None, due_at: dt.datetime | None = None,
+            tactic_id: str | None = None) -> OutboxMessage:
+    """Put a message into the outbox once per idempotency key (a repeat returns the existing message)."""
+    existing = session.scalar(select(OutboxMessage).where(OutboxMessage.idempotency_key == idempotency_key))
+    if existing is not None:
+        return existing
+    now = utcnow()
+    msg = OutboxMessage(idempotency_key=idempotency_key, customer_id=customer_id, channel=channel, purpose=purpose,
+                        transactional=transactional, template=template, locale=locale, payload=payload or {},
+                        status="queued", attempts=0, due_at=due_at or now, created_at=now, tactic_id=tactic_id)
+    try:
+        with session.begin_nested():
+            session.add(msg)
+    except IntegrityError:  # a concurrent enqueue with the same key won
+        return session.scalars(select(OutboxMessage).where(OutboxMessage.idempotency_key == idempotency_key)).one()
+    log(session=session, message_id=msg.id, status="queued", at=now)
+    return msg
+
+
+def in_flight(*, session: Session, channel: str, now: dt.datetime) -> int:
+    """Messages of channel sent in the last rate window or being sent now (counts every worker)."""
+    return session.scalar(select(func.count()).select_from(OutboxMessage).where(
+        OutboxMessage.channel == channel,
+        or_(OutboxMessage.sent_at >= now - RATE_WINDOW, OutboxMessage.status == "sending"))) or 0
+
+
+def claim(*, session: Session, channel: str, now: dt.datetime, limit: int, lease: dt.timedelta) -> list[int]:
+    """Claim up to limit due messages of channel for this worker (a lease; expired leases are claimed again)."""
+    if limit <= 0:
+        return []
+    stmt = (select(OutboxMessage.id)
+            .where(OutboxMessage.channel == channel, OutboxMessage.status.in_(("queued", "sending")),
+                   OutboxMessage.due_at <= now)
+            .order_by(OutboxMessage.due_at, OutboxMessage.id).limit(limit))
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)  # concurrent workers each get different rows
+    ids = list(session.scalars(stmt))
+    if ids:
+        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids))
+                        .values(status="sending", due_at=now + lease))
+    return ids
+
+
+def missing_consent(*, session: Session, message: OutboxMessage) -> str | None:
+    """Why the message may not go out now (None when it may): consent is checked at send time."""
+    if message.transactional:
+        return None
+    if message.customer_id is None:
+        return "marketing message without a customer"
+    needed = {p for p in (message.purpose, consent.CHANNEL_PURPOSE.get(message.channel)) if p}
+    if not needed:
+        return f"marketing message on {message.channel} without a consent purpose"
+    missing = [p for p in sorted(needed) if not consent.allows(session=session, customer_id=message.customer_id,
+                                                                  purpose=p)]
+    return f"no consent for {', '.join(missing)}" if missing else None
+
+
+def address_of(*, customer: Customer | None, channel: str, settings: Settings) -> str | None:
+    """The recipient address on channel, taken from the profile at send time."""
+    if channel == "webhook":
+        return settings.webhook_url
+    if customer is None:
+        return None
+    return {"email": customer.email, "sms": customer.phone, "push": customer.external_id}.get(channel)
+
+
+def _product(p: Product) -> dict[str, Any]:
+    return {"sku": p.sku, "name": p.name, "price": p.price, "currency": p.currency, "url": p.url,
+            "image_url": p.image_url, "brand": p.brand, "category": p.category}
+
+
+def products_by_sku(*, session: Session, skus: list[str]) -> dict[str, dict[str, Any]]:
+    """Catalog entries for skus, as template data."""
+    if not skus:
+        return {}
+    return {p.sku: _product(p) for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
+
+
+def popular_products(*, session: Session, limit: int = 4, exclude: set[str] | None = None) -> list[dict[str, Any]]:
+    """Active products ranked by how many order lines name them (the fallback recommendation)."""
+    exclude = exclude or set()
+    rows = session.execute(
+        select(Product, func.count(OrderLine.id).label("n")).join(OrderLine, OrderLine.sku == Product.sku)
+        .where(Product.active.is_(True)).group_by(Product.id).order_by(func.count(OrderLine.id).desc(), Product.sku)
+        .limit(limit + len(exclude))).all()
+    return [_product(p) for p, _ in rows if p.sku not in exclude][:limit]
+
+
+def cart_of(*, session: Session, customer_id: int) -> dict[str, Any] | None:
+    """The customer's latest open cart with catalog details, or None."""
+    cart = session.scalar(select(Cart).where(Cart.customer_id == customer_id, Cart.status != "ordered")
+                          .order_by(Cart.updated_at.desc()).limit(1))
+    if cart is None:
+        return None
+    items = list(session.scalars(select(CartItem).where(CartItem.cart_pk == cart.id).order_by(CartItem.id)))
+    if not items:
+        return None
+    known = products_by_sku(session=session, skus=[i.sku for i in items])
+    lines = []
+    for it in items:
+        p = known.get(it.sku, {"sku": it.sku, "name": it.sku, "price": it.price, "currency": "EUR", "url": None,
+                               "image_url": None})
+        lines.append({**p, "quantity": it.quantity, "price": it.price if it.price is not None else p["price"]})
+    total = sum((line["price"] or 0) * line["quantity"] for line in lines)
+    return {"cart_id": cart.cart_id, "items": lines, "total": total,
+            "currency": lines[0].get("currency") or "EUR"}
+
+
+def recommendations_for(*, session: Session, customer_id: int, limit: int = 4,
+                        exclude: set[str] | None = None) -> list[dict[str, Any]]:
+    """Stored recommendations for the customer when scoring made some, else popular products."""
+    exclude = exclude or set()
+    try:
+        from emma.predict.models import Prediction
+    except ImportError:  # pragma: no cover - predict is part of the package; kept optional on purpose
+        Prediction = None  # type: ignore[assignment]  # noqa: N806
+    skus: list[str] = []
+    if Prediction is not None:
+        recs = session.scalar(select(Prediction.recommendations).where(Prediction.customer_id == customer_id))
+        for r in recs or []:
+            sku = r.get("sku") if isinstance(r, dict) else r
+            if isinstance(sku, str) and sku not in exclude:
+                skus.append(sku)
+    if skus:
+        found = products_by_sku(session=session, skus=skus)
+        out = [found[s] for s in skus if s in found][:limit]
+        if out:
+            return out
+    return popular_products(session=session, limit=limit, exclude=exclude)
+
+
+def _customer_data(c: Customer | None) -> dict[str, Any]:
+    if c is None:
+        return {"id": None, "first_name": None, "last_name": None, "email": None, "external_id": None}
+    return {"id": c.id, "first_name": c.first_name, "last_name": c.last_name, "email": c.email,
+            "external_id": c.external_id, "city": c.city, "country": c.country}
+
+
+def context_for(*, session: Session, message: OutboxMessage, customer: Customer | None,
+                settings: Settings) -> dict[str, Any]:
+    """Template data: the payload's keys, the customer, cart, recommendations, coupon, links."""
+    payload = dict(message.payload or {})
+    ctx: dict[str, Any] = {**payload, "payload": payload, "customer": _customer_data(customer),
+                           "message_id": message.id, "tactic_id": message.tactic_id,
+                           "transactional": message.transactional, "base_url": settings.base_url}
+    links: dict[str, str | None] = {"unsubscribe": None, "preferences": None}
+    if customer is not None:
+        purpose = message.purpose or consent.CHANNEL_PURPOSE.get(message.channel) or "email_marketing"
+        if not message.transactional:
+            links["unsubscribe"] = consent.unsubscribe_url(customer_id=customer.id, purpose=purpose,
+                                                           message_id=message.id, settings=settings)
+        links["preferences"] = consent.preferences_url(customer_id=customer.id, settings=settings)
+        if "cart" not in payload:
+            ctx["cart"] = cart_of(session=session, customer_id=customer.id)
+        if "recommendations" not in payload:
+            items = (ctx.get("cart") or {}).get("items") or []
+            exclude = {i.get("sku") for i in items if isinstance(i, dict) and i.get("sku")}
+            ctx["recommendations"] = recommendations_for(session=session, customer_id=customer.id, exclude=exclude)
+    else:
+        ctx.setdefault("cart", None)
+        ctx.setdefault("recommendations", [])
+    links.update(payload.get("links") or {})
+    ctx["links"] = links
+    ctx.setdefault("coupon", None)
+    ctx.setdefault("offer", None)
+    return ctx
+
+
+def tracking_token(*, kind: str, message_id: int, settings: Settings, url: str | None = None) -> str:
+    """A signed token for the open pixel ('open') or a click redirect ('click')."""
+    data: dict[str, Any] = {"m": message_id}
+    if url is not None:
+        data["u"] = url
+    return signing.sign(purpose=kind, data=data, secret=settings.secret_key)
+
+
+def _instrument(html: str, *, message_id: int, settings: Settings) -> str:
+    """Route external links through the click redirect and add the open pixel."""
+    base = settings.base_url.rstrip("/")
+
+    def rewrite(m: re.Match[str]) -> str:
+        url = html_lib.unescape(m.group(3))
+        if url.startswith(tuple(f"{base}{p}" for p in _OWN_PATHS)):  # unsubscribe, preferences stay direct
+            return m.group(0)
+        token = tracking_token(kind="click", message_id=message_id, url=url, settings=settings)
+        return f"{m.group(1)}{m.group(2)}{base}/t/c/{token}{m.group(2)}"
+
+    html = _HREF.sub(rewrite, html)
+    pixel = (f'<img src="{base}/t/o/{tracking_token(kind="open", message_id=message_id, settings=settings)}.gif" '
+             'width="1" height="1" alt="" style="display:none">')
+    idx = html.lower().rfind("</body>")
+    return html[:idx] + pixel + html[idx:] if idx >= 0 else html + pixel
+
+
+def prepare(*, session: Session, message_id: int, settings: Settings,
+            now: dt.datetime | None = None) -> Envelope | None:
+    """The envelope to send, or None when the message was suppressed, held or failed here (and logged)."""
+    now = now or utcnow()
+    m = session.get(OutboxMessage, message_id)
+    if m is None or m.status != "sending":
+        return None
+    reason = missing_consent(session=session, message=m)
+    if reason:
+        _finish(session, m, "suppressed", {"reason": reason}, now)
+        return None
+    customer = session.get(Customer, m.customer_id) if m.customer_id else None
+    to = address_of(customer=customer, channel=m.channel, settings=settings)
+    if not to:
+        _finish(session, m, "failed", {"reason": f"no {m.channel} address for the customer", "permanent": True}, now)
+        return None
+    env = Envelope(message_id=m.id, channel=m.channel, to=to,
+                   data={**(m.payload or {}), "customer": {"id": m.customer_id,
+                                                           "external_id": customer.external_id if customer else None},
+                         "tactic_id": m.tactic_id, "template": m.template})
+    if m.template is None and m.channel != "webhook":
+        _finish(session, m, "held", {"reason": "no template"}, now)
+        return None
+    if m.template is not None:
+        locale = m.locale or (customer.locale if customer else None) or settings.default_locale
+        try:
+            ctx = context_for(session=session, message=m, customer=customer, settings=settings)
+            rendered = content.render(channel=m.channel, template=m.template, locale=locale, context=ctx,
+                                      settings=settings)
+        except RenderError as exc:
+            _finish(session, m, "held", {"reason": str(exc)}, now)
+            return None
+        env.subject, env.text, env.html = rendered.subject, rendered.text, rendered.html
+        if m.channel == "email":
+            if env.html:
+                env.html = _instrument(env.html, message_id=m.id, settings=settings)
+            if not m.transactional and ctx["links"].get("unsubscribe"):
+                # RFC 8058: an HTTPS URI that unsubscribes on a POST of "List-Unsubscribe=One-Click".
+                env.headers["List-Unsubscribe"] = f"<{ctx['links']['unsubscribe']}>"
+                env.headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+            env.headers["X-Emma-Message"] = str(m.id)
+    return env
+
+
+def _finish(session: Session, m: OutboxMessage, status: str, detail: dict[str, Any], now: dt.datetime) -> None:
+    m.status = status
+    m.last_error = detail.get("reason") if status != "sent" else None
+    if status == "sent":
+        m.sent_at = now
+    log(session=session, message_id=m.id, status=status, detail=detail, at=now)
+
+
+def backoff(*, attempts: int, settings: Settings) -> dt.timedelta:
+    """Exponential backoff after the given number of failed attempts, capped."""
+    seconds = settings.delivery_backoff_seconds * 2 ** max(attempts - 1, 0)
+    return dt.timedelta(seconds=min(seconds, settings.delivery_backoff_max_seconds))
+
+
+def record(*, session: Session, message_id: int, outcome: DeliveryResult | ChannelError, settings: Settings,
+           now: dt.datetime | None = None) -> str:
+    """Store the outcome of one send attempt; returns the message's new status."""
+    now = now or utcnow()
+    m = session.get(OutboxMessage, message_id)
+    assert m is not None
+    if isinstance(outcome, DeliveryResult):
+        m.attempts += 1
+        _finish(session, m, "sent", {"provider_id": outcome.provider_id, **outcome.detail}, now)
+        return m.status
+    reason = str(outcome)
+    if isinstance(outcome, PermanentError):
+        m.attempts += 1
+        status = "bounced" if outcome.bounced else "failed"
+        _finish(session, m, status, {"reason": reason, "permanent": True, "attempt": m.attempts}, now)
+        return status
+    if isinstance(outcome, RateLimited):
+        # Not the message's fault: wait as asked, without using up an attempt.
+        delay = dt.timedelta(seconds=outcome.retry_after) if outcome.retry_after else backoff(attempts=1,
+                                                                                              settings=settings)
+        m.status, m.due_at, m.last_error = "queued", now + delay, reason
+        log(session=session, message_id=m.id, status="deferred",
+            detail={"reason": reason, "rate_limited": True, "retry_at": m.due_at.isoformat()}, at=now)
+        return m.status
+    m.attempts += 1
+    if m.attempts >= settings.delivery_max_attempts:
+        _finish(session, m, "failed", {"reason": reason, "attempts": m.attempts, "gave_up": True}, now)
+        return "failed"
+    m.status, m.due_at, m.last_error = "queued", now + backoff(attempts=m.attempts, settings=settings), reason
+    log(session=session, message_id=m.id, status="deferred",
+        detail={"reason": reason, "attempt": m.attempts, "retry_at": m.due_at.isoformat()}, at=now)
+    return m.status
+
+
+def requeue(*, session: Session, statuses: tuple[str, ...] = ("failed",), channel: str | None = None,
+            now: dt.datetime | None = None) -> int:
+    """Put failed (or held) messages back into the queue, e.g. after fixing SMTP settings or a template."""
+    now = now or utcnow()
+    stmt = select(OutboxMessage).where(OutboxMessage.status.in_(statuses))
+    if channel:
+        stmt = stmt.where(OutboxMessage.channel == channel)
+    n = 0
+    for m in session.scalars(stmt):
+        m.status, m.attempts, m.due_at = "queued", 0, now
+        log(session=session, message_id=m.id, status="queued", detail={"requeued_from": m.last_error}, at=now)
+        n += 1
+    return n
+
+
+def delivery_log(*, session: Session, message_id: int) -> list[DeliveryEvent]:
+    """The life of one message, oldest first."""
+    return list(session.scalars(select(DeliveryEvent).where(DeliveryEvent.message_id == message_id)
+                                .order_by(DeliveryEvent.at, DeliveryEvent.id)))
+
+
+def _event_identity(session: Session, customer_id: int | None) -> dict[str, str] | None:
+    if customer_id is None:
+        return None
+    c = session.get(Customer, customer_id)
+    if c is None:
+        return None
+    if c.external_id:
+        return {"userId": c.external_id}
+    anon = session.scalar(select(Identity.value).where(Identity.customer_id == c.id,
+                                                       Identity.kind == "anonymous_id").limit(1))
+    return {"anonymousId": anon} if anon else None
+
+
+def _feed_back(session: Session, m: OutboxMessage, event: str, message_key: str, props: dict[str, Any],
+               now: dt.datetime) -> None:
+    """Opens and clicks come back as events through ingestion (deduplicated by messageId)."""
+    from emma.ingest import service as ingest
+
+    who = _event_identity(session, m.customer_id)
+    if who is None:
+        return
+    ingest.ingest(session=session, received_at=now, raw_messages=[{
+        "type": "track", "event": event, **who, "messageId": message_key, "timestamp": now.isoformat(),
+        "properties": {"email_id": str(m.id), "campaign_id": m.tactic_id, "template": m.template, **props},
+        "context": {"library": {"name": "emma-channels"}}}])
+
+
+def track_open(*, session: Session, token: str, settings: Settings, now: dt.datetime | None = None) -> int:
+    """Record an open from the pixel (first open only); returns the message id. InvalidToken when forged."""
+    now = now or utcnow()
+    mid = int(signing.unsign(token, purpose="open", secret=settings.secret_key)["m"])
+    m = session.get(OutboxMessage, mid)
+    if m is None:
+        return mid
+    seen = session.scalar(select(DeliveryEvent.id).where(DeliveryEvent.message_id == mid,
+                                                         DeliveryEvent.status == "opened").limit(1))
+    if seen is None:
+        log(session=session, message_id=mid, status="opened", at=now)
+        _feed_back(session, m, "Email Opened", f"emma-open-{mid}", {}, now)
+    return mid
+
+
+def track_click(*, session: Session, token: str, settings: Settings, now: dt.datetime | None = None) -> str:
+    """Record a click and return the link's target. InvalidToken when forged (no open redirect)."""
+    now = now or utcnow()
+    data = signing.unsign(token, purpose="click", secret=settings.secret_key)
+    mid, url = int(data["m"]), str(data["u"])
+    m = session.get(OutboxMessage, mid)
+    if m is not None:
+        log(session=session, message_id=mid, status="clicked", detail={"url": url}, at=now)
+        key = hashlib.sha256(url.encode()).hexdigest()[:16]
+        _feed_back(session, m, "Email Link Clicked", f"emma-click-{mid}-{key}", {"link_url": url}, now)
+    return url
