@@ -103,6 +103,18 @@ def environment(settings: Settings) -> ImmutableSandboxedEnvironment:
     return _environment(settings.template_dir)
 
 
+def available(*, settings: Settings) -> dict[tuple[str, str], set[str]]:
+    """(channel, template) -> the locales it exists in."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for name in environment(settings).list_templates():
+        channel, _, rest = name.partition("/")
+        parts = rest.split(".")
+        if not rest or len(parts) < 3 or parts[1] not in LOCALES:
+            continue
+        out.setdefault((channel, parts[0]), set()).add(parts[1])
+    return out
+
+
 def _candidates(locale: str, settings: Settings) -> list[str]:
     return list(dict.fromkeys([locale, normalize_locale(settings.default_locale), *LOCALES]))
 

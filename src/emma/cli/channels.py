@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import typer
 from rich.table import Table
 
@@ -24,10 +26,8 @@ def deliver(loop: bool = typer.Option(False, "--loop", help="keep delivering unt
     try:
         if loop:
             console.print("delivering; Ctrl+C stops")
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 jobs.run(sessions=sessions, settings=settings, interval=interval)
-            except KeyboardInterrupt:
-                pass
             return
         counts = jobs.deliver_due(sessions=sessions, settings=settings)
         console.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing due")

@@ -118,7 +118,7 @@ def _register_optional() -> None:
     import importlib
 
     for module, name in (("emma.cli.importer", "import"), ("emma.cli.demo", "demo"),
-                         ("emma.cli.channels", "channels")):
+                         ("emma.cli.channels", "channels"), ("emma.cli.templates", "templates")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
