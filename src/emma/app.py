@@ -42,6 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(tracking_router)
 
+    from emma.consent.router import router as consent_router
+
+    app.include_router(consent_router)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "reason": e["msg"]}

@@ -358,11 +358,12 @@ def _event_identity(session: Session, customer_id: int | None) -> dict[str, str]
     return {"anonymousId": anon} if anon else None
 
 
-def _feed_back(session: Session, m: OutboxMessage, event: str, message_key: str, props: dict[str, Any],
-               now: dt.datetime) -> None:
-    """Opens and clicks come back as events through ingestion (deduplicated by messageId)."""
+def feed_back(*, session: Session, message: OutboxMessage, event: str, message_key: str, props: dict[str, Any],
+              now: dt.datetime) -> None:
+    """Opens, clicks and unsubscribes come back as events through ingestion (deduplicated by messageId)."""
     from emma.ingest import service as ingest
 
+    m = message
     who = _event_identity(session, m.customer_id)
     if who is None:
         return
@@ -383,7 +384,8 @@ def track_open(*, session: Session, token: str, settings: Settings, now: dt.date
                                                          DeliveryEvent.status == "opened").limit(1))
     if seen is None:
         log(session=session, message_id=mid, status="opened", at=now)
-        _feed_back(session, m, "Email Opened", f"emma-open-{mid}", {}, now)
+        feed_back(session=session, message=m, event="Email Opened", message_key=f"emma-open-{mid}", props={},
+                  now=now)
     return mid
 
 
@@ -396,5 +398,6 @@ def track_click(*, session: Session, token: str, settings: Settings, now: dt.dat
     if m is not None:
         log(session=session, message_id=mid, status="clicked", detail={"url": url}, at=now)
         key = hashlib.sha256(url.encode()).hexdigest()[:16]
-        _feed_back(session, m, "Email Link Clicked", f"emma-click-{mid}-{key}", {"link_url": url}, now)
+        feed_back(session=session, message=m, event="Email Link Clicked", message_key=f"emma-click-{mid}-{key}",
+                  props={"link_url": url}, now=now)
     return url

@@ -114,3 +114,96 @@ def confirmation_url(*, customer_id: int, purpose: str, settings: Settings, now:
     """The double opt-in confirmation link."""
     token = confirmation_token(customer_id=customer_id, purpose=purpose, settings=settings, now=now)
     return f"{settings.base_url.rstrip('/')}/consent/confirm/{token}"
+
+
+# Flows: double opt-in, unsubscribe, preference center. Callers commit (request edge).
+
+DOI_TEMPLATE = "double_opt_in"
+
+
+def request_opt_in(*, session: Session, customer_id: int, settings: Settings, purpose: str = "email_marketing",
+                   source: str = "signup", text_version: str | None = None,
+                   now: dt.datetime | None = None) -> int | None:
+    """Start double opt-in: consent stays pending and a confirmation mail is queued; returns its outbox id.
+
+    Nothing happens when consent is already granted. The confirmation mail is transactional: it is the one
+    message that may go out before consent exists.
+    """
+    validate(purpose=purpose, status="pending")
+    now = now or utcnow()
+    current = status_of(session=session, customer_id=customer_id).get(purpose)
+    if current == "granted":
+        return None
+    if current != "pending":  # a repeated sign-up while pending keeps the first record (and its text version)
+        record(session=session, customer_id=customer_id, purpose=purpose, status="pending", source=source,
+               recorded_at=now, text_version=text_version)
+    from emma.channels import service as channels  # channels depends on consent, not the other way round
+
+    url = confirmation_url(customer_id=customer_id, purpose=purpose, settings=settings, now=now)
+    # One confirmation mail per customer, purpose and hour: a form submitted twice does not mail twice.
+    msg = channels.enqueue(session=session, idempotency_key=f"doi:{customer_id}:{purpose}:{now:%Y%m%d%H}",
+                           customer_id=customer_id, channel="email", template=DOI_TEMPLATE, transactional=True,
+                           payload={"confirm_url": url, "ttl_hours": settings.doi_link_ttl_hours,
+                                    "purpose": purpose})
+    return msg.id
+
+
+def confirm_opt_in(*, session: Session, token: str, settings: Settings,
+                   now: dt.datetime | None = None) -> tuple[int, str, bool]:
+    """Grant the consent a genuine, unexpired confirmation link names; (customer, purpose, changed)."""
+    now = now or utcnow()
+    data = read_token(token=token, kind="doi", settings=settings, now=now)
+    cid, purpose = int(data["c"]), str(data["p"])
+    current = session.scalar(select(Consent.status).where(Consent.customer_id == cid, Consent.purpose == purpose))
+    if current != "pending":
+        # Already confirmed (a second click) or withdrawn since: an old link must not re-grant.
+        return cid, purpose, False
+    record(session=session, customer_id=cid, purpose=purpose, status="granted", source="double_opt_in",
+           recorded_at=now)
+    return cid, purpose, True
+
+
+def unsubscribe(*, session: Session, token: str, settings: Settings, source: str = "unsubscribe",
+                now: dt.datetime | None = None) -> tuple[int, str, int | None]:
+    """Revoke the purpose an unsubscribe link names; (customer, purpose, message id)."""
+    now = now or utcnow()
+    data = read_token(token=token, kind="unsubscribe", settings=settings, now=now)
+    cid, purpose, mid = int(data["c"]), str(data["p"]), data.get("m")
+    if record(session=session, customer_id=cid, purpose=purpose, status="revoked", source=source, recorded_at=now):
+        _unsubscribed_feedback(session, cid, purpose, mid, source, now)
+    return cid, purpose, mid
+
+
+def _unsubscribed_feedback(session: Session, cid: int, purpose: str, mid: int | None, source: str,
+                           now: dt.datetime) -> None:
+    """The unsubscribe is logged on the message and comes back as an event, like opens and clicks."""
+    from emma.channels import service as channels
+    from emma.channels.models import OutboxMessage
+
+    m = session.get(OutboxMessage, int(mid)) if mid is not None else None
+    if m is not None and m.customer_id == cid:
+        channels.log(session=session, message_id=m.id, status="unsubscribed", detail={"purpose": purpose,
+                                                                                       "source": source}, at=now)
+        channels.feed_back(session=session, message=m, event="Email Unsubscribed",
+                           message_key=f"emma-unsub-{m.id}-{purpose}", props={"purpose": purpose}, now=now)
+
+
+def set_preferences(*, session: Session, customer_id: int, choices: dict[str, bool], source: str,
+                    now: dt.datetime | None = None) -> list[str]:
+    """Apply the preference center's choices (purpose -> wanted); returns the purposes that changed.
+
+    Granting email here needs no second opt-in: the customer reached the page through a signed link that
+    was sent to that address.
+    """
+    now = now or utcnow()
+    current = status_of(session=session, customer_id=customer_id)
+    changed = []
+    for purpose, wanted in choices.items():
+        validate(purpose=purpose, status="granted")
+        status = "granted" if wanted else "revoked"
+        if current.get(purpose, "revoked" if not wanted else None) == status:
+            continue
+        if record(session=session, customer_id=customer_id, purpose=purpose, status=status, source=source,
+                  recorded_at=now):
+            changed.append(purpose)
+    return changed
