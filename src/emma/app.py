@@ -46,6 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(consent_router)
 
+    from emma.gdpr.router import router as gdpr_router
+
+    app.include_router(gdpr_router)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "reason": e["msg"]}

@@ -118,7 +118,8 @@ def _register_optional() -> None:
     import importlib
 
     for module, name in (("emma.cli.importer", "import"), ("emma.cli.demo", "demo"),
-                         ("emma.cli.channels", "channels"), ("emma.cli.templates", "templates")):
+                         ("emma.cli.channels", "channels"), ("emma.cli.templates", "templates"),
+                         ("emma.cli.gdpr", "gdpr")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

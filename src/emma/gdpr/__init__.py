@@ -1,0 +1,1 @@
+"""Data-protection requests: export everything held about a customer, erase it."""
