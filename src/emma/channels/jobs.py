@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,13 +14,10 @@ from emma.channels import service
 from emma.channels.adapters import Adapter, DeliveryResult, configured_adapters
 from emma.channels.exceptions import ChannelError, TransientError
 from emma.config import Settings
+from emma.coupons import service as coupons
 from emma.db import session_scope, utcnow
 
 log = logging.getLogger(__name__)
-
-# Hooks run once per tick after delivery (coupon attribution registers itself here).
-AFTER_TICK: list[Callable[[Session, dt.datetime], object]] = []
-
 
 def deliver_due(*, sessions: sessionmaker[Session], settings: Settings, adapters: Mapping[str, Adapter] | None = None,
                 now: dt.datetime | None = None) -> Counter[str]:
@@ -38,9 +35,10 @@ def deliver_due(*, sessions: sessionmaker[Session], settings: Settings, adapters
             ids = service.claim(session=s, channel=channel, now=now, limit=limit, lease=lease)
         for mid in ids:
             counts[_deliver_one(sessions, settings, adapter, mid, now)] += 1
-    for hook in AFTER_TICK:
-        with session_scope(sessions) as s:
-            hook(s, now)
+    with session_scope(sessions) as s:
+        converted = coupons.attribute_redemptions(session=s, now=now)
+    if converted:
+        counts["converted"] += converted
     return counts
 
 

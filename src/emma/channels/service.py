@@ -201,9 +201,22 @@ def context_for(*, session: Session, message: OutboxMessage, customer: Customer 
         ctx.setdefault("recommendations", [])
     links.update(payload.get("links") or {})
     ctx["links"] = links
-    ctx.setdefault("coupon", None)
+    ctx["coupon"] = _coupon(session, message, customer, payload.get("coupon"))
     ctx.setdefault("offer", None)
     return ctx
+
+
+def _coupon(session: Session, message: OutboxMessage, customer: Customer | None, spec: Any) -> Any:
+    """A payload {"campaign": ..., "valid_days": 14, "value": "10 %"} becomes the customer's own code."""
+    if not isinstance(spec, dict) or "campaign" not in spec or "code" in spec or customer is None:
+        return spec
+    from emma.coupons import service as coupons
+
+    days = int(spec.get("valid_days", 14))
+    c = coupons.issue(session=session, customer_id=customer.id, campaign=str(spec["campaign"]),
+                      value=spec.get("value"), message_id=message.id or None,
+                      expires_at=utcnow() + dt.timedelta(days=days))
+    return {"code": c.code, "value": c.value, "expires_at": c.expires_at, "campaign": c.campaign}
 
 
 def tracking_token(*, kind: str, message_id: int, settings: Settings, url: str | None = None) -> str:

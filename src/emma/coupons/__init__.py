@@ -1,0 +1,1 @@
+"""Personal coupons: unique codes per customer and campaign, redemption attributed to the message."""
