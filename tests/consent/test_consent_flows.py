@@ -178,6 +178,16 @@ def test_one_click_unsubscribe_from_the_list_unsubscribe_header(env, session):
     assert jobs.deliver_due(sessions=sessions, settings=settings) == {"suppressed": 1}
 
 
+def test_one_click_post_as_multipart_form_data(env, session):
+    settings, client, _, _, _ = env
+    cid = _customer(session)
+    url = consent.unsubscribe_url(customer_id=cid, purpose="email_marketing", message_id=None, settings=settings)
+    r = client.post(_path(url), files={"List-Unsubscribe": (None, "One-Click")})
+    assert r.status_code == 200 and r.text == "unsubscribed"
+    assert _status(session, cid) == "revoked"
+    assert consent.history(session=session, customer_id=cid)[-1].source == "unsubscribe:one-click"
+
+
 def test_forged_unsubscribe_tokens_change_nothing(env, session):
     settings, client, _, _, _ = env
     cid = _customer(session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 import uuid
 from typing import Any
@@ -51,6 +52,10 @@ def _bad_link(request: Request, exc: InvalidToken) -> HTMLResponse:
 
 async def _form(request: Request) -> dict[str, list[str]]:
     raw = (await request.body()).decode(errors="replace")
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        # RFC 8058 allows multipart bodies; the one field that matters is read without a multipart parser.
+        found = re.search(r'name="List-Unsubscribe"\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]*)', raw)
+        return {"List-Unsubscribe": [found.group(1)]} if found else {}
     return urllib.parse.parse_qs(raw, keep_blank_values=True)
 
 
