@@ -66,4 +66,9 @@ def test_consent_travels_in_segment_context(session):
          "context": {"consent": {"categoryPreferences": {"email_marketing": True, "ads": False, "bogus": True}}}}])
     session.commit()
     cid = profiles.get_customer(session=session, ref="c").id
-    assert consent.status_of(session=session, customer_id=cid) == {"email_marketing": "granted", "ads": "revoked"}
+    # email needs double opt-in: pending, and a transactional confirmation mail is queued
+    assert consent.status_of(session=session, customer_id=cid) == {"email_marketing": "pending", "ads": "revoked"}
+    from emma.channels.models import OutboxMessage
+
+    doi = session.scalar(select(OutboxMessage).where(OutboxMessage.customer_id == cid))
+    assert doi.transactional and doi.template == "double_opt_in"

@@ -189,7 +189,11 @@ def _consent_from_context(session: Session, cid: int, m: Message) -> None:
     if not isinstance(prefs, dict):
         return
     for purpose, granted in prefs.items():
-        if purpose in PURPOSES and isinstance(granted, bool):
+        if purpose == "email_marketing" and granted is True:
+            # A new email permission is pending until the customer confirms it (double opt-in).
+            consent.request_opt_in(session=session, customer_id=cid, settings=get_settings(),
+                                   source=f"{m.type}:context.consent", now=m.timestamp)
+        elif purpose in PURPOSES and isinstance(granted, bool):
             consent.record(session=session, customer_id=cid, purpose=purpose,
                            status="granted" if granted else "revoked", source=f"{m.type}:context.consent",
                            recorded_at=m.timestamp)
