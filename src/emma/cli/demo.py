@@ -1,0 +1,129 @@
+"""`emma demo`: build the demo shop, show what is in it, serve it; `emma demo truth` exports the ground truth."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from emma.cli.common import console, err_console
+
+app = typer.Typer(help="The demo shop: a simulated year of a German shop, and its ground truth.",
+                  invoke_without_command=True)
+
+DATABASE_HELP = "database URL; a SQLite file is recreated on every run"
+
+
+@app.callback()
+def demo(ctx: typer.Context,
+         database: str = typer.Option("sqlite:///./emma-demo.db", "--database", help=DATABASE_HELP),
+         customers: int = typer.Option(10_000, min=1, max=1_000_000, help="simulated customers"),
+         seed: int = typer.Option(42, help="random seed; the same seed gives the same shop"),
+         days: int = typer.Option(365, min=7, max=3650, help="days of history, ending today 00:00 UTC"),
+         cutoff_days: int = typer.Option(90, min=1, help="the last N days are the 'future' of the truth export"),
+         serve: bool = typer.Option(True, "--serve/--no-serve", help="start the server afterwards"),
+         host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000)) -> None:
+    """Create a fresh database, simulate the shop's year into it, print a summary, start the server."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from emma.db import make_engine, make_sessionmaker, session_scope
+    from emma.demo import service
+    from emma.demo.simulate import DemoConfig
+    from emma.demo.truth import write_truth
+
+    config = DemoConfig(customers=customers, seed=seed, days=days, cutoff_days=min(cutoff_days, days - 1))
+    console.print(f"Tante Emma demo shop: {customers:,} customers, {days} days up to {config.end}, seed {seed}")
+    started = time.perf_counter()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[events]:,} events"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("simulating days", total=days, events=0)
+
+        def progress(done: int, total: int, events: int) -> None:
+            bar.update(task, completed=done, events=events)
+
+        sim, run = service.run_demo(database=database, config=config, progress=progress)
+    truth_path = service.sidecar(database, "-truth.csv")
+    write_truth(sim, truth_path)
+    engine = make_engine(database)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            figures = service.summary(session=session)
+    finally:
+        engine.dispose()
+    _print_summary(figures, run, time.perf_counter() - started, truth_path)
+    if run.rejected:
+        err_console.print(f"[red]{len(run.rejected)} simulated events were rejected[/red]; first: {run.rejected[0]}")
+    if serve:
+        _serve(database, host, port)
+
+
+def _print_summary(f: dict, run: object, seconds: float, truth_path: Path) -> None:  # type: ignore[type-arg]
+    c = f["customers"]
+    head = Table(title="Demo-Shop / demo shop", show_header=False, title_justify="left")
+    head.add_row("Kunden (bekannt) / known customers", f"{c['known']:,}")
+    head.add_row("anonyme Besucher / anonymous visitors", f"{c['anonymous']:,}")
+    head.add_row("zusammengeführte Profile / merged profiles", f"{c['merged']:,}")
+    head.add_row("Käufer / buyers", f"{c['buyers']:,}")
+    head.add_row("Bestellungen / orders", f"{f['orders']:,}")
+    head.add_row("Umsatz / revenue", f"{f['revenue']:,.2f} EUR")
+    ab = f["abandoned_carts"] / f["carts"] if f["carts"] else 0.0
+    head.add_row("Warenkörbe, abgebrochen / carts, abandoned", f"{f['carts']:,}, {ab:.0%}")
+    head.add_row("Ereignisse / events", f"{sum(f['events'].values()):,} in {seconds:.1f} s "
+                 f"({getattr(run, 'messages', 0) / max(seconds, 1e-9):,.0f}/s)")
+    console.print(head)
+    ev = Table("event", "count", title="Ereignisse nach Typ / events by type", title_justify="left")
+    for name, n in f["events"].items():
+        ev.add_row(str(name), f"{n:,}")
+    console.print(ev)
+    cons = Table("purpose", "granted", "revoked", "coverage", title="Einwilligungen / consent", title_justify="left")
+    for purpose, v in f["consent"].items():
+        cons.add_row(purpose, f"{v['granted']:,}", f"{v['revoked']:,}", f"{v['coverage']:.0%}")
+    console.print(cons)
+    # Hook points: these figures appear once scoring, tactics, channels and experiments have run.
+    later = Table("figure", "value", title="Modelle und Kampagnen / models and campaigns", title_justify="left")
+    for key, label in (("predictions", "predictions"), ("tactics_fired", "tactics fired"),
+                       ("messages_by_channel", "messages by channel"),
+                       ("incremental_revenue", "incremental revenue vs holdout")):
+        value = f.get(key)
+        later.add_row(label, "not yet computed (run `emma score`)" if value is None else str(value))
+    console.print(later)
+    console.print(f"ground truth: {truth_path}  (export again: emma demo truth --out FILE.csv)")
+
+
+def _serve(database: str, host: str, port: int) -> None:
+    import uvicorn
+
+    from emma.app import create_app
+    from emma.config import Settings
+
+    console.print(f"Tante Emma at [link]http://{host}:{port}[/link]  (docs: /docs)  database: {database}")
+    uvicorn.run(create_app(Settings(database_url=database)), host=host, port=port, log_level="warning")
+
+
+@app.command("truth")
+def truth(out: Path = typer.Option(..., "--out", help="CSV file to write"),
+          database: str = typer.Option("sqlite:///./emma-demo.db", "--database", help="the demo database"),
+          cutoff_days: int = typer.Option(None, help="override the cut-off (days before the end)")) -> None:
+    """Export per customer the hidden traits and the realised future after the cut-off (recomputed from the seed)."""
+    from dataclasses import replace
+
+    from emma.demo import service
+    from emma.demo.simulate import simulate
+    from emma.demo.truth import write_truth
+
+    try:
+        config = service.read_meta(database)
+    except FileNotFoundError as exc:
+        err_console.print(f"[red]no demo parameters next to {database}; run `emma demo` first[/red]")
+        raise typer.Exit(1) from exc
+    if cutoff_days is not None:
+        config = replace(config, cutoff_days=min(cutoff_days, config.days - 1))
+    started = dt.datetime.now()
+    n = write_truth(simulate(config), out)
+    secs = (dt.datetime.now() - started).total_seconds()
+    console.print(f"{n:,} customers written to {out} (seed {config.seed}, cut-off {config.cutoff_days} days "
+                  f"before {config.end}; {secs:.1f} s)")
