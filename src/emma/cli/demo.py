@@ -79,9 +79,10 @@ def _print_summary(f: dict, run: object, seconds: float, truth_path: Path) -> No
     for name, n in f["events"].items():
         ev.add_row(str(name), f"{n:,}")
     console.print(ev)
-    cons = Table("purpose", "granted", "revoked", "coverage", title="Einwilligungen / consent", title_justify="left")
+    cons = Table("purpose", "granted", "pending", "revoked", "coverage", title="Einwilligungen / consent",
+                 title_justify="left")
     for purpose, v in f["consent"].items():
-        cons.add_row(purpose, f"{v['granted']:,}", f"{v['revoked']:,}", f"{v['coverage']:.0%}")
+        cons.add_row(purpose, f"{v['granted']:,}", f"{v['pending']:,}", f"{v['revoked']:,}", f"{v['coverage']:.0%}")
     console.print(cons)
     # Hook points: these figures appear once scoring, tactics, channels and experiments have run.
     later = Table("figure", "value", title="Modelle und Kampagnen / models and campaigns", title_justify="left")
@@ -89,7 +90,7 @@ def _print_summary(f: dict, run: object, seconds: float, truth_path: Path) -> No
                        ("messages_by_channel", "messages by channel"),
                        ("incremental_revenue", "incremental revenue vs holdout")):
         value = f.get(key)
-        later.add_row(label, "not yet computed (run `emma score`)" if value is None else str(value))
+        later.add_row(label, "noch keine / none yet" if value is None else str(value))
     console.print(later)
     console.print(f"ground truth: {truth_path}  (export again: emma demo truth --out FILE.csv)")
 

@@ -189,7 +189,7 @@ def summary(*, session: Session) -> dict[str, Any]:
         "orders": orders, "revenue": float(revenue),
         "carts": total_carts, "abandoned_carts": total_carts - carts.get("ordered", 0),
         "events": {name: n for name, n in events},
-        "consent": {p: {"granted": v.get("granted", 0), "revoked": v.get("revoked", 0),
+        "consent": {p: {"granted": v.get("granted", 0), "pending": v.get("pending", 0), "revoked": v.get("revoked", 0),
                         "coverage": v.get("granted", 0) / n_known if n_known else 0.0}
                     for p, v in consent.items()},
         # Filled in by later parts of the product (they are None until their tables exist).

@@ -346,7 +346,7 @@ class Simulation:
             if r[2] < 0.25:
                 t = b.page(t, uid, anon, "Startseite", "/", int(r[2] * 400))
             cname = CATEGORIES[int(s_cat[k])]
-            t = b.page(t, uid, anon, cname, f"/kategorie/{_slug(cname)}", int(r[3] * 100), category=cname)
+            t = b.page(t, uid, anon, "Kategorie", f"/kategorie/{_slug(cname)}", int(r[3] * 100), category=cname)
             seen = [int(x) for x in views[k, : n_views[k]] if x >= 0]
             if seen and r[4] < 0.3:
                 t = b.track(t, uid, anon, "Products Searched", {"query": _query(cat.name[seen[0]])})
@@ -560,8 +560,8 @@ class _Builder:
              category: str | None = None) -> int:
         if not self.emit:
             return self._add(sec, {})
-        props: dict[str, Any] = {"path": path, "url": f"https://shop.example.com{path}", "title": name,
-                                 "scroll_depth": scroll}
+        props: dict[str, Any] = {"path": path, "url": f"https://shop.example.com{path}",
+                                 "title": category or name, "scroll_depth": scroll}
         if category:
             props["category"] = category
         msg: dict[str, Any] = {"type": "page", "name": name, "properties": props, "anonymousId": anon}
