@@ -114,3 +114,27 @@ def test_true_uplift_follows_the_incentive_type(catalog: Catalog) -> None:
     assert np.abs(up[kind == INCENTIVE_TYPES.index("sure_thing")]).max() < up[kind == PERSUADABLE].min()
     c = customer(pop, int(np.flatnonzero(kind == PERSUADABLE)[0]))
     assert c.incentive_type == "persuadable" and c.user_id.startswith("kunde-")
+
+
+def test_a_reaction_enters_through_ingestion(session) -> None:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from emma.catalog import service as catalog_service
+    from emma.demo.response import emit
+    from emma.orders.models import Order
+
+    cat = generate_catalog(np.random.default_rng(0), days=365)
+    catalog_service.upsert_products(session=session, products=[cat.row(i, day=0) for i in range(len(cat))],
+                                    at=AT - dt.timedelta(days=30))
+    c = _customer("persuadable")
+    for k in range(3000):
+        msg = MarketingMessage(message_id=f"e{k}", channel="email", tactic="win_back", offer_skus=_offer(cat),
+                               incentive_percent=10, coupon="KOMM10")
+        r = respond(customer=c, message=msg, at=AT, catalog=cat)
+        if r.purchased:
+            break
+    result = emit(session=session, reaction=r)
+    assert result.rejected == [] and result.accepted == len(r.events)
+    order = session.scalar(select(Order).where(Order.order_id == r.order_id))
+    assert order is not None and order.coupon == "KOMM10" and float(order.revenue) == r.revenue
+    assert emit(session=session, reaction=r).duplicates == len(r.events)  # a resend changes nothing

@@ -153,3 +153,13 @@ def test_catalog_changes_over_the_year() -> None:
     assert sum(len(set(v)) > 1 for v in prices.values()) > 10  # price changes
     assert any(0 in v and v[-1] > 0 for v in stocks.values())  # stock-out and restock
     assert store_opened
+
+
+def test_the_response_model_sees_who_is_still_a_customer(year: Simulation) -> None:
+    from emma.demo.response import customer_of
+
+    gone = int(np.flatnonzero(year.dropout_day >= 0)[0])
+    stays = int(np.flatnonzero((year.dropout_day < 0) & (year.population.join_day < 300))[0])
+    assert customer_of(year, year.population.user_id[gone]).alive is False
+    assert customer_of(year, year.population.user_id[stays]).alive is True
+    assert customer_of(year, year.population.user_id[gone], day=int(year.dropout_day[gone])).alive is True

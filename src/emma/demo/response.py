@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from emma.config import Settings
 from emma.demo.catalog import Catalog
 from emma.demo.population import (
     CHANNELS,
@@ -92,6 +93,13 @@ def customer(population: Population, i: int, *, alive: bool = True) -> SimCustom
                        preferred_channel=CHANNELS[int(p.preferred_channel[i])],
                        preferred_hour=int(p.preferred_hour[i]), timezone=p.timezone(i),
                        locale=p.locale_tag(i), alive=alive)
+
+
+def customer_of(sim: Any, user_id: str, *, day: int | None = None) -> SimCustomer:
+    """The simulated customer behind a user id, active or not as of the given simulated day (default: the end)."""
+    i = sim.population.user_id.index(user_id)
+    alive = bool(sim.alive_at(sim.day if day is None else day)[i])
+    return customer(sim.population, i, alive=alive)
 
 
 def probabilities(*, channel_match: Any, hour_distance: Any, alive: Any, fit: Any, incentive_type: Any,
@@ -199,6 +207,13 @@ def respond(*, customer: SimCustomer, message: MarketingMessage, at: dt.datetime
     return reaction
 
 
+def emit(*, session: Any, reaction: Reaction, settings: Settings | None = None) -> Any:
+    """Send the reaction's events in through ingest, like the shop's tracking would (caller commits)."""
+    from emma.ingest import service as ingest
+
+    return ingest.ingest(session=session, raw_messages=reaction.events, settings=settings)
+
+
 def _product(catalog: Catalog, p: int) -> dict[str, Any]:
     return {"sku": catalog.sku[p], "name": catalog.name[p], "category": catalog.path[p],
             "price": int(catalog.price_cents[p]) / 100}
@@ -217,4 +232,4 @@ def true_uplift(population: Population, alive: np.ndarray, catalog: Catalog) -> 
 
 
 __all__ = ["LOST_CAUSE", "PERSUADABLE", "SLEEPING_DOG", "SURE_THING", "MarketingMessage", "Reaction",
-           "SimCustomer", "customer", "probabilities", "respond", "true_uplift"]
+           "SimCustomer", "customer", "customer_of", "emit", "probabilities", "respond", "true_uplift"]

@@ -76,7 +76,12 @@ def fresh_sqlite(database: str) -> None:
 def write_meta(database: str, config: DemoConfig) -> Path:
     """Remember the parameters so the truth can be recomputed from the seed later."""
     path = sidecar(database, ".json")
-    data = {**asdict(config), "end": config.end.isoformat()}
+    from emma.demo.catalog import stores
+
+    data = {**asdict(config), "end": config.end.isoformat(),
+            # The physical shops (there is no stores table yet): where they are and when they opened.
+            "stores": [{**st.as_dict(), "opened": (config.start + dt.timedelta(days=st.opened_day)).isoformat()
+                        if st.opened_day is not None else None} for st in stores(config.days)]}
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")
     return path
 
@@ -86,6 +91,7 @@ def read_meta(database: str) -> DemoConfig:
     path = sidecar(database, ".json")
     data = json.loads(path.read_text(encoding="utf-8"))
     data["end"] = dt.date.fromisoformat(data["end"])
+    data.pop("stores", None)
     return DemoConfig(**data)
 
 

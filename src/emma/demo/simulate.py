@@ -379,7 +379,7 @@ class Simulation:
                     self._after_registration(i, d)
                     uid = pop.user_id[i]
                 t = b.track(t, uid, anon, "Checkout Started", {"cart_id": cart_id, "currency": "EUR"})
-                t = self._order(b, k, t, i, uid, anon, cart_id, items, quantities, promo, r, o_delay[k], day_orders)
+                t = self._order(b, t, i, uid, anon, cart_id, items, quantities, promo, r, o_delay[k], day_orders)
                 counts["orders"] += 1
             else:
                 if seen and r[7] < ABANDONED_CART_P:
@@ -421,7 +421,7 @@ class Simulation:
         if revoke >= 0:
             self._schedule(d + revoke, 9 * 3600 + i % 3600, "revoke", {}, i)
 
-    def _order(self, b: _Builder, k: int, t: int, i: int, uid: str, anon: str, cart_id: str, items: list[int],
+    def _order(self, b: _Builder, t: int, i: int, uid: str, anon: str, cart_id: str, items: list[int],
                quantities: list[int], promo: Promotion | None, r: np.ndarray, delays: np.ndarray,
                day_orders: list[OrderRecord]) -> int:
         pop, cat = self.population, self.catalog
