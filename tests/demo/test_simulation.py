@@ -163,3 +163,23 @@ def test_the_response_model_sees_who_is_still_a_customer(year: Simulation) -> No
     assert customer_of(year, year.population.user_id[gone]).alive is False
     assert customer_of(year, year.population.user_id[stays]).alive is True
     assert customer_of(year, year.population.user_id[gone], day=int(year.dropout_day[gone])).alive is True
+
+
+def test_a_markdown_draws_price_sensitive_customers() -> None:
+    sim = Simulation(DemoConfig(customers=400, seed=6, days=30, end=END))
+    pop = sim.population
+    thrifty = int(np.argmax(pop.price_sensitivity))
+    carefree = int(np.argmin(pop.price_sensitivity))
+    customers = np.array([thrifty, carefree])
+
+    def share(p: int) -> np.ndarray:
+        prods, cdf = sim._weights(customers, 0, buy=True, d=0)
+        j = int(np.flatnonzero(prods == p)[0])
+        return cdf[:, j] - (cdf[:, j - 1] if j else 0)
+
+    p = int(np.flatnonzero(sim.catalog.category == 0)[0])
+    before = share(p)
+    sim.catalog.price_cents[p] = sim.catalog.price_cents[p] // 2
+    after = share(p)
+    assert after[0] > 1.5 * before[0]  # the thrifty customer jumps at it
+    assert after[0] / before[0] > after[1] / before[1]

@@ -181,9 +181,7 @@ class Simulation:
         self._offsets = _offsets(config)
         cat = self.catalog
         self._cat_products = [np.flatnonzero(cat.category == c) for c in range(len(CATEGORIES))]
-        self._log_rel_price = np.zeros(p)
-        for idx in self._cat_products:
-            self._log_rel_price[idx] = np.log(cat.base_price_cents[idx] / np.median(cat.base_price_cents[idx]))
+        self._cat_median = np.array([np.median(cat.base_price_cents[idx]) for idx in self._cat_products])
         self._dirty: set[int] = set()
         self.day = 0
 
@@ -234,7 +232,9 @@ class Simulation:
         base = cat.popularity[prods] * (cat.stock[prods] > 0 if buy else 1.0)
         sustain = 1.0 + 2.5 * np.outer(pop.cares_sustainability[sess_cust], cat.sustainable[prods])
         # Price-sensitive customers prefer the cheaper variants, indifferent ones lean towards premium.
-        price = np.exp(-np.outer(2.5 * pop.price_sensitivity[sess_cust] - 0.6, self._log_rel_price[prods]))
+        # Current prices, so a markdown draws the price-sensitive in (what the price_drop tactic relies on).
+        rel = np.log(cat.price_cents[prods] / self._cat_median[cat_idx])
+        price = np.exp(-np.outer(2.5 * pop.price_sensitivity[sess_cust] - 0.6, rel))
         w = base[None, :] * sustain * price
         cdf = np.cumsum(w, axis=1)
         total = cdf[:, -1:]
@@ -322,7 +322,6 @@ class Simulation:
         acc_pick = rng.integers(0, 4, size=s)
         o_delay = rng.integers(0, 1 << 20, size=(s, 6))
 
-        messages: list[dict[str, Any]] = []
         day_orders: list[OrderRecord] = []
         counts = {"sessions": s, "orders": 0, "carts": 0, "abandoned_carts": 0}
         b = _Builder(self, d, day0, emit)
