@@ -8,7 +8,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from emma.predict import features as F
-from emma.predict.estimators.clv import BGNBD, HybridRepeat
+from emma.predict.estimators.bgnbd import BGNBD
+from emma.predict.estimators.hybrid import HybridRepeat
 
 
 @dataclass

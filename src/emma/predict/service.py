@@ -15,7 +15,9 @@ from emma.consent.models import Consent
 from emma.db import utcnow
 from emma.predict import features as F
 from emma.predict.backtest import choose_value_model
-from emma.predict.estimators.clv import BGNBD, GammaGamma, HybridRepeat
+from emma.predict.estimators.bgnbd import BGNBD
+from emma.predict.estimators.gammagamma import GammaGamma
+from emma.predict.estimators.hybrid import HybridRepeat
 from emma.predict.lifecycle import bgnbd_no_purchase, churn_reason, lifecycle_stage
 from emma.predict.models import ModelVersion, Prediction, ScoreRun
 from emma.profiles.models import Customer
