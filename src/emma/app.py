@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from emma import __version__
 from emma.config import Settings, get_settings
@@ -21,8 +24,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = make_engine(settings.database_url, echo=settings.echo_sql)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from emma.onsite import jobs as onsite_jobs
+
+        async with onsite_jobs.running(app):
+            yield
         engine.dispose()
 
     app = FastAPI(title="Tante Emma", version=__version__, lifespan=lifespan)
@@ -31,6 +37,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(engine)
     app.state.key_cache = {}
     app.state.write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+    if settings.cors_origins:
+        # The JS snippet calls the API from the shop's pages; the Basic auth header makes browsers preflight.
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"], max_age=600)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"), name="static")
 
     from emma.ingest.router import router as ingest_router
     from emma.profiles.router import router as customers_router
@@ -49,6 +60,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from emma.gdpr.router import router as gdpr_router
 
     app.include_router(gdpr_router)
+
+    from emma.onsite import jobs as onsite_jobs
+    from emma.onsite.router import router as onsite_router
+
+    app.state.onsite = onsite_jobs.Runtime(app)
+    app.include_router(onsite_router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -49,6 +49,23 @@ class Settings(BaseSettings):
     doi_link_ttl_hours: int = 72
     unsubscribe_link_ttl_days: int = 365
 
+    # Browser origins (the shop's pages) allowed to call the API with the JS snippet, e.g.
+    # EMMA_CORS_ORIGINS='["https://shop.example.com"]'. Empty: no cross-origin calls.
+    cors_origins: list[str] = []
+    # On-site decisions (/v1/decide). Catalog-wide data (popularity, co-purchase neighbours, accessories)
+    # is cached in the process and rebuilt this often; impressions are written in batches this often.
+    onsite_cache_seconds: float = 300.0
+    onsite_flush_seconds: float = 0.5
+    onsite_items: int = 4
+    onsite_popular_days: int = 90
+    onsite_copurchase_days: int = 365
+    # The exit-intent coupon and the economics that decide whether it pays (see docs/onsite.md).
+    onsite_coupon_campaign: str = "exit-intent"
+    onsite_coupon_value: str = "10 %"
+    onsite_coupon_discount: float = 0.10
+    onsite_coupon_margin: float = 0.35
+    onsite_coupon_valid_days: int = 7
+
 
 @lru_cache
 def get_settings() -> Settings:

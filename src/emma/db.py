@@ -119,6 +119,7 @@ def import_all_models() -> None:
     from emma.consent import models as _consent  # noqa: F401
     from emma.coupons import models as _coupons  # noqa: F401
     from emma.ingest import models as _ingest  # noqa: F401
+    from emma.onsite import models as _onsite  # noqa: F401
     from emma.orders import models as _orders  # noqa: F401
     from emma.predict import models as _predict  # noqa: F401
     from emma.profiles import models as _profiles  # noqa: F401

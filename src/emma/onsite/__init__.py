@@ -1,0 +1,1 @@
+"""On-site decisions (/v1/decide) and the JS snippet that shows them."""

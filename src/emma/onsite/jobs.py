@@ -1,0 +1,116 @@
+"""The on-site runtime of one server process: the catalog snapshot, refreshed in the background, and the
+impression buffer, written in batches, so that a decision costs one indexed read and no write."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from emma.ingest.jobs import run_with_retry
+from emma.onsite import service
+from emma.onsite.schemas import DecideRequest
+
+log = logging.getLogger(__name__)
+_MAX_PENDING = 100_000  # impressions kept while the database refuses writes; older ones are dropped beyond
+
+
+class Runtime:
+    """Per-process state behind /v1/decide (kept on app.state.onsite)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.settings = app.state.settings
+        self.snapshot: service.Snapshot | None = None
+        self.pending: list[dict[str, Any]] = []
+        self._build_lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
+        self.inline_reads = app.state.engine.dialect.name == "sqlite"
+
+    def _build(self) -> service.Snapshot:
+        session = self.app.state.sessions()
+        try:
+            return service.build_snapshot(session=session, settings=self.settings)
+        finally:
+            session.close()
+
+    async def refresh(self) -> service.Snapshot:
+        """Rebuild the catalog snapshot in a worker thread; requests keep using the old one meanwhile."""
+        async with self._build_lock:
+            self.snapshot = await asyncio.to_thread(self._build)
+            return self.snapshot
+
+    async def current(self) -> service.Snapshot:
+        """The snapshot to decide with (the first request of a process waits for it to be built)."""
+        snap = self.snapshot
+        if snap is None:
+            snap = await self.refresh()
+        elif (time.monotonic() - snap.built_at > self.settings.onsite_cache_seconds
+              and (self._refreshing is None or self._refreshing.done())):
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_quietly())
+        return snap
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except Exception:  # a failed rebuild keeps the old snapshot; the next request tries again
+            log.exception("on-site catalog snapshot could not be rebuilt")
+
+    def _decide(self, request: DecideRequest, snap: service.Snapshot) -> service.Outcome:
+        session = self.app.state.sessions()
+        try:
+            return service.decide(session=session, request=request, snapshot=snap, settings=self.settings)
+        finally:
+            session.close()
+
+    async def decide(self, request: DecideRequest) -> dict[str, Any]:
+        """Decide, issue the coupon when one is due (a write, once per customer), queue the impression."""
+        snap = await self.current()
+        if self.inline_reads:
+            # A few indexed SQLite reads take less time than handing the work to a thread and back.
+            outcome = self._decide(request, snap)
+        else:
+            outcome = await asyncio.to_thread(self._decide, request, snap)
+        if outcome.issue_coupon:
+            cid = outcome.impression["customer_id"]
+            coupon = await run_with_retry(self.app, lambda s: service.issue_coupon(
+                session=s, customer_id=cid, settings=self.settings))
+            service.attach_coupon(outcome=outcome, coupon=coupon)
+        self.pending.append(outcome.impression)
+        return outcome.response
+
+    async def flush(self) -> int:
+        """Write the queued impressions in one transaction; on failure they stay queued."""
+        rows, self.pending = self.pending, []
+        if not rows:
+            return 0
+        try:
+            await run_with_retry(self.app, lambda s: service.log_impressions(session=s, rows=rows))
+        except Exception:
+            log.exception("could not write %d on-site impressions; kept for the next attempt", len(rows))
+            self.pending = (rows + self.pending)[-_MAX_PENDING:]
+            return 0
+        return len(rows)
+
+    async def loop(self, stop: asyncio.Event) -> None:
+        """Flush impressions every onsite_flush_seconds until stop is set (a flush under way completes)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.onsite_flush_seconds)
+            await self.flush()
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any) -> AsyncIterator[Runtime]:
+    """Run the impression writer for the app's lifetime; the last impressions are written on shutdown."""
+    runtime: Runtime = app.state.onsite
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(runtime.loop(stop))
+    try:
+        yield runtime
+    finally:
+        stop.set()
+        await task  # its last round writes what is still queued

@@ -1,0 +1,443 @@
+"""On-site decisions: what a placement shows to a visitor, and why.
+
+Everything that is the same for every visitor (product cards, popularity, co-purchase neighbours,
+accessories) is computed once per catalog snapshot; a request then needs one indexed lookup for the
+visitor (profile, consent, stored predictions and coupon in one statement) and a few dict look-ups.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy.orm import Session
+
+from emma.catalog.models import Product
+from emma.config import Settings
+from emma.consent.models import Consent
+from emma.coupons import service as coupons
+from emma.coupons.models import Coupon
+from emma.db import utcnow
+from emma.onsite.models import Decision
+from emma.onsite.schemas import DecideRequest
+from emma.orders.models import Cart, CartItem, Order, OrderLine
+from emma.predict.estimators.recommend import CoPurchaseRecommender
+from emma.predict.models import Prediction
+from emma.profiles.models import Customer, Identity
+
+NEIGHBOURS = 12
+POPULAR = 24
+
+HEADINGS = {
+    "recommendations": {"de": "Empfehlungen für Sie", "en": "Recommended for you"},
+    "popular": {"de": "Beliebt bei unseren Kunden", "en": "Popular with our customers"},
+    "co_purchase": {"de": "Andere Kunden kauften auch", "en": "Customers also bought"},
+    "accessories": {"de": "Zu Ihrem Produkt passt", "en": "Goes with your product"},
+    "coupon": {"de": "Bevor Sie gehen: {value} Rabatt", "en": "Before you go: {value} off"},
+}
+# Short, customer-facing answers to "why am I seeing this?".
+WHY = {
+    "recommendations": {"de": "Passend zu Ihren bisherigen Einkäufen", "en": "Based on what you bought before"},
+    "popular": {"de": "Oft gekauft in den letzten {days} Tagen", "en": "Often bought in the last {days} days"},
+    "popular_all": {"de": "Oft gekauft", "en": "Often bought"},
+    "co_purchase": {"de": "Wird oft zusammen mit „{name}“ gekauft", "en": "Often bought together with “{name}”"},
+    "co_purchase_cart": {"de": "Wird oft zusammen mit Artikeln in Ihrem Warenkorb gekauft",
+                         "en": "Often bought together with items in your cart"},
+    "accessories": {"de": "Zubehör zu „{name}“", "en": "Accessory for “{name}”"},
+    "accessories_cart": {"de": "Zubehör zu Artikeln in Ihrem Warenkorb", "en": "Accessories for items in your cart"},
+    "coupon": {"de": "Ihr persönlicher Gutschein, gültig bis {date}", "en": "Your personal coupon, valid until {date}"},
+}
+COUPON_TEXT = {"de": "Mit dem Code {code} sparen Sie {value} bei Ihrer nächsten Bestellung.",
+               "en": "Use the code {code} to save {value} on your next order."}
+
+
+# --- the catalog snapshot -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Card:
+    """One product as a placement shows it, in both languages."""
+
+    sku: str
+    names: dict[str, str]
+    price: float | None
+    currency: str
+    url: str | None
+    image_url: str | None
+
+    def item(self, locale: str) -> dict[str, Any]:
+        return {"sku": self.sku, "name": self.names[locale], "price": self.price,
+                "price_text": price_text(self.price, self.currency, locale), "currency": self.currency,
+                "url": self.url, "image_url": self.image_url}
+
+
+@dataclass
+class Snapshot:
+    """Catalog-wide data for decisions: the same for every visitor, rebuilt periodically."""
+
+    cards: dict[str, Card] = field(default_factory=dict)  # products that may be shown (active, in stock)
+    popular: list[str] = field(default_factory=list)
+    popular_days: int | None = None  # the window popularity was counted in; None: all order history
+    neighbours: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    accessories: dict[str, list[str]] = field(default_factory=dict)
+    built_at: float = 0.0  # time.monotonic()
+    build_seconds: float = 0.0
+
+
+def price_text(price: float | None, currency: str, locale: str) -> str | None:
+    """A price as a shop shows it: 1.234,50 € in German, €1,234.50 in English."""
+    if price is None:
+        return None
+    symbol = {"EUR": "€", "USD": "$", "GBP": "£"}.get(currency, currency)
+    if locale == "de":
+        text = f"{price:,.2f}".replace(",", "_").replace(".", ",").replace("_", ".")
+        return f"{text} {symbol}"
+    sep = "" if len(symbol) == 1 else " "
+    return f"{symbol}{sep}{price:,.2f}"
+
+
+def _float(v: Decimal | float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def build_snapshot(*, session: Session, settings: Settings, now: dt.datetime | None = None) -> Snapshot:
+    """Read the catalog and order lines once: product cards, popularity, co-purchase neighbours, accessories."""
+    t0 = time.perf_counter()
+    now = now or utcnow()
+    snap = Snapshot()
+    rows = session.execute(select(Product.sku, Product.name, Product.price, Product.currency, Product.url,
+                                  Product.image_url, Product.attributes, Product.stock, Product.active))
+    for sku, name, price, currency, url, image_url, attrs, stock, active in rows:
+        attrs = attrs or {}
+        if not active or (stock is not None and stock <= 0):
+            continue
+        name_en = attrs.get("name_en") if isinstance(attrs.get("name_en"), str) else name
+        snap.cards[sku] = Card(sku=sku, names={"de": name, "en": name_en}, price=_float(price),
+                               currency=currency or "EUR", url=url, image_url=image_url)
+        acc = attrs.get("accessory_skus")
+        if isinstance(acc, list):
+            snap.accessories[sku] = [str(a) for a in acc if str(a) != sku]
+    # Drop accessories that cannot be shown now (inactive, sold out, unknown).
+    snap.accessories = {k: [a for a in v if a in snap.cards] for k, v in snap.accessories.items()}
+    snap.accessories = {k: v for k, v in snap.accessories.items() if v}
+
+    since = now - dt.timedelta(days=settings.onsite_popular_days)
+    counts = session.execute(select(OrderLine.sku, func.count()).join(Order, Order.id == OrderLine.order_pk)
+                             .where(Order.ordered_at >= since).group_by(OrderLine.sku)).all()
+    snap.popular_days = settings.onsite_popular_days
+    if not counts:  # a quiet shop: all history rather than nothing
+        counts = session.execute(select(OrderLine.sku, func.count()).group_by(OrderLine.sku)).all()
+        snap.popular_days = None
+    ranked = sorted(((n, sku) for sku, n in counts if sku in snap.cards), key=lambda x: (-x[0], x[1]))
+    snap.popular = [sku for _, sku in ranked[:POPULAR]]
+    if len(snap.popular) < POPULAR:  # a new shop: fill with the catalog so a placement is never empty
+        snap.popular += [s for s in sorted(snap.cards) if s not in set(snap.popular)][:POPULAR - len(snap.popular)]
+
+    lines = session.execute(select(Order.customer_id, OrderLine.sku).join(Order, Order.id == OrderLine.order_pk)
+                            .where(Order.ordered_at >= now - dt.timedelta(days=settings.onsite_copurchase_days))
+                            ).all()
+    if lines:
+        cust_index: dict[int, int] = {}
+        item_index: dict[str, int] = {}
+        cs = np.fromiter((cust_index.setdefault(c, len(cust_index)) for c, _ in lines), dtype=np.int64,
+                         count=len(lines))
+        its = np.fromiter((item_index.setdefault(s, len(item_index)) for _, s in lines), dtype=np.int64,
+                          count=len(lines))
+        skus = list(item_index)
+        model = CoPurchaseRecommender(neighbors=NEIGHBOURS * 2).fit(cs, its, n_items=len(skus))
+        sim = model.similarity_
+        for i, sku in enumerate(skus):
+            lo, hi = sim.indptr[i], sim.indptr[i + 1]
+            if lo == hi:
+                continue
+            order = np.argsort(-sim.data[lo:hi], kind="stable")
+            found = [(skus[int(sim.indices[lo + j])], float(sim.data[lo + j])) for j in order]
+            found = [(s, w) for s, w in found if s in snap.cards][:NEIGHBOURS]
+            if found:
+                snap.neighbours[sku] = found
+    snap.built_at = time.monotonic()
+    snap.build_seconds = time.perf_counter() - t0
+    return snap
+
+
+# --- the visitor ------------------------------------------------------------------------------------
+
+@dataclass
+class Visitor:
+    """What a decision may know about the visitor: profile, consent, stored predictions, the coupon."""
+
+    customer_id: int
+    locale: str | None
+    consent: str | None
+    recommendations: list[str]
+    incentive_uplift: float | None
+    propensity: float | None
+    coupon: dict[str, Any] | None
+    merged_into_id: int | None = None
+
+
+_c, _i, _cs, _p, _cp = (Customer.__table__, Identity.__table__, Consent.__table__, Prediction.__table__,
+                        Coupon.__table__)
+_VISITOR_COLUMNS = (_c.c.id, _c.c.locale, _c.c.merged_into_id, _cs.c.status, _p.c.recommendations,
+                    _p.c.incentive_uplift, _p.c.propensity_30d, _cp.c.id, _cp.c.code, _cp.c.value,
+                    _cp.c.expires_at, _cp.c.redeemed_at)
+_VISITOR_FROM = (_c.outerjoin(_cs, and_(_cs.c.customer_id == _c.c.id, _cs.c.purpose == "personalization"))
+                 .outerjoin(_p, _p.c.customer_id == _c.c.id)
+                 .outerjoin(_cp, and_(_cp.c.customer_id == _c.c.id, _cp.c.campaign == bindparam("campaign"))))
+# One statement, all on unique indexes: identity (kind, value), consent (customer, purpose),
+# predictions (customer), coupons (customer, campaign).
+_BY_IDENTITY = (select(_i.c.kind, *_VISITOR_COLUMNS).select_from(_i.join(_VISITOR_FROM, _c.c.id == _i.c.customer_id))
+                .where(or_(and_(_i.c.kind == "user_id", _i.c.value == bindparam("user_id")),
+                           and_(_i.c.kind == "anonymous_id", _i.c.value == bindparam("anonymous_id")))))
+_BY_ID = select(*_VISITOR_COLUMNS).select_from(_VISITOR_FROM).where(_c.c.id == bindparam("customer_id"))
+
+
+def _visitor(row: Any) -> Visitor:
+    (cid, locale, merged, consent, recs, uplift, propensity, coupon_id, code, value, expires, redeemed) = row
+    skus = []
+    for r in recs or []:
+        sku = r.get("sku") if isinstance(r, dict) else r
+        if isinstance(sku, str):
+            skus.append(sku)
+    coupon = None
+    if coupon_id is not None:
+        coupon = {"id": coupon_id, "code": code, "value": value, "expires_at": expires, "redeemed_at": redeemed}
+    return Visitor(customer_id=cid, locale=locale, consent=consent, recommendations=skus,
+                   incentive_uplift=uplift, propensity=propensity, coupon=coupon, merged_into_id=merged)
+
+
+def find_visitor(*, session: Session, user_id: str | None, anonymous_id: str | None,
+                 campaign: str) -> Visitor | None:
+    """The known profile behind the ids (userId first), or None for a visitor never seen before."""
+    rows = session.execute(_BY_IDENTITY, {"user_id": user_id, "anonymous_id": anonymous_id,
+                                          "campaign": campaign}).all()
+    if not rows:
+        return None
+    row = next((r for r in rows if r[0] == "user_id"), rows[0])
+    v = _visitor(row[1:])
+    if v.merged_into_id is not None:  # an identity left behind on a merged profile: follow it
+        found = session.execute(_BY_ID, {"customer_id": v.merged_into_id, "campaign": campaign}).first()
+        if found is not None:
+            v = _visitor(found)
+    return v
+
+
+def stored_cart(*, session: Session, customer_id: int) -> list[str]:
+    """The skus in the customer's latest open cart (used when the page did not say)."""
+    cart = session.scalar(select(Cart.id).where(Cart.customer_id == customer_id, Cart.status != "ordered")
+                          .order_by(Cart.updated_at.desc()).limit(1))
+    if cart is None:
+        return []
+    return list(session.scalars(select(CartItem.sku).where(CartItem.cart_pk == cart).order_by(CartItem.id)))
+
+
+# --- deciding ---------------------------------------------------------------------------------------
+
+def locale_of(*, customer_locale: str | None, page_locale: str | None, default: str) -> str:
+    """de or en: the profile's language, else the browser's, else the shop default; other languages get en."""
+    for loc in (customer_locale, page_locale):
+        if loc:
+            return "de" if loc.lower().startswith("de") else "en"
+    return "de" if default.lower().startswith("de") else "en"
+
+
+def coupon_pays(*, uplift: float | None, baseline: float | None, discount: float,
+                margin: float) -> tuple[bool, str]:
+    """Whether a coupon earns more than it costs for this customer, and the arithmetic that says so.
+
+    uplift is the predicted rise in the probability of an order that the incentive causes, baseline the
+    probability without it. Every buyer redeems the coupon, so it costs discount x baseline on orders
+    that would have come anyway and earns (margin - discount) x uplift on the ones it brings.
+    """
+    if uplift is None:
+        return False, "no incentive-uplift prediction for the customer: no coupon (rule: no evidence, no discount)"
+    base = baseline or 0.0
+    gain, cost = uplift * (margin - discount), base * discount
+    verdict = "pays" if uplift > 0 and gain > cost else "does not pay"
+    return verdict == "pays", (f"incentive uplift {uplift:+.3f} x (margin {margin:.2f} - discount {discount:.2f}) = "
+                               f"{gain:.4f} vs. baseline {base:.3f} x discount {discount:.2f} = {cost:.4f}: "
+                               f"coupon {verdict}")
+
+
+@dataclass
+class Outcome:
+    """A decision before it is sent: the response, the impression row, and whether a coupon must be issued."""
+
+    response: dict[str, Any]
+    impression: dict[str, Any]
+    issue_coupon: bool = False
+
+
+def _block(kind: str, why: str, skus: list[str], snap: Snapshot, locale: str, **fmt: Any) -> dict[str, Any]:
+    return {"kind": kind, "heading": HEADINGS[kind][locale], "reason": WHY[why][locale].format(**fmt),
+            "items": [snap.cards[s].item(locale) for s in skus]}
+
+
+def _popular(snap: Snapshot, locale: str, exclude: set[str], limit: int) -> dict[str, Any]:
+    skus = [s for s in snap.popular if s not in exclude][:limit]
+    if snap.popular_days:
+        return _block("popular", "popular", skus, snap, locale, days=snap.popular_days)
+    return _block("popular", "popular_all", skus, snap, locale)
+
+
+def _ranked(candidates: list[tuple[str, float]], exclude: set[str], prefer: list[str], limit: int) -> list[str]:
+    """Candidates by score without exclusions; items the customer's own recommendations name come first."""
+    ordered = [s for s, _ in candidates if s not in exclude]
+    if prefer:
+        liked = set(prefer)
+        ordered = [s for s in ordered if s in liked] + [s for s in ordered if s not in liked]
+    return ordered[:limit]
+
+
+def decide(*, session: Session, request: DecideRequest, snapshot: Snapshot, settings: Settings,
+           now: dt.datetime | None = None) -> Outcome:
+    """The content for one placement and visitor, with reasons; the impression row to log with it."""
+    now = now or utcnow()
+    snap = snapshot
+    limit = request.limit or settings.onsite_items
+    ctx = request.context
+    campaign = settings.onsite_coupon_campaign
+    visitor = find_visitor(session=session, user_id=request.userId, anonymous_id=request.anonymousId,
+                           campaign=campaign)
+    locale = locale_of(customer_locale=visitor.locale if visitor else None, page_locale=ctx.locale,
+                       default=settings.default_locale)
+    personal = visitor is not None and visitor.consent == "granted"
+    reasons: dict[str, str] = {}
+    if visitor is None:
+        reasons["audience"] = "unknown visitor: generic content (popular items, product relations)"
+    elif not personal:
+        reasons["audience"] = "no personalization consent: generic content, nothing from the profile"
+    else:
+        reasons["audience"] = "personalization consent granted: the profile and stored predictions are used"
+    prefer = visitor.recommendations if personal and visitor else []
+    cart = list(dict.fromkeys(s for s in ctx.cart_skus if s))
+    if not cart and personal and visitor and request.placement == "cart":
+        cart = stored_cart(session=session, customer_id=visitor.customer_id)
+        if cart:
+            reasons["cart"] = "cart taken from the customer's latest open cart"
+    blocks: list[dict[str, Any]] = []
+    coupon_offer: dict[str, Any] | None = None
+    issue = False
+
+    if request.placement == "home":
+        recs = [s for s in prefer if s in snap.cards and s not in cart][:limit]
+        if recs:
+            blocks.append(_block("recommendations", "recommendations", recs, snap, locale))
+            reasons["recommendations"] = "the customer's stored recommendations (co-purchase on their history)"
+        else:
+            blocks.append(_popular(snap, locale, set(cart), limit))
+            reasons["popular"] = ("no stored recommendations for the customer: popular items" if personal
+                                  else "popular items")
+    elif request.placement in ("product_page", "cart"):
+        anchors = [ctx.sku] if request.placement == "product_page" else cart
+        anchors = [a for a in anchors if a]
+        exclude = set(anchors) | set(cart)
+        acc = list(dict.fromkeys(a for anchor in anchors for a in snap.accessories.get(anchor, [])
+                                 if a not in exclude))[:limit]
+        scores: dict[str, float] = {}
+        for anchor in anchors:
+            for s, w in snap.neighbours.get(anchor, []):
+                scores[s] = scores.get(s, 0.0) + w
+        co = _ranked(sorted(scores.items(), key=lambda x: -x[1]), exclude | set(acc), prefer, limit)
+        single = request.placement == "product_page"
+        name = snap.cards[ctx.sku].names[locale] if single and ctx.sku in snap.cards else (ctx.sku or "")
+        if co:
+            blocks.append(_block("co_purchase", "co_purchase" if single else "co_purchase_cart", co, snap, locale,
+                                 name=name))
+            reasons["co_purchase"] = ("bought together with the " + ("product" if single else "cart items") +
+                                      " by other customers (cosine co-purchase)" +
+                                      ("; the customer's own recommendations ranked first" if prefer else ""))
+        if acc:
+            blocks.append(_block("accessories", "accessories" if single else "accessories_cart", acc, snap,
+                                 locale, name=name))
+            reasons["accessories"] = "accessory_skus in the catalog"
+        if not blocks:
+            blocks.append(_popular(snap, locale, exclude, limit))
+            reasons["popular"] = ("no co-purchase data or accessories for " +
+                                  (f"sku {ctx.sku}" if single else "the cart" if cart else "an empty cart") +
+                                  ": popular items")
+    else:  # exit_intent: a coupon where it pays, otherwise nothing (not every visitor needs a discount)
+        if visitor is None:
+            reasons["coupon"] = "unknown visitor: no coupon (no prediction to say it pays)"
+        elif not personal:
+            reasons["coupon"] = "no personalization consent: no coupon (choosing by predicted uplift needs it)"
+        elif visitor.coupon is not None:
+            c = visitor.coupon
+            if c["redeemed_at"] is not None:
+                reasons["coupon"] = f"coupon of campaign {campaign} already redeemed: one per customer and campaign"
+            elif c["expires_at"] <= now:
+                reasons["coupon"] = f"coupon of campaign {campaign} expired: one per customer and campaign"
+            else:
+                coupon_offer = coupon_view(coupon=c, locale=locale)
+                reasons["coupon"] = f"coupon of campaign {campaign} issued before and still valid: shown again"
+        else:
+            pays, why = coupon_pays(uplift=visitor.incentive_uplift, baseline=visitor.propensity,
+                                    discount=settings.onsite_coupon_discount, margin=settings.onsite_coupon_margin)
+            reasons["coupon"] = why
+            issue = pays
+
+    decision_id = uuid.uuid4().hex
+    items = {b["kind"]: [i["sku"] for i in b["items"]] for b in blocks}
+    impression = {"decision_id": decision_id, "customer_id": visitor.customer_id if visitor else None,
+                  "anonymous_id": request.anonymousId if visitor is None else None,
+                  "placement": request.placement, "locale": locale, "personalized": personal, "items": items,
+                  "coupon_id": coupon_offer["id"] if coupon_offer else None, "reasons": reasons,
+                  "context": ctx.model_dump(exclude_none=True, exclude_defaults=True) if ctx else {},
+                  "created_at": now}
+    response = {"decision_id": decision_id, "placement": request.placement, "locale": locale,
+                "personalized": personal, "blocks": blocks, "coupon": _public(coupon_offer), "reasons": reasons}
+    return Outcome(response=response, impression=impression, issue_coupon=issue)
+
+
+def coupon_view(*, coupon: dict[str, Any], locale: str) -> dict[str, Any]:
+    """The coupon as the overlay shows it (id kept for the impression, dropped from the response)."""
+    value = coupon["value"] or ""
+    expires: dt.datetime = coupon["expires_at"]
+    date = expires.strftime("%d.%m.%Y") if locale == "de" else expires.strftime("%Y-%m-%d")
+    return {"id": coupon["id"], "code": coupon["code"], "value": coupon["value"],
+            "expires_at": expires.isoformat(), "heading": HEADINGS["coupon"][locale].format(value=value),
+            "text": COUPON_TEXT[locale].format(code=coupon["code"], value=value),
+            "reason": WHY["coupon"][locale].format(date=date)}
+
+
+def _public(offer: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if offer is None else {k: v for k, v in offer.items() if k != "id"}
+
+
+def issue_coupon(*, session: Session, customer_id: int, settings: Settings,
+                 now: dt.datetime | None = None) -> dict[str, Any]:
+    """The customer's exit-intent coupon, issued once per campaign (a repeat returns the same code)."""
+    now = now or utcnow()
+    c = coupons.issue(session=session, customer_id=customer_id, campaign=settings.onsite_coupon_campaign,
+                      value=settings.onsite_coupon_value,
+                      expires_at=now + dt.timedelta(days=settings.onsite_coupon_valid_days))
+    session.flush()
+    return {"id": c.id, "code": c.code, "value": c.value, "expires_at": c.expires_at, "redeemed_at": c.redeemed_at}
+
+
+def attach_coupon(*, outcome: Outcome, coupon: dict[str, Any]) -> None:
+    """Put a freshly issued coupon into the decision and its impression."""
+    offer = coupon_view(coupon=coupon, locale=outcome.response["locale"])
+    outcome.response["coupon"] = _public(offer)
+    outcome.impression["coupon_id"] = coupon["id"]
+    outcome.impression["reasons"]["coupon_issued"] = f"coupon {coupon['code']} issued"
+
+
+def log_impressions(*, session: Session, rows: list[dict[str, Any]]) -> int:
+    """Store impressions in one multi-row insert (no reads)."""
+    if rows:
+        session.execute(Decision.__table__.insert(), rows)
+    return len(rows)
+
+
+def impressions(*, session: Session, customer_id: int | None = None, limit: int = 100) -> list[Decision]:
+    """The latest logged decisions, optionally of one customer."""
+    stmt = select(Decision).order_by(Decision.id.desc()).limit(limit)
+    if customer_id is not None:
+        stmt = stmt.where(Decision.customer_id == customer_id)
+    return list(session.scalars(stmt))
