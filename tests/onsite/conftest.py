@@ -93,6 +93,12 @@ def seed(session: Any) -> dict[str, int]:
 
 
 @pytest.fixture
+def seed_shop() -> Any:
+    """The seeding function and catalog, for tests that build their own servers."""
+    return seed, PRODUCTS
+
+
+@pytest.fixture
 def shop(db_url: str, session_factory: Any) -> Iterator[Shop]:
     with session_factory() as s:
         ids = seed(s)

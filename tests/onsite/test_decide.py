@@ -215,3 +215,29 @@ def test_price_text_and_locale():
     assert service.locale_of(customer_locale=None, page_locale="de-AT", default="en") == "de"
     assert service.locale_of(customer_locale=None, page_locale="fr", default="de") == "en"
     assert service.locale_of(customer_locale=None, page_locale=None, default="de") == "de"
+
+
+def test_snippet_is_served_and_only_shop_origins_pass_the_preflight(sqlite_template, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from emma.app import create_app
+    from emma.config import Settings
+
+    shutil.copy(sqlite_template, tmp_path / "e.db")
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    with TestClient(create_app(Settings(database_url=url, cors_origins=["https://shop.example.com"]))) as c:
+        js = c.get("/static/emma.js")
+        assert js.status_code == 200 and "javascript" in js.headers["content-type"] and "/v1/decide" in js.text
+        for path in ("/v1/batch", "/v1/track", "/v1/decide"):
+            ok = c.options(path, headers={"Origin": "https://shop.example.com", **preflight})
+            assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://shop.example.com"
+            assert "authorization" in ok.headers["access-control-allow-headers"].lower()
+        evil = c.options("/v1/batch", headers={"Origin": "https://evil.example", **preflight})
+        assert evil.status_code == 400 and "access-control-allow-origin" not in evil.headers
+    with TestClient(create_app(Settings(database_url=url))) as c:  # no origins configured: no CORS at all
+        r = c.options("/v1/batch", headers={"Origin": "https://shop.example.com", **preflight})
+        assert "access-control-allow-origin" not in r.headers
