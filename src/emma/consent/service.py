@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from emma import signing
@@ -137,6 +138,11 @@ def request_opt_in(*, session: Session, customer_id: int, settings: Settings, pu
     if current != "pending":  # a repeated sign-up while pending keeps the first record (and its text version)
         record(session=session, customer_id=customer_id, purpose=purpose, status="pending", source=source,
                recorded_at=now, text_version=text_version)
+    return _queue_confirmation(session, customer_id, purpose, settings, now)
+
+
+def _queue_confirmation(session: Session, customer_id: int, purpose: str, settings: Settings,
+                        now: dt.datetime) -> int:
     from emma.channels import service as channels  # channels depends on consent, not the other way round
 
     url = confirmation_url(customer_id=customer_id, purpose=purpose, settings=settings, now=now)
@@ -207,3 +213,85 @@ def set_preferences(*, session: Session, customer_id: int, choices: dict[str, bo
                   recorded_at=now):
             changed.append(purpose)
     return changed
+
+
+class Batch:
+    """Consent decisions of many messages, applied in memory and written with a few statements.
+
+    `record` and `request_opt_in` have the semantics of the functions of the same name; preload the
+    customers first, then `flush`.
+    """
+
+    def __init__(self, session: Session, *, settings: Settings) -> None:
+        self.session = session
+        self.settings = settings
+        self._current: dict[tuple[int, str], dict[str, Any]] = {}
+        self._log: list[dict[str, Any]] = []
+
+    def preload(self, *, customer_ids: Iterable[int]) -> None:
+        """Load the current consent of these customers."""
+        t = Consent.__table__
+        cids = sorted(set(customer_ids))
+        for i in range(0, len(cids), 900):
+            for row in self.session.execute(select(t.c.id, t.c.customer_id, t.c.purpose, t.c.status, t.c.source,
+                                                   t.c.text_version, t.c.recorded_at)
+                                            .where(t.c.customer_id.in_(cids[i:i + 900]))).mappings():
+                self._current[(row["customer_id"], row["purpose"])] = {**row, "dirty": False}
+
+    def status(self, *, customer_id: int, purpose: str) -> str | None:
+        """The current status of one purpose, None when never decided."""
+        current = self._current.get((customer_id, purpose))
+        return current["status"] if current else None
+
+    def record(self, *, customer_id: int, purpose: str, status: str, source: str,
+               recorded_at: dt.datetime | None = None, text_version: str | None = None) -> bool:
+        """As record."""
+        validate(purpose=purpose, status=status)
+        recorded_at = recorded_at or utcnow()
+        current = self._current.get((customer_id, purpose))
+        if current is not None:
+            if current["recorded_at"] > recorded_at:
+                return False
+            if (current["status"], current["source"], current["text_version"], current["recorded_at"]) == (
+                    status, source, text_version, recorded_at):
+                return False
+        previous = current["status"] if current else None
+        if current is None:
+            current = self._current[(customer_id, purpose)] = {"id": None, "customer_id": customer_id,
+                                                               "purpose": purpose}
+        current.update(status=status, source=source, text_version=text_version, recorded_at=recorded_at,
+                       dirty=True)
+        self._log.append({"customer_id": customer_id, "purpose": purpose, "status": status,
+                          "previous_status": previous, "source": source, "text_version": text_version,
+                          "recorded_at": recorded_at, "logged_at": utcnow()})
+        return True
+
+    def request_opt_in(self, *, customer_id: int, purpose: str = "email_marketing", source: str = "signup",
+                       text_version: str | None = None, now: dt.datetime | None = None) -> int | None:
+        """As request_opt_in."""
+        validate(purpose=purpose, status="pending")
+        now = now or utcnow()
+        current = self.status(customer_id=customer_id, purpose=purpose)
+        if current == "granted":
+            return None
+        if current != "pending":
+            self.record(customer_id=customer_id, purpose=purpose, status="pending", source=source,
+                        recorded_at=now, text_version=text_version)
+        return _queue_confirmation(self.session, customer_id, purpose, self.settings, now)
+
+    def flush(self) -> None:
+        """Write the changed consents and their log."""
+        t = Consent.__table__
+        cols = ("customer_id", "purpose", "status", "source", "text_version", "recorded_at")
+        fresh = [{k: c[k] for k in cols} for c in self._current.values() if c["dirty"] and c["id"] is None]
+        changed = [{"b_id": c["id"], **{k: c[k] for k in cols[2:]}}
+                   for c in self._current.values() if c["dirty"] and c["id"] is not None]
+        if fresh:
+            self.session.execute(insert(t), fresh)
+        if changed:
+            self.session.execute(update(t).where(t.c.id == bindparam("b_id")), changed)
+        if self._log:
+            self.session.execute(insert(ConsentLog.__table__), self._log)
+        for c in self._current.values():
+            c["dirty"] = False
+        self._log = []

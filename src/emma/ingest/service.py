@@ -8,13 +8,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from emma.catalog import service as catalog
 from emma.config import Settings, get_settings
 from emma.consent import service as consent
-from emma.consent.models import PURPOSES
+from emma.consent.models import PURPOSES, Consent
 from emma.db import utcnow
 from emma.ingest.models import Event
 from emma.ingest.schemas import (
@@ -28,10 +28,11 @@ from emma.ingest.schemas import (
     validation_errors,
 )
 from emma.orders import service as orders
+from emma.orders.models import Cart, CartItem, Order, WishlistItem
 from emma.profiles import service as profiles
 from emma.profiles.models import Customer
 
-_CHUNK = 500
+_CHUNK = 2000
 
 
 def _sku(p: dict[str, Any]) -> str:
@@ -94,17 +95,22 @@ def ingest(*, session: Session, raw_messages: Sequence[Any], received_at: dt.dat
         seen.add(parsed.messageId)  # type: ignore[arg-type]
         valid.append((i, parsed))
     for start in range(0, len(valid), _CHUNK):
-        _store(session, [m for _, m in valid[start:start + _CHUNK]], received_at, result)
+        _store(session, [m for _, m in valid[start:start + _CHUNK]], received_at, result, settings)
     result.success = not result.rejected
     return result
 
 
-def _store(session: Session, msgs: list[Message], received_at: dt.datetime, result: IngestResult) -> None:
-    existing = set(session.scalars(select(Event.message_id).where(Event.message_id.in_([m.messageId for m in msgs]))))
+def _store(session: Session, msgs: list[Message], received_at: dt.datetime, result: IngestResult,
+           settings: Settings) -> None:
+    existing: set[str] = set()
+    ids = [m.messageId for m in msgs]
+    for i in range(0, len(ids), 900):
+        existing.update(session.scalars(select(Event.message_id).where(Event.message_id.in_(ids[i:i + 900]))))
     fresh = [m for m in msgs if m.messageId not in existing]
     result.duplicates += len(msgs) - len(fresh)
     if not fresh:
         return
+    session.flush()
     resolver = profiles.Resolver(session, now=received_at)
     resolver.preload([("user_id", m.userId) for m in fresh if m.userId] +
                      [("anonymous_id", m.anonymousId) for m in fresh if m.anonymousId] +
@@ -128,33 +134,65 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, resu
     inserted = _insert_events(session, rows)
     result.duplicates += len(rows) - len(inserted)
     result.accepted += len(inserted)
+    stored = [m for m in fresh if m.messageId in inserted]
+    if not stored:
+        return
+    # Derived state: load what the chunk touches, apply the messages in order in memory, write once.
+    cids = {customer_of[m.messageId] for m in stored}  # type: ignore[index]
+    identifies = [m for m in stored if m.type == "identify"]
+    traits = profiles.TraitBatch(session)
+    traits.preload(customer_ids={customer_of[m.messageId] for m in identifies})  # type: ignore[index]
+    shop = orders.Batch(session)
+    cart_ids: set[str] = set()
+    order_ids: set[str] = set()
+    for m in stored:
+        if m.type == "track" and isinstance(m.properties, dict):
+            if m.properties.get("cart_id"):
+                cart_ids.add(str(m.properties["cart_id"]))
+            if m.properties.get("order_id"):
+                order_ids.add(str(m.properties["order_id"]))
+    shop.preload(customer_ids=cids, cart_ids=cart_ids, order_ids=order_ids)
+    consents = consent.Batch(session, settings=settings)
+    consents.preload(customer_ids={customer_of[m.messageId] for m in stored if _consent_prefs(m)})  # type: ignore[index]
     skus: set[str] = set()
     last_seen: dict[int, dt.datetime] = {}
-    for m in fresh:
-        if m.messageId not in inserted:
-            continue
+    for m in stored:
         cid = customer_of[m.messageId]  # type: ignore[index]
         ts = m.timestamp
         assert ts is not None
         if cid not in last_seen or last_seen[cid] < ts:
             last_seen[cid] = ts
         if m.type == "identify":
-            _identify(session, resolver, cid, m)
+            _identify(resolver, traits, cid, m)
         elif m.type == "track":
-            skus.update(_track(session, cid, m))
-        _consent_from_context(session, cid, m)
+            skus.update(_track(shop, cid, m))
+        _consent_from_context(consents, cid, m)
+    traits.flush()
+    shop.flush()
+    consents.flush()
+    session.flush()
     if skus:
         unknown = sorted(skus - catalog.known_skus(session=session, skus=skus))
         if unknown:
             shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             result.warnings.append(f"unknown skus kept (add them to the catalog): {shown}")
-    for cid, ts in last_seen.items():
-        session.execute(update(Customer).where(Customer.id == cid)
-                        .where((Customer.last_seen_at.is_(None)) | (Customer.last_seen_at < ts))
-                        .values(last_seen_at=ts))
+    customers = Customer.__table__
+    session.execute(update(customers).where(customers.c.id == bindparam("b_id"))
+                    .where(customers.c.last_seen_at.is_(None) | (customers.c.last_seen_at < bindparam("b_ts")))
+                    .values(last_seen_at=bindparam("b_ts")),
+                    [{"b_id": cid, "b_ts": ts} for cid, ts in last_seen.items()])
     resolver.apply_merges()
+    _expire_stale(session)
     if resolver.conflicts:
         result.warnings.append(f"{len(resolver.conflicts)} identity conflict(s) recorded; profiles kept apart")
+
+
+def _expire_stale(session: Session) -> None:
+    # Derived state was written with plain statements: objects a caller loaded earlier must reload.
+    for obj in list(session.identity_map.values()):
+        if not isinstance(obj, Customer | Consent | Cart | CartItem | Order | WishlistItem):
+            continue
+        session.expire(obj)
 
 
 def _insert_events(session: Session, rows: list[dict[str, Any]]) -> set[str]:
@@ -168,9 +206,7 @@ def _insert_events(session: Session, rows: list[dict[str, Any]]) -> set[str]:
     return set(session.scalars(stmt, rows))
 
 
-def _identify(session: Session, resolver: profiles.Resolver, cid: int, m: Message) -> None:
-    customer = session.get(Customer, cid)
-    assert customer is not None
+def _identify(resolver: profiles.Resolver, traits_batch: profiles.TraitBatch, cid: int, m: Message) -> None:
     traits = dict(m.traits)
     for key in ("locale", "timezone"):
         if key in m.context and key not in traits:
@@ -179,65 +215,67 @@ def _identify(session: Session, resolver: profiles.Resolver, cid: int, m: Messag
     if isinstance(email, str) and email.strip():
         resolver.claim(customer_id=cid, kind="email", value=email.strip().lower(), message_id=m.messageId)
     if traits:
-        profiles.apply_traits(session=session, customer=customer, traits=traits, source="identify",
-                              at=m.timestamp)  # type: ignore[arg-type]
+        traits_batch.apply(customer_id=cid, traits=traits, source="identify", at=m.timestamp)  # type: ignore[arg-type]
 
 
-def _consent_from_context(session: Session, cid: int, m: Message) -> None:
-    prefs = (m.context.get("consent") or {}).get("categoryPreferences") if isinstance(
-        m.context.get("consent"), dict) else None
-    if not isinstance(prefs, dict):
+def _consent_prefs(m: Message) -> dict[str, Any] | None:
+    given = m.context.get("consent")
+    prefs = given.get("categoryPreferences") if isinstance(given, dict) else None
+    return prefs if isinstance(prefs, dict) and prefs else None
+
+
+def _consent_from_context(consents: consent.Batch, cid: int, m: Message) -> None:
+    prefs = _consent_prefs(m)
+    if prefs is None:
         return
     for purpose, granted in prefs.items():
         if purpose == "email_marketing" and granted is True:
             # A new email permission is pending until the customer confirms it (double opt-in).
-            consent.request_opt_in(session=session, customer_id=cid, settings=get_settings(),
-                                   source=f"{m.type}:context.consent", now=m.timestamp)
+            consents.request_opt_in(customer_id=cid, source=f"{m.type}:context.consent", now=m.timestamp)
         elif purpose in PURPOSES and isinstance(granted, bool):
-            consent.record(session=session, customer_id=cid, purpose=purpose,
-                           status="granted" if granted else "revoked", source=f"{m.type}:context.consent",
-                           recorded_at=m.timestamp)
+            consents.record(customer_id=cid, purpose=purpose, status="granted" if granted else "revoked",
+                            source=f"{m.type}:context.consent", recorded_at=m.timestamp)
 
 
-def _track(session: Session, cid: int, m: Message) -> set[str]:
+def _track(shop: orders.Batch, cid: int, m: Message) -> set[str]:
     """Apply an ecommerce event to carts, orders and wishlists; returns the skus it named."""
     name, p, at = m.event, m.properties, m.timestamp
     assert at is not None
     if name in ("Product Added", "Product Removed"):
-        cart_id = str(p.get("cart_id") or orders.open_cart_id(session=session, customer_id=cid))
+        cart_id = str(p.get("cart_id") or shop.open_cart_id(customer_id=cid))
         if name == "Product Added":
-            orders.cart_add(session=session, customer_id=cid, cart_id=cart_id, sku=_sku(p),
-                            quantity=int(p.get("quantity", 1)), price=_money(p.get("price")), at=at)
+            shop.cart_add(customer_id=cid, cart_id=cart_id, sku=_sku(p), quantity=int(p.get("quantity", 1)),
+                          price=_money(p.get("price")), at=at)
         else:
             q = p.get("quantity")
-            orders.cart_remove(session=session, customer_id=cid, cart_id=cart_id, sku=_sku(p),
-                               quantity=int(q) if q is not None else None, at=at)
+            shop.cart_remove(customer_id=cid, cart_id=cart_id, sku=_sku(p),
+                             quantity=int(q) if q is not None else None, at=at)
         return {_sku(p)}
     if name == "Checkout Started":
-        cart_id = str(p.get("cart_id") or orders.open_cart_id(session=session, customer_id=cid))
-        orders.cart_checkout(session=session, customer_id=cid, cart_id=cart_id, at=at)
+        cart_id = str(p.get("cart_id") or shop.open_cart_id(customer_id=cid))
+        shop.cart_checkout(customer_id=cid, cart_id=cart_id, at=at)
         return set()
     if name == "Order Completed":
         products = p.get("products") or []
         lines = [{"sku": _sku(x), "quantity": int(x.get("quantity", 1)), "unit_price": _money(x.get("price"))}
                  for x in products]
         revenue = p.get("revenue", p.get("total"))
-        cart_id = str(p.get("cart_id") or orders.open_cart_id(session=session, customer_id=cid))
-        orders.create_orders(session=session, source="event", orders=[{
+        cart_id = str(p.get("cart_id") or shop.open_cart_id(customer_id=cid))
+        shop.create_order({
             "order_id": str(p["order_id"]), "customer_id": cid, "ordered_at": at, "status": "completed",
             "currency": p.get("currency") or "EUR", "revenue": _money(revenue), "discount": _money(p.get("discount")),
-            "coupon": p.get("coupon"), "cart_id": cart_id, "lines": lines}])
-        orders.cart_ordered(session=session, cart_id=cart_id, order_id=str(p["order_id"]), at=at)
+            "coupon": p.get("coupon"), "cart_id": cart_id, "lines": lines})
+        shop.cart_ordered(cart_id=cart_id, order_id=str(p["order_id"]), at=at)
         return {line["sku"] for line in lines}
     if name in ORDER_STATUS_EVENTS:
         status = ORDER_STATUS_EVENTS[name] or str(p["status"])
-        orders.update_order_status(session=session, order_id=str(p["order_id"]), status=status, at=at)
+        shop.update_order_status(order_id=str(p["order_id"]), status=status, at=at)
         return set()
     if name == "Product Added to Wishlist":
-        orders.wishlist_add(session=session, customer_id=cid, sku=_sku(p), at=at)
+        shop.wishlist_add(customer_id=cid, sku=_sku(p), at=at)
         return {_sku(p)}
     if name == "Product Removed from Wishlist":
-        orders.wishlist_remove(session=session, customer_id=cid, sku=_sku(p), at=at)
+        shop.wishlist_remove(customer_id=cid, sku=_sku(p), at=at)
         return {_sku(p)}
     if name == "Product Viewed":
         return {_sku(p)}

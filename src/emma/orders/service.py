@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from emma.orders.models import Cart, CartItem, Order, OrderLine, WishlistItem
@@ -78,9 +79,9 @@ def default_cart_id(customer_id: int) -> str:
 
 
 def open_cart_id(*, session: Session, customer_id: int) -> str:
-    """The customer's most recently updated open cart, or the default id."""
+    """The customer's most recently updated open cart (the older cart on a tie), or the default id."""
     found = session.scalar(select(Cart.cart_id).where(Cart.customer_id == customer_id, Cart.status != "ordered")
-                           .order_by(Cart.updated_at.desc()).limit(1))
+                           .order_by(Cart.updated_at.desc(), Cart.id).limit(1))
     return found or default_cart_id(customer_id)
 
 
@@ -169,3 +170,242 @@ def lines_of(*, session: Session, order_pks: Sequence[int]) -> dict[int, list[Or
                                     .order_by(OrderLine.order_pk, OrderLine.line_no)):
             out.setdefault(line.order_pk, []).append(line)
     return out
+
+
+def _in_chunks(values: Sequence[Any], size: int = 900) -> Iterator[list[Any]]:
+    vals = list(values)
+    for i in range(0, len(vals), size):
+        yield vals[i:i + size]
+
+
+@dataclass(eq=False)
+class _Item:
+    pk: int | None
+    quantity: int
+    price: Decimal | None
+    added_at: dt.datetime
+    dirty: bool = False
+
+
+@dataclass(eq=False)
+class _Cart:
+    pk: int | None
+    cart_id: str
+    customer_id: int
+    status: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    order_id: str | None
+    items: dict[str, _Item] = field(default_factory=dict)
+    dirty: bool = False
+    age: int = 0  # creation order: the primary key, or after all stored carts for new ones
+
+
+@dataclass(eq=False)
+class _Wish:
+    pk: int | None
+    added_at: dt.datetime
+    removed_at: dt.datetime | None
+    dirty: bool = False
+
+
+class Batch:
+    """Carts, orders and wishlists of many events, kept in memory and written with a few statements.
+
+    Each method has the semantics of the single-event function of the same name; `flush` writes the result.
+    Everything a method may touch must be preloaded first.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._carts: dict[str, _Cart] = {}
+        self._by_customer: dict[int, set[str]] = {}
+        self._deleted_items: list[int] = []
+        self._orders_known: set[str] = set()
+        self._new_orders: dict[str, dict[str, Any]] = {}
+        self._status: dict[str, dict[str, Any]] = {}
+        self._wish: dict[tuple[int, str], _Wish] = {}
+
+    def preload(self, *, customer_ids: Iterable[int], cart_ids: Iterable[str], order_ids: Iterable[str]) -> None:
+        """Load the named carts, the customers' unordered carts and wishlists, and which orders exist."""
+        cids = set(customer_ids)
+        names = set(cart_ids) | {default_cart_id(c) for c in cids}
+        carts = Cart.__table__
+        cols = (carts.c.id, carts.c.cart_id, carts.c.customer_id, carts.c.status, carts.c.created_at,
+                carts.c.updated_at, carts.c.order_id)
+        rows = []
+        for part in _in_chunks(sorted(names)):
+            rows += self.session.execute(select(*cols).where(carts.c.cart_id.in_(part))).all()
+        for part in _in_chunks(sorted(cids)):
+            rows += self.session.execute(select(*cols).where(carts.c.customer_id.in_(part),
+                                                             carts.c.status != "ordered")).all()
+        for pk, cart_id, cid, status, created, updated, order_id in rows:
+            if cart_id not in self._carts:
+                self._remember(_Cart(pk, cart_id, cid, status, created, updated, order_id, age=pk))
+        by_pk = {c.pk: c for c in self._carts.values()}
+        items = CartItem.__table__
+        for part in _in_chunks(sorted(by_pk)):
+            for pk, cart_pk, sku, quantity, price, added in self.session.execute(select(
+                    items.c.id, items.c.cart_pk, items.c.sku, items.c.quantity, items.c.price, items.c.added_at)
+                    .where(items.c.cart_pk.in_(part))):
+                by_pk[cart_pk].items[sku] = _Item(pk, quantity, price, added)
+        for part in _in_chunks(sorted(set(order_ids))):
+            self._orders_known.update(self.session.scalars(select(Order.order_id).where(Order.order_id.in_(part))))
+        wl = WishlistItem.__table__
+        for part in _in_chunks(sorted(cids)):
+            for pk, cid, sku, added, removed in self.session.execute(select(
+                    wl.c.id, wl.c.customer_id, wl.c.sku, wl.c.added_at, wl.c.removed_at)
+                    .where(wl.c.customer_id.in_(part))):
+                self._wish[(cid, sku)] = _Wish(pk, added, removed)
+
+    def _remember(self, cart: _Cart) -> None:
+        self._carts[cart.cart_id] = cart
+        self._by_customer.setdefault(cart.customer_id, set()).add(cart.cart_id)
+
+    def _cart(self, cart_id: str, customer_id: int, at: dt.datetime) -> _Cart:
+        cart = self._carts.get(cart_id)
+        if cart is None:
+            cart = _Cart(None, cart_id, customer_id, "open", at, at, None, dirty=True, age=2**62 + len(self._carts))
+            self._remember(cart)
+        return cart
+
+    def open_cart_id(self, *, customer_id: int) -> str:
+        """As open_cart_id: the customer's most recently updated unordered cart, or the default id."""
+        best: tuple[dt.datetime, int, str] | None = None
+        for cart_id in self._by_customer.get(customer_id, ()):
+            cart = self._carts[cart_id]
+            if cart.customer_id != customer_id or cart.status == "ordered":
+                continue
+            # the latest update wins; on a tie the older cart, as in open_cart_id (new carts are the newest)
+            key = (cart.updated_at, -cart.age, cart_id)
+            if best is None or key[:2] > best[:2]:
+                best = key
+        return best[2] if best else default_cart_id(customer_id)
+
+    def cart_add(self, *, customer_id: int, cart_id: str, sku: str, quantity: int, price: Decimal | None,
+                 at: dt.datetime) -> None:
+        """As cart_add."""
+        cart = self._cart(cart_id, customer_id, at)
+        if cart.status == "ordered":
+            self._deleted_items += [i.pk for i in cart.items.values() if i.pk is not None]
+            cart.items.clear()
+            cart.order_id = None
+        if cart.customer_id != customer_id:
+            self._by_customer.setdefault(customer_id, set()).add(cart_id)
+        cart.status, cart.updated_at, cart.customer_id, cart.dirty = "open", at, customer_id, True
+        item = cart.items.get(sku)
+        if item is None:
+            cart.items[sku] = _Item(None, quantity, price, at, dirty=True)
+        else:
+            item.quantity += quantity
+            if price is not None:
+                item.price = price
+            item.dirty = True
+
+    def cart_remove(self, *, customer_id: int, cart_id: str, sku: str, quantity: int | None,
+                    at: dt.datetime) -> None:
+        """As cart_remove."""
+        cart = self._cart(cart_id, customer_id, at)
+        item = cart.items.get(sku)
+        if item is not None:
+            if quantity is None or quantity >= item.quantity:
+                del cart.items[sku]
+                if item.pk is not None:
+                    self._deleted_items.append(item.pk)
+            else:
+                item.quantity -= quantity
+                item.dirty = True
+        cart.updated_at, cart.dirty = at, True
+
+    def cart_checkout(self, *, customer_id: int, cart_id: str, at: dt.datetime) -> None:
+        """As cart_checkout."""
+        cart = self._cart(cart_id, customer_id, at)
+        if cart.status == "open":
+            cart.status, cart.updated_at, cart.dirty = "checkout", at, True
+
+    def cart_ordered(self, *, cart_id: str, order_id: str, at: dt.datetime) -> None:
+        """As cart_ordered (an unknown cart id changes nothing)."""
+        cart = self._carts.get(cart_id)
+        if cart is not None:
+            cart.status, cart.order_id, cart.updated_at, cart.dirty = "ordered", order_id, at, True
+
+    def create_order(self, order: dict[str, Any]) -> None:
+        """As create_orders for one order: an order id that exists already is left as it is."""
+        oid = order["order_id"]
+        if oid not in self._orders_known:
+            self._orders_known.add(oid)
+            self._new_orders[oid] = order
+
+    def update_order_status(self, *, order_id: str, status: str, at: dt.datetime) -> bool:
+        """As update_order_status."""
+        if order_id not in self._orders_known:
+            return False
+        values = self._status.setdefault(order_id, {})
+        values.update(status=status, updated_at=at)
+        if status == "shipped":
+            values["shipped_at"] = at
+        if status == "delivered":
+            values["delivered_at"] = at
+        return True
+
+    def wishlist_add(self, *, customer_id: int, sku: str, at: dt.datetime) -> None:
+        """As wishlist_add."""
+        item = self._wish.get((customer_id, sku))
+        if item is None:
+            self._wish[(customer_id, sku)] = _Wish(None, at, None, dirty=True)
+        else:
+            item.added_at, item.removed_at, item.dirty = at, None, True
+
+    def wishlist_remove(self, *, customer_id: int, sku: str, at: dt.datetime) -> None:
+        """As wishlist_remove."""
+        item = self._wish.get((customer_id, sku))
+        if item is not None:
+            item.removed_at, item.dirty = at, True
+
+    def flush(self) -> None:
+        """Write everything the batch changed."""
+        s = self.session
+        carts, items = Cart.__table__, CartItem.__table__
+        fresh = [c for c in self._carts.values() if c.pk is None]
+        changed = [{"b_pk": c.pk, "customer_id": c.customer_id, "status": c.status, "updated_at": c.updated_at,
+                    "order_id": c.order_id} for c in self._carts.values() if c.dirty and c.pk is not None]
+        if fresh:
+            rows = [{"cart_id": c.cart_id, "customer_id": c.customer_id, "status": c.status,
+                     "created_at": c.created_at, "updated_at": c.updated_at, "order_id": c.order_id} for c in fresh]
+            pks = dict(s.execute(insert(carts).returning(carts.c.cart_id, carts.c.id), rows).all())
+            for c in fresh:
+                c.pk = pks[c.cart_id]
+        if changed:
+            s.execute(update(carts).where(carts.c.id == bindparam("b_pk")), changed)
+        if self._deleted_items:
+            for part in _in_chunks(self._deleted_items):
+                s.execute(delete(items).where(items.c.id.in_(part)))
+        new_items, changed_items = [], []
+        for c in self._carts.values():
+            for sku, i in c.items.items():
+                if i.pk is None:
+                    new_items.append({"cart_pk": c.pk, "sku": sku, "quantity": i.quantity, "price": i.price,
+                                      "added_at": i.added_at})
+                elif i.dirty:
+                    changed_items.append({"b_pk": i.pk, "quantity": i.quantity, "price": i.price})
+        if new_items:
+            s.execute(insert(items), new_items)
+        if changed_items:
+            s.execute(update(items).where(items.c.id == bindparam("b_pk")), changed_items)
+        if self._new_orders:
+            create_orders(session=s, orders=list(self._new_orders.values()), source="event")
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for oid, values in self._status.items():
+            by_columns.setdefault(tuple(sorted(values)), []).append({"b_oid": oid, **values})
+        orders_t = Order.__table__
+        for rows in by_columns.values():
+            s.execute(update(orders_t).where(orders_t.c.order_id == bindparam("b_oid")), rows)
+        wl = WishlistItem.__table__
+        new_wish = [{"customer_id": cid, "sku": sku, "added_at": w.added_at, "removed_at": w.removed_at}
+                    for (cid, sku), w in self._wish.items() if w.pk is None]
+        if new_wish:
+            s.execute(insert(wl), new_wish)
+        changed_wish = [{"b_pk": w.pk, "added_at": w.added_at, "removed_at": w.removed_at}
+                        for w in self._wish.values() if w.pk is not None and w.dirty]
+        if changed_wish:
+            s.execute(update(wl).where(wl.c.id == bindparam("b_pk")), changed_wish)

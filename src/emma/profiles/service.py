@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from emma.db import utcnow
@@ -41,6 +41,7 @@ class Resolver:
         self.session = session
         self.now = now or utcnow()
         self._cache: dict[tuple[str, str], int] = {}
+        self._missing: set[tuple[str, str]] = set()  # looked up and not found: no second query
         self._anonymous: dict[int, bool] = {}
         self.conflicts: list[IdentityConflict] = []
         self.merges: list[MergeLog] = []
@@ -50,7 +51,7 @@ class Resolver:
         """Load the customers of many identities with one query per kind."""
         by_kind: dict[str, set[str]] = {}
         for kind, value in pairs:
-            if (kind, value) not in self._cache:
+            if (kind, value) not in self._cache and (kind, value) not in self._missing:
                 by_kind.setdefault(kind, set()).add(value)
         for kind, values in by_kind.items():
             vals = list(values)
@@ -63,10 +64,11 @@ class Resolver:
                 for value, cid, anon in rows:
                     self._cache[(kind, value)] = cid
                     self._anonymous[cid] = anon
+            self._missing.update((kind, v) for v in vals if (kind, v) not in self._cache)
 
     def lookup(self, kind: str, value: str) -> int | None:
         key = (kind, value)
-        if key not in self._cache:
+        if key not in self._cache and key not in self._missing:
             self.preload([key])
         return self._cache.get(key)
 
@@ -81,14 +83,14 @@ class Resolver:
         self._cache[(kind, value)] = customer_id
 
     def _create(self, *, user_id: str | None, first_seen: dt.datetime) -> int:
-        customer = Customer(external_id=user_id, is_anonymous=user_id is None, attributes={},
-                            created_at=first_seen, last_seen_at=first_seen)
-        self.session.add(customer)
-        self.session.flush()
-        self._anonymous[customer.id] = customer.is_anonymous
+        table = Customer.__table__
+        cid = self.session.execute(insert(table).returning(table.c.id), {
+            "external_id": user_id, "is_anonymous": user_id is None, "attributes": {}, "created_at": first_seen,
+            "last_seen_at": first_seen}).scalar_one()
+        self._anonymous[cid] = user_id is None
         if user_id is not None:
-            self._add_identity(customer.id, "user_id", user_id)
-        return customer.id
+            self._add_identity(cid, "user_id", user_id)
+        return cid
 
     def _conflict(self, a: int, b: int, kind: str, value: str, message_id: str | None) -> None:
         conflict = IdentityConflict(customer_id=a, other_customer_id=b, kind=kind, value=value,
@@ -226,20 +228,32 @@ def _coerce(column: str, value: Any) -> Any:
 def apply_traits(*, session: Session, customer: Customer, traits: dict[str, Any], source: str,
                  at: dt.datetime) -> list[str]:
     """Set profile fields from traits; every change is kept in the history, the latest by time wins."""
-    changes: list[tuple[str, Any, Any]] = []  # (trait, column-or-None, value)
+    changes = _trait_changes(traits)
+    latest = _latest_times(session, customer.id, [t for t, _, _ in changes]) if customer.id else {}
+    history: list[dict[str, Any]] = []
+    changed = _apply_changes(customer, changes, latest, source, at, history)
+    session.add_all(TraitChange(**row) for row in history)
+    return changed
+
+
+def _trait_changes(traits: dict[str, Any]) -> list[tuple[str, str | None, Any]]:
+    changes: list[tuple[str, str | None, Any]] = []  # (trait, column-or-None, value)
     for key, value in traits.items():
         if key == "address" and isinstance(value, dict):
             for sub, sval in value.items():
-                col = ADDRESS_COLUMNS.get(sub)
-                changes.append((f"address.{sub}", col, sval))
+                changes.append((f"address.{sub}", ADDRESS_COLUMNS.get(sub), sval))
             continue
         changes.append((key, TRAIT_COLUMNS.get(key), value))
-    latest = _latest_times(session, customer.id, [t for t, _, _ in changes]) if customer.id else {}
+    return changes
+
+
+def _apply_changes(customer: Customer, changes: list[tuple[str, str | None, Any]], latest: dict[str, dt.datetime],
+                   source: str, at: dt.datetime, history: list[dict[str, Any]]) -> list[str]:
     changed: list[str] = []
     attrs = dict(customer.attributes or {})
     for trait, column, value in changes:
-        session.add(TraitChange(customer_id=customer.id, trait=trait, value=_jsonable(value), source=source,
-                                recorded_at=at))
+        history.append({"customer_id": customer.id, "trait": trait, "value": _jsonable(value), "source": source,
+                        "recorded_at": at})
         if trait in latest and latest[trait] > at:
             continue  # an older update arrives late: history only
         if column is not None:
@@ -250,6 +264,54 @@ def apply_traits(*, session: Session, customer: Customer, traits: dict[str, Any]
     if attrs != (customer.attributes or {}):
         customer.attributes = attrs
     return changed
+
+
+class TraitBatch:
+    """Trait updates of many messages: one query to load, the history written with one statement."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._latest: dict[int, dict[str, dt.datetime]] = {}
+        self._history: list[dict[str, Any]] = []
+
+    def preload(self, *, customer_ids: Iterable[int]) -> None:
+        """Load the customers and the time of their latest change per trait."""
+        from sqlalchemy import func
+
+        cids = sorted(set(customer_ids) - set(self._latest))
+        for i in range(0, len(cids), 900):
+            part = cids[i:i + 900]
+            list(self.session.scalars(select(Customer).where(Customer.id.in_(part))))  # into the identity map
+            for cid in part:
+                self._latest[cid] = {}
+            for cid, trait, ts in self.session.execute(
+                    select(TraitChange.customer_id, TraitChange.trait, func.max(TraitChange.recorded_at))
+                    .where(TraitChange.customer_id.in_(part)).group_by(TraitChange.customer_id, TraitChange.trait)):
+                if ts is not None:
+                    if isinstance(ts, str):
+                        ts = dt.datetime.fromisoformat(ts)
+                    self._latest[cid][trait] = ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)
+
+    def apply(self, *, customer_id: int, traits: dict[str, Any], source: str, at: dt.datetime) -> list[str]:
+        """As apply_traits, for a preloaded customer."""
+        customer = self.session.get(Customer, customer_id)
+        if customer is None:
+            raise CustomerNotFound(str(customer_id))
+        if customer_id not in self._latest:
+            self.preload(customer_ids=[customer_id])
+        latest = self._latest[customer_id]
+        start = len(self._history)
+        changed = _apply_changes(customer, _trait_changes(traits), latest, source, at, self._history)
+        for row in self._history[start:]:
+            if row["trait"] not in latest or latest[row["trait"]] < at:
+                latest[row["trait"]] = at
+        return changed
+
+    def flush(self) -> None:
+        """Write the trait history (profile fields are written by the session's flush)."""
+        if self._history:
+            self.session.execute(insert(TraitChange.__table__), self._history)
+            self._history = []
 
 
 def _jsonable(value: Any) -> Any:
