@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from emma.catalog.models import PriceChange, Product, StockChange
-from emma.db import utcnow
+from emma.db import among, utcnow
 
 PRODUCT_FIELDS = ("name", "category", "price", "currency", "stock", "url", "image_url", "brand", "attributes",
                   "active")
@@ -26,7 +26,7 @@ def upsert_products(*, session: Session, products: Iterable[dict[str, Any]],
     existing: dict[str, Product] = {}
     skus = list(rows)
     for i in range(0, len(skus), 900):
-        for prod in session.scalars(select(Product).where(Product.sku.in_(skus[i:i + 900]))):
+        for prod in session.scalars(select(Product).where(among(session, Product.sku, skus[i:i + 900]))):
             existing[prod.sku] = prod
     new_rows, price_rows, stock_rows = [], [], []
     for sku, row in rows.items():
@@ -78,7 +78,7 @@ def known_skus(*, session: Session, skus: Iterable[str]) -> set[str]:
     wanted = list(set(skus))
     found: set[str] = set()
     for i in range(0, len(wanted), 900):
-        found.update(session.scalars(select(Product.sku).where(Product.sku.in_(wanted[i:i + 900]))))
+        found.update(session.scalars(select(Product.sku).where(among(session, Product.sku, wanted[i:i + 900]))))
     return found
 
 

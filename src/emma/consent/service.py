@@ -13,7 +13,7 @@ from emma import signing
 from emma.config import Settings
 from emma.consent.exceptions import InvalidConsent
 from emma.consent.models import PURPOSES, STATUSES, Consent, ConsentLog
-from emma.db import utcnow
+from emma.db import among, utcnow
 
 # Channel -> the purpose whose consent a marketing message on it needs.
 CHANNEL_PURPOSE = {"email": "email_marketing", "sms": "sms_marketing", "push": "push", "ads": "ads",
@@ -295,3 +295,52 @@ class Batch:
         for c in self._current.values():
             c["dirty"] = False
         self._log = []
+
+
+def record_many(*, session: Session, decisions: list[dict[str, Any]],
+                now: dt.datetime | None = None) -> tuple[int, int]:
+    """Record many decisions set-based, in recorded_at order; (changed, unchanged).
+
+    Each dict: customer_id, purpose, status, source, recorded_at, text_version. As in record(), a decision
+    older than the current one changes nothing. A decision that repeats the current status (and text
+    version, when it names one) adds no audit entry, so a replayed import or migration is a no-op; the
+    audit entries keep the decision's own recorded_at, source and text version.
+    """
+    now = now or utcnow()
+    for d in decisions:
+        validate(purpose=d["purpose"], status=d["status"])
+    cids = list({d["customer_id"] for d in decisions})
+    current: dict[tuple[int, str], dict[str, Any]] = {}
+    for i in range(0, len(cids), 900):
+        for row in session.execute(select(Consent.id, Consent.customer_id, Consent.purpose, Consent.status,
+                                          Consent.source, Consent.text_version, Consent.recorded_at)
+                                   .where(among(session, Consent.customer_id, cids[i:i + 900]))).mappings():
+            current[(row["customer_id"], row["purpose"])] = dict(row)
+    touched: dict[tuple[int, str], dict[str, Any]] = {}
+    log: list[dict[str, Any]] = []
+    unchanged = 0
+    for d in sorted(decisions, key=lambda d: d["recorded_at"]):
+        key = (d["customer_id"], d["purpose"])
+        state = current.get(key)
+        if state is not None and (state["recorded_at"] > d["recorded_at"] or (
+                state["status"] == d["status"] and d.get("text_version") in (None, state["text_version"]))):
+            unchanged += 1
+            continue
+        log.append({"customer_id": key[0], "purpose": key[1], "status": d["status"],
+                    "previous_status": state["status"] if state else None, "source": d["source"],
+                    "text_version": d.get("text_version"), "recorded_at": d["recorded_at"], "logged_at": now})
+        state = {**(state or {}), "customer_id": key[0], "purpose": key[1], "status": d["status"],
+                 "source": d["source"], "text_version": d.get("text_version"), "recorded_at": d["recorded_at"]}
+        current[key] = touched[key] = state
+    new = [{k: v for k, v in s.items() if k != "id"} for s in touched.values() if "id" not in s]
+    if new:
+        session.execute(insert(Consent.__table__), new)
+    changed = [{"pk": s["id"], "status": s["status"], "source": s["source"], "text_version": s["text_version"],
+                "recorded_at": s["recorded_at"]} for s in touched.values() if "id" in s]
+    if changed:
+        table = Consent.__table__
+        # The SET clause comes from the parameter names.
+        session.connection().execute(update(table).where(table.c.id == bindparam("pk")), changed)
+    if log:
+        session.execute(insert(ConsentLog.__table__), log)
+    return len(log), unchanged

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import itertools
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+
+from emma.db import utcnow
+from emma.ingest import bulk
 
 T = TypeVar("T")
 _ATTEMPTS = 5
@@ -43,3 +49,52 @@ async def run_with_retry(app: Any, work: Callable[[Session], T]) -> T:
         return await asyncio.to_thread(run_in_transaction, app.state.sessions, work)
     async with lock:  # SQLite has one writer: queue in the loop instead of spinning on busy_timeout
         return await asyncio.to_thread(run_in_transaction, app.state.sessions, work)
+
+
+def run_import(*, sessions: Callable[[], Session], kind: str, path: Path, fmt: str | None = None,
+               rejects: Path | None = None, chunk_rows: int | None = None,
+               progress: Callable[[int, int], None] | None = None, now: dt.datetime | None = None,
+               stop_after_chunks: int | None = None) -> bulk.ImportSummary:
+    """Import a file chunk by chunk, committing each chunk: a crash loses no committed chunk, a re-run completes it.
+
+    progress(bytes read, file size) is called after each chunk. stop_after_chunks ends the import early
+    (as a crash would), for tests and resumable runs.
+    """
+    if kind not in bulk.KINDS:
+        raise bulk.ImportFileError(f"kind: must be one of {', '.join(bulk.KINDS)}, not {kind!r}")
+    started = time.perf_counter()
+    fmt = bulk.detect_format(path, fmt)
+    now = now or utcnow()
+    rejects = rejects or bulk.default_rejects_path(path)
+    summary = bulk.ImportSummary(kind=kind, path=str(path), format=fmt)
+    state = bulk.ImportState(kind=kind, now=now)
+    size = chunk_rows or bulk.CHUNK_ROWS[kind]
+    source = bulk.Source(path, fmt)
+    writer = bulk.RejectsWriter(rejects)
+    try:
+        records = source.records()
+        chunks = 0
+        while stop_after_chunks is None or chunks < stop_after_chunks:
+            chunk = list(itertools.islice(records, size))
+            if not chunk:
+                break
+            chunks += 1
+            summary.rows += len(chunk)
+            good, bad = bulk.validate_chunk(chunk, state)
+            result = (run_in_transaction(sessions, lambda s, good=good: bulk.land(session=s, kind=kind, rows=good,
+                                                                                    now=now))
+                      if good else bulk.ChunkResult())
+            result.rejected = bad + result.rejected
+            writer.write(result.rejected)
+            summary.add(result)
+            if progress is not None:
+                progress(source.position(), source.size)
+    finally:
+        writer.close()
+        source.close()
+    if writer.count:
+        summary.rejects_path = str(rejects)
+    elif rejects.exists() and rejects == bulk.default_rejects_path(path):
+        rejects.unlink()  # left over from an earlier run of this file
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from emma.db import among, insert_ignoring_conflicts
 from emma.orders.models import Cart, CartItem, Order, OrderLine, WishlistItem
 
 ORDER_STATUSES = ("completed", "processing", "produced", "shipped", "delivered", "cancelled", "returned",
@@ -409,3 +410,87 @@ class Batch:
                         for w in self._wish.values() if w.pk is not None and w.dirty]
         if changed_wish:
             s.execute(update(wl).where(wl.c.id == bindparam("b_pk")), changed_wish)
+
+
+def import_lines(*, session: Session, lines: Sequence[dict[str, Any]], at: dt.datetime,
+                 source: str = "import") -> dict[str, Any]:
+    """Land imported order lines set-based: new orders and missing lines are inserted, nothing is duplicated.
+
+    Each line dict: order_id, line_no, customer_id (internal), ordered_at, sku, quantity, unit_price, and
+    optionally currency, status (the order's fields come from its first line). Lines an order already has
+    (same line_no) are left as they are; an existing order whose status differs moves to the new status.
+    Returns counts: orders_created, lines_created, lines_present, orders_updated, and under "conflicting"
+    the indexes of lines not landed because their order belongs to another customer.
+    """
+    counts: dict[str, Any] = {"orders_created": 0, "lines_created": 0, "lines_present": 0, "orders_updated": 0,
+                              "conflicting": []}
+    if not lines:
+        return counts
+    heads: dict[str, dict[str, Any]] = {}
+    for ln in lines:
+        heads.setdefault(ln["order_id"], ln)
+    ids = list(heads)
+    existing: dict[str, tuple[int, str]] = {}
+    owner = {oid: h["customer_id"] for oid, h in heads.items()}
+    for i in range(0, len(ids), 900):
+        for oid, pk, status, cid in session.execute(select(Order.order_id, Order.id, Order.status, Order.customer_id)
+                                                    .where(among(session, Order.order_id, ids[i:i + 900]))):
+            existing[oid] = (pk, status)
+            owner[oid] = cid
+    totals: dict[str, Decimal] = {}
+    for ln in lines:
+        if ln["customer_id"] == heads[ln["order_id"]]["customer_id"]:
+            totals[ln["order_id"]] = totals.get(ln["order_id"], Decimal(0)) + ln["unit_price"] * ln["quantity"]
+    fresh = [{"order_id": oid, "customer_id": h["customer_id"], "status": h.get("status") or "completed",
+              "ordered_at": h["ordered_at"], "currency": h.get("currency") or "EUR", "revenue": totals[oid],
+              "source": source, "updated_at": h["ordered_at"],
+              "delivered_at": h["ordered_at"] if h.get("status") == "delivered" else None}
+             for oid, h in heads.items() if oid not in existing]
+    pks: dict[str, int] = {oid: pk for oid, (pk, _) in existing.items()}
+    if fresh:
+        stmt = insert_ignoring_conflicts(session, Order, ["order_id"]).returning(
+            Order.__table__.c.order_id, Order.__table__.c.id)
+        created = dict(session.execute(stmt, fresh).all())
+        counts["orders_created"] = len(created)
+        pks.update(created)
+        raced = [o["order_id"] for o in fresh if o["order_id"] not in created]
+        if raced:  # written by a concurrent writer since the lookup: treat as existing
+            for oid, pk, status, cid in session.execute(
+                    select(Order.order_id, Order.id, Order.status, Order.customer_id)
+                    .where(among(session, Order.order_id, raced))):
+                existing[oid] = (pk, status)
+                pks[oid] = pk
+                owner[oid] = cid
+    present: set[tuple[int, int]] = set()
+    old_pks = [pk for pk, _ in existing.values()]
+    for i in range(0, len(old_pks), 900):
+        present.update((pk, n) for pk, n in session.execute(select(OrderLine.order_pk, OrderLine.line_no).where(
+            among(session, OrderLine.order_pk, old_pks[i:i + 900]))))
+    new_lines, added = [], {}
+    for i, ln in enumerate(lines):
+        if ln["customer_id"] != owner[ln["order_id"]]:
+            counts["conflicting"].append(i)
+            continue
+        pk = pks[ln["order_id"]]
+        if (pk, ln["line_no"]) in present:
+            counts["lines_present"] += 1
+            continue
+        present.add((pk, ln["line_no"]))
+        new_lines.append({"order_pk": pk, "line_no": ln["line_no"], "sku": ln["sku"], "quantity": ln["quantity"],
+                          "unit_price": ln["unit_price"]})
+        if ln["order_id"] in existing:  # an order whose lines came in several chunks or runs
+            added[pk] = added.get(pk, Decimal(0)) + ln["unit_price"] * ln["quantity"]
+    if new_lines:
+        session.execute(insert_ignoring_conflicts(session, OrderLine, ["order_pk", "line_no"]), new_lines)
+        counts["lines_created"] = len(new_lines)
+    if added:
+        table = Order.__table__
+        session.connection().execute(update(table).where(table.c.id == bindparam("pk"))
+                                     .values(revenue=table.c.revenue + bindparam("add")),
+                                     [{"pk": pk, "add": amount} for pk, amount in added.items()])
+    for oid, (_pk, status) in existing.items():
+        wanted = heads[oid].get("status")
+        if wanted and wanted != status:
+            update_order_status(session=session, order_id=oid, status=wanted, at=at)
+            counts["orders_updated"] += 1
+    return counts

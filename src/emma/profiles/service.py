@@ -6,10 +6,10 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from emma.db import utcnow
+from emma.db import among, insert_ignoring_conflicts, utcnow
 from emma.profiles.exceptions import CustomerNotFound, MergeNotRevertible
 from emma.profiles.models import Customer, Identity, IdentityConflict, MergeLog, TraitChange
 
@@ -355,12 +355,38 @@ def get_customer(*, session: Session, ref: str | int) -> Customer:
 
 def ensure_customers(*, session: Session, external_ids: Iterable[str], at: dt.datetime) -> dict[str, int]:
     """Customer ids for many external ids, creating the unknown ones (orders may name new customers)."""
-    resolver = Resolver(session, now=at)
+    return customers_for(session=session, external_ids=external_ids, at=at)[0]
+
+
+def customers_for(*, session: Session, external_ids: Iterable[str], at: dt.datetime,
+                  first_seen: dict[str, dt.datetime] | None = None) -> tuple[dict[str, int], set[str]]:
+    """Customer ids for many external ids, creating the unknown ones set-based; (ids, the external ids created).
+
+    first_seen gives a new customer's created_at (e.g. its first order); at is used otherwise.
+    """
     ids = list(dict.fromkeys(external_ids))
-    resolver.preload(("user_id", x) for x in ids)
-    out = {x: resolver.resolve(user_id=x, anonymous_id=None, at=at) for x in ids}
-    resolver.apply_merges()
-    return out
+    out: dict[str, int] = {}
+    for i in range(0, len(ids), 900):
+        out.update(session.execute(select(Identity.value, Identity.customer_id).where(
+            Identity.kind == "user_id", among(session, Identity.value, ids[i:i + 900]))).all())
+    missing = [x for x in ids if x not in out]
+    if not missing:
+        return out, set()
+    first_seen = first_seen or {}
+    rows = [{"external_id": x, "is_anonymous": False, "attributes": {}, "created_at": first_seen.get(x, at),
+             "last_seen_at": first_seen.get(x, at)} for x in missing]
+    table = Customer.__table__
+    stmt = insert_ignoring_conflicts(session, table, ["external_id"]).returning(table.c.external_id, table.c.id)
+    created = dict(session.execute(stmt, rows).all())
+    lost = [x for x in missing if x not in created]
+    if lost:  # a customer row without its user_id identity (or a concurrent writer): adopt it
+        created_by_other = dict(session.execute(select(Customer.external_id, Customer.id)
+                                                .where(among(session, Customer.external_id, lost))).all())
+        out.update(created_by_other)
+    out.update(created)
+    session.execute(insert_ignoring_conflicts(session, Identity, ["kind", "value"]),
+                    [{"customer_id": out[x], "kind": "user_id", "value": x, "created_at": at} for x in missing])
+    return out, set(created)
 
 
 def identities_of(*, session: Session, customer_id: int) -> list[Identity]:
@@ -374,3 +400,120 @@ def conflicts(*, session: Session, open_only: bool = True) -> list[IdentityConfl
     if open_only:
         stmt = stmt.where(IdentityConflict.resolved_at.is_(None))
     return list(session.scalars(stmt))
+
+
+PROFILE_COLUMNS = ("email", "phone", "first_name", "last_name", "birthday", "locale", "timezone", "postal_code",
+                   "city", "country", "lat", "lon")
+
+
+def upsert_customers(*, session: Session, rows: Iterable[dict[str, Any]], source: str,
+                     at: dt.datetime) -> dict[str, int]:
+    """Create or update known customers set-based; every changed field goes to the trait history.
+
+    Each row: external_id, any of PROFILE_COLUMNS (already coerced), attributes (merged into the
+    existing ones), created_at (for new customers). Fields absent from a row are left as they are; a row
+    that changes nothing writes nothing. Emails become identities; an email that belongs to another known
+    customer is recorded as an identity conflict (once), never merged.
+    Returns counts: created, updated, unchanged.
+    """
+    by_ext = {r["external_id"]: r for r in rows}
+    counts = {"created": 0, "updated": 0, "unchanged": 0}
+    if not by_ext:
+        return counts
+    cols = [getattr(Customer, c) for c in PROFILE_COLUMNS]
+    existing: dict[str, dict[str, Any]] = {}
+    exts = list(by_ext)
+    for i in range(0, len(exts), 900):
+        for row in session.execute(select(Customer.id, Customer.external_id, Customer.attributes, *cols)
+                                   .where(among(session, Customer.external_id, exts[i:i + 900]))).mappings():
+            existing[row["external_id"]] = dict(row)
+    history: list[dict[str, Any]] = []
+    emails: dict[int, str] = {}
+    new = [r for x, r in by_ext.items() if x not in existing]
+    if new:
+        table = Customer.__table__
+        stmt = insert_ignoring_conflicts(session, table, ["external_id"]).returning(table.c.external_id, table.c.id)
+        ids = dict(session.execute(stmt, [
+            {"external_id": r["external_id"], "is_anonymous": False, "created_at": r.get("created_at") or at,
+             "attributes": r.get("attributes") or {}, **{c: r.get(c) for c in PROFILE_COLUMNS}} for r in new]).all())
+        session.execute(insert_ignoring_conflicts(session, Identity, ["kind", "value"]),
+                        [{"customer_id": cid, "kind": "user_id", "value": x, "created_at": at}
+                         for x, cid in ids.items()])
+        counts["created"] = len(ids)
+        for r in new:
+            cid = ids.get(r["external_id"])
+            if cid is None:
+                continue
+            history += [{"customer_id": cid, "trait": c, "value": _jsonable(r[c]), "source": source,
+                         "recorded_at": at} for c in PROFILE_COLUMNS if r.get(c) is not None]
+            history += [{"customer_id": cid, "trait": k, "value": v, "source": source, "recorded_at": at}
+                        for k, v in (r.get("attributes") or {}).items()]
+            if r.get("email"):
+                emails[cid] = r["email"]
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for x, old in existing.items():
+        r = by_ext[x]
+        values: dict[str, Any] = {}
+        for c in PROFILE_COLUMNS:
+            if r.get(c) is not None and r[c] != old[c]:
+                values[c] = r[c]
+                history.append({"customer_id": old["id"], "trait": c, "value": _jsonable(r[c]), "source": source,
+                                "recorded_at": at})
+        attrs = dict(old["attributes"] or {})
+        for k, v in (r.get("attributes") or {}).items():
+            if attrs.get(k, object()) != v:
+                attrs[k] = v
+                history.append({"customer_id": old["id"], "trait": k, "value": v, "source": source,
+                                "recorded_at": at})
+        if attrs != (old["attributes"] or {}):
+            values["attributes"] = attrs
+        if not values:
+            counts["unchanged"] += 1
+            continue
+        counts["updated"] += 1
+        if "email" in values:
+            emails[old["id"]] = values["email"]
+        updates.setdefault(tuple(sorted(values)), []).append({"pk": old["id"], **values})
+    table = Customer.__table__
+    for params in updates.values():  # one executemany per set of changed columns
+        session.connection().execute(update(table).where(table.c.id == bindparam("pk")), params)
+    if history:
+        session.execute(insert(TraitChange.__table__), history)
+    if emails:
+        _claim_emails(session, emails, at)
+    return counts
+
+
+def _claim_emails(session: Session, emails: dict[int, str], at: dt.datetime) -> None:
+    values = list(set(emails.values()))
+    owners: dict[str, int] = {}
+    for i in range(0, len(values), 900):
+        owners.update(session.execute(select(Identity.value, Identity.customer_id).where(
+            Identity.kind == "email", among(session, Identity.value, values[i:i + 900]))).all())
+    free = [{"customer_id": cid, "kind": "email", "value": v, "created_at": at}
+            for cid, v in emails.items() if v not in owners]
+    if free:
+        session.execute(insert_ignoring_conflicts(session, Identity, ["kind", "value"]), free)
+    taken = [(cid, v) for cid, v in emails.items() if owners.get(v, cid) != cid]
+    if not taken:
+        return
+    # Rare: the address is another profile's. Anonymous ones merge, known ones are a conflict (recorded once).
+    resolver = Resolver(session, now=at)
+    for cid, v in taken:
+        if session.scalar(select(IdentityConflict.id).where(
+                IdentityConflict.customer_id == cid, IdentityConflict.kind == "email", IdentityConflict.value == v,
+                IdentityConflict.resolved_at.is_(None)).limit(1)) is None:
+            resolver.claim(customer_id=cid, kind="email", value=v)
+    resolver.apply_merges()
+
+
+def mark_seen(*, session: Session, seen: dict[int, dt.datetime]) -> None:
+    """Move customers' last_seen_at forward to the given times (never back)."""
+    if not seen:
+        return
+    table = Customer.__table__
+    session.connection().execute(
+        update(table).where(table.c.id == bindparam("pk"))
+        .where(table.c.last_seen_at.is_(None) | (table.c.last_seen_at < bindparam("ts")))
+        .values(last_seen_at=bindparam("ts")),
+        [{"pk": cid, "ts": ts} for cid, ts in seen.items()])

@@ -1,0 +1,225 @@
+"""Ingestion throughput, on SQLite and PostgreSQL.
+
+Part `import`: `emma import` (ingest.jobs.run_import, the path the CLI takes) of generated files:
+products, customers, consents, order lines (CSV) and Segment events (JSONL), in that order, into a fresh
+database; then the order lines once more (a re-import, which must change nothing).
+
+    .venv/bin/python bench/ingest.py                                  # every part, both databases
+    .venv/bin/python bench/ingest.py --part import --order-lines 500000 --events 50000
+    .venv/bin/python bench/ingest.py --part import --db sqlite
+    EMMA_BENCH_PG_URL=postgresql+psycopg://user@host/db .venv/bin/python bench/ingest.py --db postgres
+
+PostgreSQL: a throwaway server in a temp dir (as the test suite starts it), or the server of
+EMMA_BENCH_PG_URL (a fresh database is created there and dropped afterwards).
+A part is a function (args, targets) registered in PARTS; `--part all` runs them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from emma.db import make_engine, make_sessionmaker, upgrade
+from emma.ingest import jobs
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+# --------------------------------------------------------------------------------------------- databases
+
+
+def _postgres_server() -> Any:  # the class lives in tests/conftest.py
+    spec = importlib.util.spec_from_file_location("emma_tests_conftest", ROOT / "tests" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    bindir = module._pg_bin()
+    if bindir is None:
+        raise SystemExit("PostgreSQL binaries not found; set EMMA_BENCH_PG_URL or use --db sqlite")
+    return module.PostgresServer(bindir)
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, workdir: Path) -> Iterator[str]:
+    """A freshly migrated, empty database URL of the kind (sqlite | postgres), removed afterwards."""
+    if kind == "sqlite":
+        path = workdir / f"bench-{uuid.uuid4().hex[:8]}.db"
+        url = f"sqlite:///{path}"
+        upgrade(url)
+        try:
+            yield url
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+        return
+    server = None
+    base = os.environ.get("EMMA_BENCH_PG_URL")
+    if not base:
+        server = _postgres_server()
+        server.start()
+        base = server.url()
+    name = "emma_bench_" + uuid.uuid4().hex[:12]
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f"CREATE DATABASE {name}"))
+        url = make_url(base).set(database=name).render_as_string(hide_password=False)
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+        if server is not None:
+            server.stop()
+
+
+# ------------------------------------------------------------------------------------------------- files
+
+
+def generate_files(workdir: Path, *, order_lines: int, events: int, seed: int) -> dict[str, Path]:
+    """Catalog, customers, consents, order lines and events as a shop would export them."""
+    rng = random.Random(seed)
+    n_customers = max(100, order_lines // 10)
+    n_products = max(200, order_lines // 200)
+    skus = [f"SKU-{i:06d}" for i in range(n_products)]
+    prices = {s: round(rng.uniform(2, 300), 2) for s in skus}
+    files = {k: workdir / f"{k}.{'jsonl' if k == 'events' else 'csv'}"
+             for k in ("products", "customers", "consents", "orders", "events")}
+    with open(files["products"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sku", "name", "category", "price", "currency", "stock", "url", "brand", "sustainable",
+                    "warranty_months"])
+        for s in skus:
+            w.writerow([s, f"Produkt {s}", rng.choice(["Küche > Töpfe", "Garten", "Bad > Handtücher"]),
+                        prices[s], "EUR", rng.randint(0, 200), f"https://shop.example/p/{s}",
+                        rng.choice(["Fissler", "WMF", "Gardena"]), rng.choice(["true", "false"]), 24])
+    with open(files["customers"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["customer_id", "email", "first_name", "last_name", "birthday", "locale", "city", "country",
+                    "loyalty_tier"])
+        for i in range(n_customers):
+            birthday = f"{rng.randint(1950, 2005)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}"
+            w.writerow([f"c-{i}", f"kunde{i}@example.com", rng.choice(["Anna", "Jonas", "Emma", "Paul"]),
+                        rng.choice(["Müller", "Schmidt", "Weber"]), birthday, rng.choice(["de", "en"]), "Berlin", "DE",
+                        rng.choice(["gold", "silver"])])
+    with open(files["consents"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["customer_id", "purpose", "status", "source", "recorded_at", "text_version"])
+        for i in range(n_customers):
+            at = (T0 + dt.timedelta(minutes=i)).isoformat()
+            w.writerow([f"c-{i}", "email_marketing", "granted", "legacy-crm", at, "v3"])
+            w.writerow([f"c-{i}", "sms_marketing", rng.choice(["granted", "revoked"]), "legacy-crm", at, "v3"])
+    with open(files["orders"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["order_id", "customer_id", "ordered_at", "sku", "quantity", "unit_price", "currency", "status"])
+        written, n = 0, 0
+        while written < order_lines:
+            n += 1
+            at = (T0 + dt.timedelta(seconds=n * 37)).isoformat()
+            customer = f"c-{rng.randrange(n_customers + n_customers // 5)}"  # some customers are new
+            status = rng.choice(["completed", "delivered", "shipped"])
+            for _ in range(min(rng.randint(1, 5), order_lines - written)):
+                s = rng.choice(skus)
+                w.writerow([f"o-{n}", customer, at, s, rng.randint(1, 3), prices[s], "EUR", status])
+                written += 1
+    with open(files["events"], "w") as f:
+        for i in range(events):
+            user = f"c-{rng.randrange(n_customers)}"
+            at = (T0 + dt.timedelta(seconds=i * 11)).isoformat()
+            s = rng.choice(skus)
+            roll = rng.random()
+            msg: dict[str, object]
+            if roll < 0.4:
+                msg = {"type": "page", "name": "Produkt", "properties": {"path": f"/p/{s}"}}
+            elif roll < 0.7:
+                msg = {"type": "track", "event": "Product Viewed", "properties": {"sku": s, "price": prices[s]}}
+            elif roll < 0.85:
+                msg = {"type": "track", "event": "Product Added",
+                       "properties": {"sku": s, "price": prices[s], "quantity": 1, "cart_id": f"cart-{user}"}}
+            elif roll < 0.9:
+                msg = {"type": "identify", "traits": {"email": f"{user}@example.com", "firstName": "Anna"}}
+            elif roll < 0.95:
+                msg = {"type": "track", "event": "Order Completed",
+                       "properties": {"order_id": f"ev-o-{i}", "revenue": prices[s], "currency": "EUR",
+                                      "products": [{"sku": s, "price": prices[s], "quantity": 1}]}}
+            else:
+                msg = {"type": "track", "event": "Newsletter Opened", "properties": {"campaign": "nl-7"}}
+            if rng.random() < 0.2:
+                msg["anonymousId"] = f"anon-{rng.randrange(events // 4 + 1)}"
+                if msg["type"] == "identify":
+                    msg["userId"] = user
+            else:
+                msg["userId"] = user
+            msg.update(messageId=f"m-{i}", timestamp=at)
+            f.write(json.dumps(msg) + "\n")
+    return files
+
+
+# ------------------------------------------------------------------------------------------------- parts
+
+
+def part_import(args: argparse.Namespace, databases: list[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="emma-bench-ingest-") as tmp:
+        workdir = Path(tmp)
+        started = time.perf_counter()
+        files = generate_files(workdir, order_lines=args.order_lines, events=args.events, seed=args.seed)
+        print(f"generated files in {time.perf_counter() - started:.1f} s: "
+              + ", ".join(f"{k} {f.stat().st_size / 1e6:.1f} MB" for k, f in files.items()))
+        for db in databases:
+            with fresh_database(db, workdir) as url:
+                engine = make_engine(url)
+                sessions = make_sessionmaker(engine)
+                try:
+                    for kind in ("products", "customers", "consents", "orders", "events", "orders again"):
+                        name = kind.split()[0]
+                        s = jobs.run_import(sessions=sessions, kind=name, path=files[name],
+                                            rejects=workdir / f"{name}.rejects.csv")
+                        print(f"import {kind:<13} {db:<9} {s.rows:>9,} rows {s.seconds:7.1f} s "
+                              f"{s.rows / s.seconds:>9,.0f} rows/s   landed {s.landed:,}, unchanged {s.unchanged:,}, "
+                              f"rejected {s.rejected:,}, customers created {s.customers_created:,}", flush=True)
+                finally:
+                    engine.dispose()
+
+
+PARTS: dict[str, Callable[[argparse.Namespace, list[str]], None]] = {"import": part_import}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=[*PARTS, "all"], default="all")
+    parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--order-lines", type=int, default=200_000, help="order lines to import (import part)")
+    parser.add_argument("--events", type=int, default=20_000, help="events to import (import part)")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    databases = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    print(f"bench/ingest.py on {_machine()}")
+    for name, part in PARTS.items():
+        if args.part in (name, "all"):
+            part(args, databases)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,790 @@
+"""Bulk import: read CSV / JSONL files, validate rows with line-numbered errors, land them in chunks.
+
+Reading and validating happen here; the writes go through the domain services (orders.import_lines,
+profiles.upsert_customers, consent.record_many, catalog.upsert_products, ingest.ingest), one chunk per
+call. Nothing here commits: the caller (ingest.jobs.run_import) commits each chunk.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import IO, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.orm import Session
+
+from emma.catalog import service as catalog
+from emma.consent import service as consent
+from emma.consent.models import PURPOSES, STATUSES
+from emma.orders import service as orders
+from emma.profiles import service as profiles
+
+KINDS = ("customers", "consents", "products", "orders", "events")
+FORMATS = ("csv", "jsonl")
+# Rows per transaction: large enough to amortise the lookups of a chunk, small enough to keep memory flat.
+CHUNK_ROWS = {"customers": 5000, "consents": 10000, "products": 2000, "orders": 10000, "events": 5000}
+# Timestamps further ahead than this are rejected (the same allowance as for tracked events).
+FUTURE_SKEW = dt.timedelta(hours=24)
+MAX_WARNINGS = 20
+
+
+class ImportFileError(ValueError):
+    """The file as a whole cannot be read (unknown format, no header, missing required columns)."""
+
+
+@dataclass
+class RowError:
+    line: int
+    field: str
+    reason: str
+    row: str = ""
+
+
+@dataclass
+class Record:
+    line: int
+    data: dict[str, Any] | None
+    raw: str | list[str]
+    error: RowError | None = None
+
+    def text(self) -> str:
+        """The row as it was in the file (CSV fields re-joined), for the rejects file."""
+        if isinstance(self.raw, str):
+            return self.raw.rstrip("\r\n")
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="").writerow(self.raw)
+        return buf.getvalue()
+
+
+@dataclass
+class ChunkResult:
+    """What one committed chunk did; added to the summary only after its commit."""
+
+    landed: int = 0
+    unchanged: int = 0
+    rejected: list[RowError] = field(default_factory=list)
+    customers_created: int = 0
+    details: dict[str, int] = field(default_factory=dict)
+    unknown_skus: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ImportSummary:
+    kind: str
+    path: str
+    format: str
+    rows: int = 0
+    landed: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    customers_created: int = 0
+    details: dict[str, int] = field(default_factory=dict)
+    unknown_skus: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    rejects_path: str | None = None
+    seconds: float = 0.0
+
+    def add(self, chunk: ChunkResult) -> None:
+        """Count a committed chunk."""
+        self.landed += chunk.landed
+        self.unchanged += chunk.unchanged
+        self.rejected += len({e.line for e in chunk.rejected})
+        self.customers_created += chunk.customers_created
+        for k, v in chunk.details.items():
+            self.details[k] = self.details.get(k, 0) + v
+        self.unknown_skus |= chunk.unknown_skus
+        for w in chunk.warnings:
+            if w not in self.warnings and len(self.warnings) < MAX_WARNINGS:
+                self.warnings.append(w)
+
+    def all_warnings(self) -> list[str]:
+        """Warnings, the unknown skus first."""
+        out = []
+        if self.unknown_skus:
+            shown = sorted(self.unknown_skus)
+            more = f" ... ({len(shown)} in all)" if len(shown) > 10 else ""
+            out.append(f"unknown skus kept (add them to the catalog): {', '.join(shown[:10])}{more}")
+        return out + self.warnings
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def detect_format(path: Path, fmt: str | None = None) -> str:
+    """csv or jsonl, from the option or the file name (.csv, .jsonl, .ndjson; also with .gz)."""
+    if fmt:
+        if fmt not in FORMATS:
+            raise ImportFileError(f"format: must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        return fmt
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    if ext in (".csv", ".tsv"):
+        return "csv"
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if ext == ".parquet":
+        raise ImportFileError("Parquet is not supported; export the file as CSV or JSONL")
+    raise ImportFileError(f"{path.name}: cannot tell the format from the extension; pass --format csv|jsonl")
+
+
+class Source:
+    """A file being read line by line, with the byte position for the progress bar."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.format = path, fmt
+        self.raw: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.size = os.fstat(self.raw.fileno()).st_size
+        self.stream: IO[bytes] = gzip.GzipFile(fileobj=self.raw) if path.suffix.lower() == ".gz" else self.raw
+        self.line = 0
+        self.bad_lines: set[int] = set()
+        self.delimiter = "\t" if ".tsv" in [s.lower() for s in path.suffixes] else ","
+
+    def position(self) -> int:
+        return self.raw.tell()
+
+    def close(self) -> None:
+        self.stream.close()
+        self.raw.close()
+
+    def _lines(self) -> Iterator[str]:
+        for b in self.stream:
+            self.line += 1
+            try:
+                text = b.decode("utf-8")
+            except UnicodeDecodeError:
+                self.bad_lines.add(self.line)
+                text = b.decode("utf-8", "replace")
+            if self.line == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            yield text
+
+    def records(self) -> Iterator[Record]:
+        """Every data row of the file with its line number (header and blank lines are skipped)."""
+        return self._csv() if self.format == "csv" else self._jsonl()
+
+    def _jsonl(self) -> Iterator[Record]:
+        loads = json.loads
+        for text in self._lines():
+            if not text.strip():
+                continue
+            if self.line in self.bad_lines:
+                yield Record(self.line, None, text, RowError(self.line, "", "is not valid UTF-8"))
+                continue
+            try:
+                data = loads(text)
+            except ValueError as exc:
+                yield Record(self.line, None, text, RowError(self.line, "", f"malformed JSON: {exc}"))
+                continue
+            if not isinstance(data, dict):
+                yield Record(self.line, None, text, RowError(self.line, "", "must be a JSON object"))
+                continue
+            yield Record(self.line, data, text)
+
+    def _csv(self) -> Iterator[Record]:
+        reader = csv.reader(self._lines(), delimiter=self.delimiter)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ImportFileError(f"line 1: unreadable header: {exc}") from exc
+        if not any(header):
+            raise ImportFileError("line 1: the first line must name the columns")
+        dupes = {h for h in header if header.count(h) > 1}
+        if dupes:
+            raise ImportFileError(f"line 1: column(s) named twice: {', '.join(sorted(dupes))}")
+        width = len(header)
+        start = reader.line_num + 1
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                line, start = start, reader.line_num + 1
+                yield Record(line, None, [], RowError(line, "", f"malformed CSV: {exc}"))
+                continue
+            line, start = start, reader.line_num + 1
+            if not values:
+                continue
+            if self.bad_lines and any(n in self.bad_lines for n in range(line, start)):
+                yield Record(line, None, values, RowError(line, "", "is not valid UTF-8"))
+                continue
+            if len(values) != width:
+                if not any(v.strip() for v in values):
+                    continue
+                yield Record(line, None, values, RowError(
+                    line, "", f"has {len(values)} fields, the header names {width}"))
+                continue
+            yield Record(line, {h: v for h, v in zip(header, values, strict=True) if v != ""}, values)
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+class _Row:
+    """Typed access to one row's fields that collects (field, reason) errors instead of raising."""
+
+    __slots__ = ("d", "errors", "used")
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        self.d = d
+        self.errors: list[tuple[str, str]] = []
+        self.used: set[str] = set()
+
+    def fail(self, name: str, reason: str) -> None:
+        self.errors.append((name, reason))
+
+    def get(self, name: str, *aliases: str) -> tuple[str, Any]:
+        self.used.add(name)
+        v = self.d.get(name)
+        for a in aliases:
+            self.used.add(a)
+            if v is None:
+                v = self.d.get(a)
+                if v is not None:
+                    name = a
+        return name, v
+
+    def text(self, name: str, *aliases: str, required: bool = False, max_len: int = 255) -> str | None:
+        key, v = self.get(name, *aliases)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            v = str(int(v)) if float(v).is_integer() else str(v)
+        elif v is not None and not isinstance(v, str):
+            self.fail(key, "must be a string")
+            return None
+        if v is not None:
+            v = v.strip()
+        if not v:
+            if required:
+                self.fail(key, "is required")
+            return None
+        if len(v) > max_len:
+            self.fail(key, f"is longer than {max_len} characters")
+            return None
+        return v
+
+    def timestamp(self, name: str, *, required: bool = False, now: dt.datetime) -> dt.datetime | None:
+        key, v = self.get(name)
+        if v is None or v == "":
+            if required:
+                self.fail(key, "is required (ISO 8601, e.g. 2026-03-01T14:30:00Z)")
+            return None
+        try:
+            ts = dt.datetime.fromisoformat(v) if isinstance(v, str) else None
+        except ValueError:
+            ts = None
+        if ts is None:
+            self.fail(key, f"is not an ISO 8601 date/time: {v!r}")
+            return None
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=dt.UTC)  # no offset: UTC, as for tracked events
+        if ts - now > FUTURE_SKEW:
+            self.fail(key, "is in the future")
+            return None
+        return ts
+
+    def date(self, name: str) -> dt.date | None:
+        key, v = self.get(name)
+        if v is None or v == "":
+            return None
+        try:
+            return dt.date.fromisoformat(str(v)[:10])
+        except ValueError:
+            self.fail(key, f"is not a date (YYYY-MM-DD): {v!r}")
+            return None
+
+    def integer(self, name: str, *, required: bool = False, minimum: int | None = None) -> int | None:
+        key, v = self.get(name)
+        if v is None or v == "":
+            if required:
+                self.fail(key, "is required")
+            return None
+        try:
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                raise ValueError
+            n = int(v)
+        except (TypeError, ValueError):
+            self.fail(key, f"must be a whole number, not {v!r}")
+            return None
+        if minimum is not None and n < minimum:
+            self.fail(key, f"must be a whole number >= {minimum}, not {n}")
+            return None
+        return n
+
+    def number(self, name: str, *, low: float, high: float) -> float | None:
+        key, v = self.get(name)
+        if v is None or v == "":
+            return None
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            x = float(v)
+        except (TypeError, ValueError):
+            self.fail(key, f"must be a number, not {v!r}")
+            return None
+        if not low <= x <= high:
+            self.fail(key, f"must be between {low:g} and {high:g}")
+            return None
+        return x
+
+    def money(self, name: str, *aliases: str, required: bool = False) -> Decimal | None:
+        key, v = self.get(name, *aliases)
+        if v is None or v == "":
+            if required:
+                self.fail(key, "is required")
+            return None
+        try:
+            if isinstance(v, bool):
+                raise InvalidOperation
+            m = Decimal(v if isinstance(v, str) else str(v)).quantize(Decimal("0.01"))
+        except (InvalidOperation, ValueError):
+            self.fail(key, f"must be a number, not {v!r}")
+            return None
+        if not m.is_finite() or m < 0 or m >= Decimal("1e10"):
+            self.fail(key, f"must be a number >= 0 (and below 10^10), not {v!r}")
+            return None
+        return m
+
+    def boolean(self, name: str) -> bool | None:
+        key, v = self.get(name)
+        if v is None or v == "":
+            return None
+        return _as_bool(key, v, self)
+
+    def currency(self, name: str = "currency") -> str | None:
+        v = self.text(name, max_len=3)
+        if v is None:
+            return None
+        if not re.fullmatch(r"[A-Za-z]{3}", v):
+            self.fail(name, f"must be a three-letter ISO 4217 code, not {v!r}")
+            return None
+        return v.upper()
+
+    def json_object(self, name: str) -> dict[str, Any]:
+        key, v = self.get(name)
+        if v is None or v == "":
+            return {}
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError as exc:
+                self.fail(key, f"malformed JSON: {exc}")
+                return {}
+        if not isinstance(v, dict):
+            self.fail(key, "must be a JSON object")
+            return {}
+        return v
+
+    def extra(self) -> dict[str, Any]:
+        """Columns not named by the schema: custom attributes."""
+        return {k: v for k, v in self.d.items() if k not in self.used}
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "y", "ja", "t"}, {"false", "0", "no", "n", "nein", "f"}
+
+
+def _as_bool(key: str, v: Any, row: _Row) -> bool | None:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in _TRUE:
+        return True
+    if s in _FALSE:
+        return False
+    row.fail(key, f"must be true or false, not {v!r}")
+    return None
+
+
+def _timezone_ok(name: str) -> bool:
+    if name not in _ZONES:
+        try:
+            ZoneInfo(name)
+            _ZONES[name] = True
+        except (ZoneInfoNotFoundError, ValueError):
+            _ZONES[name] = False
+    return _ZONES[name]
+
+
+_ZONES: dict[str, bool] = {}
+_LOCALE = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*")
+
+
+@dataclass
+class ImportState:
+    """What a validation needs to remember across chunks of one file."""
+
+    kind: str
+    now: dt.datetime
+    lines_of_order: dict[str, int] = field(default_factory=dict)
+
+
+_CENT = Decimal("0.01")
+_MAX_MONEY = Decimal("1e10")
+_ORDER_STATUSES = frozenset(orders.ORDER_STATUSES)
+
+
+def _fast_order(d: dict[str, Any], now: dt.datetime) -> dict[str, Any] | None:
+    """The common, clean CSV line without the per-field bookkeeping; None sends the row to the full check."""
+    oid, cid, ts, sku, q, p = (d.get("order_id"), d.get("customer_id"), d.get("ordered_at"), d.get("sku"),
+                               d.get("quantity"), d.get("unit_price"))
+    if (type(oid) is not str or type(cid) is not str or type(ts) is not str or type(sku) is not str
+            or type(q) is not str or type(p) is not str or "line_no" in d):
+        return None
+    if not (0 < len(oid) <= 128 and 0 < len(cid) <= 255 and 0 < len(sku) <= 128 and q.isdigit()):
+        return None
+    if oid.strip() != oid or cid.strip() != cid or sku.strip() != sku:
+        return None
+    quantity = int(q)
+    try:
+        at = dt.datetime.fromisoformat(ts)
+        price = Decimal(p).quantize(_CENT)
+    except (ValueError, InvalidOperation):
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    if quantity < 1 or at - now > FUTURE_SKEW or not price.is_finite() or price < 0 or price >= _MAX_MONEY:
+        return None
+    currency, status = d.get("currency"), d.get("status")
+    if currency is not None:
+        if len(currency) != 3 or not currency.isascii() or not currency.isalpha():
+            return None
+        currency = currency.upper()
+    if status is not None:
+        status = status.lower()
+        if status not in _ORDER_STATUSES:
+            return None
+    return {"order_id": oid, "customer_id": cid, "ordered_at": at, "sku": sku, "quantity": quantity,
+            "unit_price": price, "currency": currency, "status": status, "line_no": None}
+
+
+def validate_order(row: _Row, state: ImportState) -> dict[str, Any]:
+    """One order line: order_id, customer_id, ordered_at, sku, quantity, unit_price[, currency, status, line_no]."""
+    out = _fast_order(row.d, state.now)
+    if out is not None:
+        n = state.lines_of_order.get(out["order_id"], 0) + 1
+        state.lines_of_order[out["order_id"]] = out["line_no"] = n
+        return out
+    out = {
+        "order_id": row.text("order_id", required=True, max_len=128),
+        "customer_id": row.text("customer_id", required=True),
+        "ordered_at": row.timestamp("ordered_at", required=True, now=state.now),
+        "sku": row.text("sku", "product_id", required=True, max_len=128),
+        "quantity": row.integer("quantity", required=True, minimum=1),
+        "unit_price": row.money("unit_price", "price", required=True),
+        "currency": row.currency(),
+        "status": row.text("status", max_len=32),
+        "line_no": row.integer("line_no", minimum=1),
+    }
+    if out["status"] is not None:
+        out["status"] = out["status"].lower()
+        if out["status"] not in orders.ORDER_STATUSES:
+            row.fail("status", f"unknown status {out['status']!r}; one of {', '.join(orders.ORDER_STATUSES)}")
+    if not row.errors and out["line_no"] is None:
+        # Lines are numbered in file order within their order, so a re-run finds the same line again.
+        n = state.lines_of_order.get(out["order_id"], 0) + 1
+        state.lines_of_order[out["order_id"]] = n
+        out["line_no"] = n
+    return out
+
+
+def validate_consent(row: _Row, state: ImportState) -> dict[str, Any]:
+    """One consent decision: customer_id, purpose, status[, source, recorded_at, text_version]."""
+    out = {
+        "customer_id": row.text("customer_id", required=True),
+        "purpose": row.text("purpose", required=True, max_len=32),
+        "status": row.text("status", required=True, max_len=16),
+        "source": row.text("source", max_len=64) or "import",
+        "recorded_at": row.timestamp("recorded_at", now=state.now) or state.now,
+        "text_version": row.text("text_version", max_len=64),
+    }
+    if out["purpose"] is not None and out["purpose"] not in PURPOSES:
+        row.fail("purpose", f"unknown purpose {out['purpose']!r}; one of {', '.join(PURPOSES)}")
+    if out["status"] is not None and out["status"] not in STATUSES:
+        row.fail("status", f"unknown status {out['status']!r}; one of {', '.join(STATUSES)}")
+    return out
+
+
+_ADDRESS = ("postal_code", "city", "country", "lat", "lon")
+
+
+def validate_customer(row: _Row, state: ImportState) -> dict[str, Any]:
+    """One profile: customer_id (the shop's id), email, phone, names, birthday, locale, timezone, address, ..."""
+    traits = row.d.get("traits")
+    if isinstance(traits, dict):  # a JSONL row may carry the profile as Segment identify traits
+        row.used.add("traits")
+        for k, v in traits.items():
+            row.d.setdefault(k, v)
+    address = row.d.get("address")
+    if isinstance(address, dict):  # JSONL may nest the address as Segment traits do
+        row.used.add("address")
+        for k, alias in (("postal_code", "postalCode"), ("city", None), ("country", None), ("lat", "latitude"),
+                         ("lon", "longitude")):
+            v = address.get(k, address.get(alias) if alias else None)
+            if v is not None and k not in row.d:
+                row.d[k] = v
+    out: dict[str, Any] = {
+        "external_id": row.text("customer_id", "external_id", "userId", required=True),
+        "email": row.text("email", max_len=320),
+        "phone": row.text("phone", max_len=64),
+        "first_name": row.text("first_name", "firstName"),
+        "last_name": row.text("last_name", "lastName"),
+        "birthday": row.date("birthday"),
+        "locale": row.text("locale", max_len=16),
+        "timezone": row.text("timezone", max_len=64),
+        "postal_code": row.text("postal_code", "postalCode", max_len=32),
+        "city": row.text("city"),
+        "country": row.text("country", max_len=2),
+        "lat": row.number("lat", low=-90, high=90),
+        "lon": row.number("lon", low=-180, high=180),
+        "created_at": row.timestamp("created_at", now=state.now),
+    }
+    if out["email"] is not None:
+        out["email"] = out["email"].lower()
+        if "@" not in out["email"][1:-1]:
+            row.fail("email", f"is not an email address: {out['email']!r}")
+    if out["locale"] is not None and not _LOCALE.fullmatch(out["locale"]):
+        row.fail("locale", f"is not a language tag such as de or en-GB: {out['locale']!r}")
+    if out["timezone"] is not None and not _timezone_ok(out["timezone"]):
+        row.fail("timezone", f"unknown time zone {out['timezone']!r} (IANA name, e.g. Europe/Berlin)")
+    if out["country"] is not None:
+        out["country"] = out["country"].upper()
+        if not re.fullmatch(r"[A-Z]{2}", out["country"]):
+            row.fail("country", f"must be a two-letter ISO 3166 code, not {out['country']!r}")
+    attributes = row.json_object("attributes")
+    out["attributes"] = {**attributes, **row.extra()}
+    return out
+
+
+# Custom product attributes with a known type; other extra columns are kept as given.
+_PRODUCT_ATTR_TYPES = {"sustainable": "bool", "warranty_months": "int", "runout_days": "int",
+                       "accessory_skus": "list", "successor_sku": "str"}
+
+
+def validate_product(row: _Row, state: ImportState) -> dict[str, Any]:
+    """One product: sku, name[, category, price, currency, stock, url, image_url, brand, active, attributes]."""
+    out: dict[str, Any] = {
+        "sku": row.text("sku", "product_id", required=True, max_len=128),
+        "name": row.text("name", required=True, max_len=512),
+        "category": row.text("category", "category_path", max_len=512),
+        "price": row.money("price"),
+        "currency": row.currency(),
+        "stock": row.integer("stock"),
+        "url": row.text("url", max_len=4000),
+        "image_url": row.text("image_url", "image", max_len=4000),
+        "brand": row.text("brand"),
+        "active": row.boolean("active"),
+    }
+    attributes = {**row.json_object("attributes"), **row.extra()}
+    for key, kind in _PRODUCT_ATTR_TYPES.items():
+        v = attributes.get(key)
+        if v is None or not isinstance(v, str):
+            continue
+        if kind == "bool":
+            attributes[key] = _as_bool(key, v, row)
+        elif kind == "int":
+            sub = _Row({key: v})
+            attributes[key] = sub.integer(key, minimum=0)
+            row.errors += sub.errors
+        elif kind == "list":
+            s = v.strip()
+            if s.startswith("["):
+                try:
+                    attributes[key] = [str(x) for x in json.loads(s)]
+                except (ValueError, TypeError):
+                    row.fail(key, "must be skus separated by | or a JSON array")
+            else:
+                attributes[key] = [x.strip() for x in s.split("|") if x.strip()]
+    # Only what the row names is changed on an existing product.
+    product = {k: v for k, v in out.items() if v is not None}
+    if attributes:
+        product["attributes"] = attributes
+    return product
+
+
+_EVENT_JSON_FIELDS = ("properties", "traits", "context", "integrations")
+
+
+def event_from_csv(data: dict[str, str], row: _Row) -> dict[str, Any]:
+    """A Segment message from a CSV row: top-level fields as columns, properties / traits / context as JSON
+    columns or as dotted columns (properties.sku); dotted cells are read as JSON where they parse."""
+    msg: dict[str, Any] = {}
+    for key, value in data.items():
+        head, _, rest = key.partition(".")
+        if head in _EVENT_JSON_FIELDS and rest:
+            try:
+                v: Any = json.loads(value)
+            except ValueError:
+                v = value
+            msg.setdefault(head, {})
+            if isinstance(msg[head], dict):
+                msg[head][rest] = v
+        elif key in _EVENT_JSON_FIELDS:
+            try:
+                msg[key] = {**json.loads(value), **msg.get(key, {})}
+            except (ValueError, TypeError):
+                row.fail(key, "malformed JSON object")
+        else:
+            msg[key] = value
+    return msg
+
+
+VALIDATORS = {"orders": validate_order, "consents": validate_consent, "customers": validate_customer,
+              "products": validate_product}
+
+
+def validate_chunk(records: list[Record], state: ImportState) -> tuple[list[tuple[Record, dict[str, Any]]],
+                                                                       list[RowError]]:
+    """Split a chunk into valid rows (with their record) and row errors."""
+    good: list[tuple[Record, dict[str, Any]]] = []
+    bad: list[RowError] = []
+    validator = VALIDATORS.get(state.kind)
+    for rec in records:
+        if rec.error is not None:
+            rec.error.row = rec.text()
+            bad.append(rec.error)
+            continue
+        assert rec.data is not None
+        row = _Row(rec.data)
+        if validator is None:  # events: ingest validates them
+            value = event_from_csv(rec.data, row) if isinstance(rec.raw, list) else rec.data
+        else:
+            value = validator(row, state)
+        if row.errors:
+            text = rec.text()
+            bad += [RowError(rec.line, f, r, text) for f, r in row.errors]
+        else:
+            good.append((rec, value))
+    return good, bad
+
+
+# ------------------------------------------------------------------------------------------------ landing
+
+
+def land(*, session: Session, kind: str, rows: list[tuple[Record, dict[str, Any]]],
+         now: dt.datetime) -> ChunkResult:
+    """Write one chunk of valid rows through the domain services."""
+    return _LANDERS[kind](session, rows, now)
+
+
+def _land_orders(session: Session, rows: list[tuple[Record, dict[str, Any]]], now: dt.datetime) -> ChunkResult:
+    result = ChunkResult()
+    first_seen: dict[str, dt.datetime] = {}
+    for _, r in rows:
+        seen = first_seen.get(r["customer_id"])
+        if seen is None or r["ordered_at"] < seen:
+            first_seen[r["customer_id"]] = r["ordered_at"]
+    ids, created = profiles.customers_for(session=session, external_ids=list(first_seen), at=now,
+                                          first_seen=first_seen)
+    result.customers_created = len(created)
+    lines = [{**r, "customer_id": ids[r["customer_id"]]} for _, r in rows]
+    counts = orders.import_lines(session=session, lines=lines, at=now)
+    for i in counts.pop("conflicting"):
+        rec, r = rows[i]
+        result.rejected.append(RowError(rec.line, "customer_id", f"order {r['order_id']} belongs to another "
+                                        "customer", rec.text()))
+    result.landed, result.unchanged = counts["lines_created"], counts["lines_present"]
+    result.details = {"orders created": counts["orders_created"], "orders updated": counts["orders_updated"]}
+    skus = {r["sku"] for _, r in rows}
+    result.unknown_skus = skus - catalog.known_skus(session=session, skus=skus)
+    last: dict[int, dt.datetime] = {}
+    for ln in lines:
+        if last.get(ln["customer_id"], ln["ordered_at"]) <= ln["ordered_at"]:
+            last[ln["customer_id"]] = ln["ordered_at"]
+    profiles.mark_seen(session=session, seen=last)
+    return result
+
+
+def _land_consents(session: Session, rows: list[tuple[Record, dict[str, Any]]], now: dt.datetime) -> ChunkResult:
+    result = ChunkResult()
+    ids, created = profiles.customers_for(session=session, external_ids=[r["customer_id"] for _, r in rows],
+                                          at=now)
+    result.customers_created = len(created)
+    decisions = [{**r, "customer_id": ids[r["customer_id"]]} for _, r in rows]
+    result.landed, result.unchanged = consent.record_many(session=session, decisions=decisions, now=now)
+    return result
+
+
+def _land_customers(session: Session, rows: list[tuple[Record, dict[str, Any]]], now: dt.datetime) -> ChunkResult:
+    result = ChunkResult()
+    counts = profiles.upsert_customers(session=session, rows=[r for _, r in rows], source="import", at=now)
+    result.customers_created = counts["created"]
+    result.landed = counts["created"] + counts["updated"]
+    result.unchanged = len(rows) - result.landed
+    result.details = {"customers updated": counts["updated"]}
+    return result
+
+
+def _land_products(session: Session, rows: list[tuple[Record, dict[str, Any]]], now: dt.datetime) -> ChunkResult:
+    result = ChunkResult()
+    counts = catalog.upsert_products(session=session, products=[r for _, r in rows], at=now)
+    result.landed = counts["created"] + counts["updated"]
+    result.unchanged = len(rows) - result.landed
+    result.details = {"products created": counts["created"], "products updated": counts["updated"]}
+    return result
+
+
+def _land_events(session: Session, rows: list[tuple[Record, dict[str, Any]]], now: dt.datetime) -> ChunkResult:
+    from emma.ingest import service as ingest
+
+    result = ChunkResult()
+    res = ingest.ingest(session=session, raw_messages=[m for _, m in rows], received_at=now)
+    result.landed, result.unchanged = res.accepted, res.duplicates
+    for rej in res.rejected:
+        rec = rows[rej.index][0]
+        text = rec.text()
+        result.rejected += [RowError(rec.line, e.field, e.reason, text) for e in rej.errors]
+    result.warnings = list(res.warnings)
+    return result
+
+
+_LANDERS = {"orders": _land_orders, "consents": _land_consents, "customers": _land_customers,
+            "products": _land_products, "events": _land_events}
+
+
+# ------------------------------------------------------------------------------------------------ rejects
+
+
+class RejectsWriter:
+    """The rejects file: line, field, reason and the row as it was; created when the first reject comes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+        self._writer: Any = None
+        self.count = 0
+
+    def write(self, errors: list[RowError]) -> None:
+        if not errors:
+            return
+        if self._writer is None:
+            self._file = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(["line", "field", "reason", "row"])
+        for e in sorted(errors, key=lambda e: e.line):
+            self._writer.writerow([e.line, e.field, e.reason, e.row])
+        self.count += len(errors)
+        assert self._file is not None
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def default_rejects_path(path: Path) -> Path:
+    """FILE.rejects.csv next to the imported file."""
+    return path.with_name(path.name + ".rejects.csv")
