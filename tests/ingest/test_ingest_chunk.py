@@ -91,3 +91,28 @@ def test_wishlist_add_remove_add_in_one_chunk(session):
     session.commit()
     rows = {w.sku: w.removed_at for w in session.scalars(select(WishlistItem))}
     assert rows == {"W": T0 + dt.timedelta(minutes=2), "V": None}
+
+
+def test_consent_changes_in_one_chunk_keep_order_and_log(session):
+    from emma.channels.models import DeliveryEvent, OutboxMessage
+    from emma.consent.models import Consent, ConsentLog
+
+    def prefs(n: int, **p):  # type: ignore[no-untyped-def]
+        return {**track(n, "Page Viewed"), "context": {"consent": {"categoryPreferences": p}}}
+
+    ingest.ingest(session=session, raw_messages=[
+        prefs(1, ads=True, email_marketing=True), prefs(2, ads=False), prefs(3, email_marketing=True),
+        prefs(4, ads=True), prefs(0, ads=False),  # older than what is recorded: ignored
+    ])
+    session.commit()
+    assert dict(session.execute(select(Consent.purpose, Consent.status)).all()) == {
+        "ads": "granted", "email_marketing": "pending"}
+    log = [(c.purpose, c.previous_status, c.status) for c in session.scalars(
+        select(ConsentLog).order_by(ConsentLog.recorded_at, ConsentLog.id))]
+    assert log == [("ads", None, "granted"), ("email_marketing", None, "pending"), ("ads", "granted", "revoked"),
+                   ("ads", "revoked", "granted")]
+    # the second sign-up within the hour queues no second mail; the mail has its delivery log entry
+    mail = session.scalars(select(OutboxMessage)).one()
+    assert mail.template == "double_opt_in" and mail.transactional
+    assert [e.status for e in session.scalars(select(DeliveryEvent).where(DeliveryEvent.message_id == mail.id))] == [
+        "queued"]

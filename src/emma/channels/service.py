@@ -57,6 +57,41 @@ def enqueue(*, session: Session, idempotency_key: str, customer_id: int | None, 
     return msg
 
 
+def enqueue_many(*, session: Session, messages: list[dict[str, Any]]) -> int:
+    """enqueue for many messages with one query and two inserts; returns how many were new.
+
+    Each dict has enqueue's keyword arguments (idempotency_key, customer_id, channel, template, ...).
+    """
+    by_key: dict[str, dict[str, Any]] = {}
+    for m in messages:
+        by_key.setdefault(m["idempotency_key"], m)  # the first of a key wins
+    keys = list(by_key)
+    for i in range(0, len(keys), 900):
+        for key in session.scalars(select(OutboxMessage.idempotency_key)
+                                   .where(OutboxMessage.idempotency_key.in_(keys[i:i + 900]))):
+            by_key.pop(key)
+    if not by_key:
+        return 0
+    now = utcnow()
+    rows = [{"idempotency_key": key, "customer_id": m.get("customer_id"), "channel": m["channel"],
+             "purpose": m.get("purpose"), "transactional": m.get("transactional", False),
+             "template": m.get("template"), "locale": m.get("locale"), "payload": m.get("payload") or {},
+             "status": "queued", "attempts": 0, "due_at": m.get("due_at") or now, "created_at": now,
+             "tactic_id": m.get("tactic_id")} for key, m in by_key.items()]
+    table = OutboxMessage.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    # a concurrent enqueue with the same key wins; its message is not queued twice
+    stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(table.c.id)
+    ids = list(session.execute(stmt, rows).scalars())
+    if ids:
+        session.execute(DeliveryEvent.__table__.insert(),
+                        [{"message_id": i, "status": "queued", "detail": {}, "at": now} for i in ids])
+    return len(ids)
+
+
 def in_flight(*, session: Session, channel: str, now: dt.datetime) -> int:
     """Messages of channel sent in the last rate window or being sent now (counts every worker)."""
     return session.scalar(select(func.count()).select_from(OutboxMessage).where(

@@ -138,20 +138,18 @@ def request_opt_in(*, session: Session, customer_id: int, settings: Settings, pu
     if current != "pending":  # a repeated sign-up while pending keeps the first record (and its text version)
         record(session=session, customer_id=customer_id, purpose=purpose, status="pending", source=source,
                recorded_at=now, text_version=text_version)
-    return _queue_confirmation(session, customer_id, purpose, settings, now)
-
-
-def _queue_confirmation(session: Session, customer_id: int, purpose: str, settings: Settings,
-                        now: dt.datetime) -> int:
     from emma.channels import service as channels  # channels depends on consent, not the other way round
 
+    msg = channels.enqueue(session=session, **_confirmation_mail(customer_id, purpose, settings, now))
+    return msg.id
+
+
+def _confirmation_mail(customer_id: int, purpose: str, settings: Settings, now: dt.datetime) -> dict[str, Any]:
     url = confirmation_url(customer_id=customer_id, purpose=purpose, settings=settings, now=now)
     # One confirmation mail per customer, purpose and hour: a form submitted twice does not mail twice.
-    msg = channels.enqueue(session=session, idempotency_key=f"doi:{customer_id}:{purpose}:{now:%Y%m%d%H}",
-                           customer_id=customer_id, channel="email", template=DOI_TEMPLATE, transactional=True,
-                           payload={"confirm_url": url, "ttl_hours": settings.doi_link_ttl_hours,
-                                    "purpose": purpose})
-    return msg.id
+    return {"idempotency_key": f"doi:{customer_id}:{purpose}:{now:%Y%m%d%H}", "customer_id": customer_id,
+            "channel": "email", "template": DOI_TEMPLATE, "transactional": True,
+            "payload": {"confirm_url": url, "ttl_hours": settings.doi_link_ttl_hours, "purpose": purpose}}
 
 
 def confirm_opt_in(*, session: Session, token: str, settings: Settings,
@@ -227,6 +225,7 @@ class Batch:
         self.settings = settings
         self._current: dict[tuple[int, str], dict[str, Any]] = {}
         self._log: list[dict[str, Any]] = []
+        self._mails: list[dict[str, Any]] = []
 
     def preload(self, *, customer_ids: Iterable[int]) -> None:
         """Load the current consent of these customers."""
@@ -267,20 +266,25 @@ class Batch:
         return True
 
     def request_opt_in(self, *, customer_id: int, purpose: str = "email_marketing", source: str = "signup",
-                       text_version: str | None = None, now: dt.datetime | None = None) -> int | None:
-        """As request_opt_in."""
+                       text_version: str | None = None, now: dt.datetime | None = None) -> None:
+        """As request_opt_in; the confirmation mail is queued by flush."""
         validate(purpose=purpose, status="pending")
         now = now or utcnow()
         current = self.status(customer_id=customer_id, purpose=purpose)
         if current == "granted":
-            return None
+            return
         if current != "pending":
             self.record(customer_id=customer_id, purpose=purpose, status="pending", source=source,
                         recorded_at=now, text_version=text_version)
-        return _queue_confirmation(self.session, customer_id, purpose, self.settings, now)
+        self._mails.append(_confirmation_mail(customer_id, purpose, self.settings, now))
 
     def flush(self) -> None:
-        """Write the changed consents and their log."""
+        """Write the changed consents and their log, queue the confirmation mails."""
+        from emma.channels import service as channels
+
+        if self._mails:
+            channels.enqueue_many(session=self.session, messages=self._mails)
+            self._mails = []
         t = Consent.__table__
         cols = ("customer_id", "purpose", "status", "source", "text_version", "recorded_at")
         fresh = [{k: c[k] for k in cols} for c in self._current.values() if c["dirty"] and c["id"] is None]

@@ -130,6 +130,7 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, resu
         rows.append({"message_id": m.messageId, "type": m.type, "name": name, "customer_id": cid,
                      "user_id": m.userId, "anonymous_id": m.anonymousId, "properties": props,
                      "context": m.context, "timestamp": m.timestamp, "received_at": received_at})
+    resolver.flush()
     session.flush()
     inserted = _insert_events(session, rows)
     result.duplicates += len(rows) - len(inserted)
@@ -202,8 +203,9 @@ def _insert_events(session: Session, rows: list[dict[str, Any]]) -> set[str]:
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
     # ON CONFLICT DO NOTHING makes a concurrent resend of the same messageId a no-op, not an error.
-    stmt = dialect_insert(Event).on_conflict_do_nothing(index_elements=["message_id"]).returning(Event.message_id)
-    return set(session.scalars(stmt, rows))
+    table = Event.__table__
+    stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=["message_id"]).returning(table.c.message_id)
+    return set(session.execute(stmt, rows).scalars())  # a table insert: no ORM bookkeeping per row
 
 
 def _identify(resolver: profiles.Resolver, traits_batch: profiles.TraitBatch, cid: int, m: Message) -> None:

@@ -46,6 +46,7 @@ class Resolver:
         self.conflicts: list[IdentityConflict] = []
         self.merges: list[MergeLog] = []
         self._pending: list[tuple[int, int, str]] = []
+        self._new_identities: list[dict[str, Any]] = []
 
     def preload(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Load the customers of many identities with one query per kind."""
@@ -79,8 +80,15 @@ class Resolver:
         return self._anonymous[customer_id]
 
     def _add_identity(self, customer_id: int, kind: str, value: str) -> None:
-        self.session.add(Identity(customer_id=customer_id, kind=kind, value=value, created_at=self.now))
+        self._new_identities.append({"customer_id": customer_id, "kind": kind, "value": value,
+                                     "created_at": self.now})
         self._cache[(kind, value)] = customer_id
+
+    def flush(self) -> None:
+        """Write the identities resolution added (apply_merges does it too)."""
+        if self._new_identities:
+            self.session.execute(insert(Identity.__table__), self._new_identities)
+            self._new_identities = []
 
     def _create(self, *, user_id: str | None, first_seen: dt.datetime) -> int:
         table = Customer.__table__
@@ -115,7 +123,8 @@ class Resolver:
         if user_cid is None:
             if anon_cid is not None and self.is_anonymous(anon_cid):
                 # The anonymous visitor identifies: the same profile becomes the known customer.
-                self.session.execute(update(Customer).where(Customer.id == anon_cid)
+                table = Customer.__table__
+                self.session.execute(update(table).where(table.c.id == anon_cid)
                                      .values(external_id=user_id, is_anonymous=False))
                 self._anonymous[anon_cid] = False
                 self._add_identity(anon_cid, "user_id", user_id)
@@ -160,7 +169,8 @@ class Resolver:
         self._pending.append((source_id, target_id, reason))
 
     def apply_merges(self) -> list[MergeLog]:
-        """Carry out the merges that resolution decided on."""
+        """Write the new identities and carry out the merges that resolution decided on."""
+        self.flush()
         done = [self.merge(source_id=s, target_id=t, reason=r) for s, t, r in self._pending]
         self._pending.clear()
         return done
@@ -169,6 +179,7 @@ class Resolver:
         """Move an anonymous profile's rows into the known customer, logging what moved."""
         if not self.is_anonymous(source_id):
             raise ValueError("only anonymous profiles are merged automatically")
+        self.flush()
         self.session.flush()
         moved: dict[str, list[int]] = {}
         for name in (*_MOVABLE, "identities"):
@@ -266,24 +277,41 @@ def _apply_changes(customer: Customer, changes: list[tuple[str, str | None, Any]
     return changed
 
 
+class _Profile:
+    """The trait columns of one customer, as plain attributes (what _apply_changes reads and sets)."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.__dict__.update(row)
+        self.original = dict(row)
+
+    def changes(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "original" and self.original.get(k) != v}
+
+
+_PROFILE_COLUMNS = ("id", *sorted(set(TRAIT_COLUMNS.values()) | set(ADDRESS_COLUMNS.values())), "attributes")
+
+
 class TraitBatch:
-    """Trait updates of many messages: one query to load, the history written with one statement."""
+    """Trait updates of many messages: loaded with two queries, written with a few statements."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self._profiles: dict[int, _Profile] = {}
         self._latest: dict[int, dict[str, dt.datetime]] = {}
         self._history: list[dict[str, Any]] = []
 
     def preload(self, *, customer_ids: Iterable[int]) -> None:
-        """Load the customers and the time of their latest change per trait."""
+        """Load the customers' profile fields and the time of their latest change per trait."""
         from sqlalchemy import func
 
-        cids = sorted(set(customer_ids) - set(self._latest))
+        table = Customer.__table__
+        cids = sorted(set(customer_ids) - set(self._profiles))
         for i in range(0, len(cids), 900):
             part = cids[i:i + 900]
-            list(self.session.scalars(select(Customer).where(Customer.id.in_(part))))  # into the identity map
-            for cid in part:
-                self._latest[cid] = {}
+            for row in self.session.execute(select(*(table.c[c] for c in _PROFILE_COLUMNS))
+                                            .where(table.c.id.in_(part))).mappings():
+                self._profiles[row["id"]] = _Profile(dict(row))
+                self._latest[row["id"]] = {}
             for cid, trait, ts in self.session.execute(
                     select(TraitChange.customer_id, TraitChange.trait, func.max(TraitChange.recorded_at))
                     .where(TraitChange.customer_id.in_(part)).group_by(TraitChange.customer_id, TraitChange.trait)):
@@ -293,22 +321,31 @@ class TraitBatch:
                     self._latest[cid][trait] = ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)
 
     def apply(self, *, customer_id: int, traits: dict[str, Any], source: str, at: dt.datetime) -> list[str]:
-        """As apply_traits, for a preloaded customer."""
-        customer = self.session.get(Customer, customer_id)
-        if customer is None:
-            raise CustomerNotFound(str(customer_id))
-        if customer_id not in self._latest:
+        """As apply_traits."""
+        if customer_id not in self._profiles:
             self.preload(customer_ids=[customer_id])
+        if customer_id not in self._profiles:
+            raise CustomerNotFound(str(customer_id))
         latest = self._latest[customer_id]
         start = len(self._history)
-        changed = _apply_changes(customer, _trait_changes(traits), latest, source, at, self._history)
+        changed = _apply_changes(self._profiles[customer_id], _trait_changes(traits), latest,  # type: ignore[arg-type]
+                                 source, at, self._history)
         for row in self._history[start:]:
             if row["trait"] not in latest or latest[row["trait"]] < at:
                 latest[row["trait"]] = at
         return changed
 
     def flush(self) -> None:
-        """Write the trait history (profile fields are written by the session's flush)."""
+        """Write the changed profile fields and the trait history."""
+        table = Customer.__table__
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for cid, profile in self._profiles.items():
+            changes = profile.changes()
+            if changes:
+                by_columns.setdefault(tuple(sorted(changes)), []).append({"b_id": cid, **changes})
+                profile.original.update(changes)
+        for rows in by_columns.values():
+            self.session.execute(update(table).where(table.c.id == bindparam("b_id")), rows)
         if self._history:
             self.session.execute(insert(TraitChange.__table__), self._history)
             self._history = []
