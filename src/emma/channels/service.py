@@ -20,7 +20,7 @@ from emma.channels.exceptions import ChannelError, PermanentError, RateLimited, 
 from emma.channels.models import DeliveryEvent, OutboxMessage
 from emma.config import Settings
 from emma.consent import service as consent
-from emma.db import utcnow
+from emma.db import among, insert_ignoring_conflicts, utcnow
 from emma.orders.models import Cart, CartItem, OrderLine
 from emma.profiles.models import Customer, Identity
 
@@ -68,7 +68,7 @@ def enqueue_many(*, session: Session, messages: list[dict[str, Any]]) -> int:
     keys = list(by_key)
     for i in range(0, len(keys), 900):
         for key in session.scalars(select(OutboxMessage.idempotency_key)
-                                   .where(OutboxMessage.idempotency_key.in_(keys[i:i + 900]))):
+                                   .where(among(session, OutboxMessage.idempotency_key, keys[i:i + 900]))):
             by_key.pop(key)
     if not by_key:
         return 0
@@ -78,13 +78,9 @@ def enqueue_many(*, session: Session, messages: list[dict[str, Any]]) -> int:
              "template": m.get("template"), "locale": m.get("locale"), "payload": m.get("payload") or {},
              "status": "queued", "attempts": 0, "due_at": m.get("due_at") or now, "created_at": now,
              "tactic_id": m.get("tactic_id")} for key, m in by_key.items()]
-    table = OutboxMessage.__table__
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
     # a concurrent enqueue with the same key wins; its message is not queued twice
-    stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(table.c.id)
+    stmt = insert_ignoring_conflicts(session, OutboxMessage, ["idempotency_key"]).returning(
+        OutboxMessage.__table__.c.id)
     ids = list(session.execute(stmt, rows).scalars())
     if ids:
         session.execute(DeliveryEvent.__table__.insert(),

@@ -234,7 +234,7 @@ class Batch:
         for i in range(0, len(cids), 900):
             for row in self.session.execute(select(t.c.id, t.c.customer_id, t.c.purpose, t.c.status, t.c.source,
                                                    t.c.text_version, t.c.recorded_at)
-                                            .where(t.c.customer_id.in_(cids[i:i + 900]))).mappings():
+                                            .where(among(self.session, t.c.customer_id, cids[i:i + 900]))).mappings():
                 self._current[(row["customer_id"], row["purpose"])] = {**row, "dirty": False}
 
     def status(self, *, customer_id: int, purpose: str) -> str | None:

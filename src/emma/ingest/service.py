@@ -8,14 +8,14 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from emma.catalog import service as catalog
 from emma.config import Settings, get_settings
 from emma.consent import service as consent
 from emma.consent.models import PURPOSES, Consent
-from emma.db import utcnow
+from emma.db import among, insert_ignoring_conflicts, utcnow
 from emma.ingest.models import Event
 from emma.ingest.schemas import (
     ORDER_STATUS_EVENTS,
@@ -105,7 +105,8 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, resu
     existing: set[str] = set()
     ids = [m.messageId for m in msgs]
     for i in range(0, len(ids), 900):
-        existing.update(session.scalars(select(Event.message_id).where(Event.message_id.in_(ids[i:i + 900]))))
+        existing.update(session.scalars(select(Event.message_id)
+                                        .where(among(session, Event.message_id, ids[i:i + 900]))))
     fresh = [m for m in msgs if m.messageId not in existing]
     result.duplicates += len(msgs) - len(fresh)
     if not fresh:
@@ -177,11 +178,7 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, resu
         if unknown:
             shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             result.warnings.append(f"unknown skus kept (add them to the catalog): {shown}")
-    customers = Customer.__table__
-    session.execute(update(customers).where(customers.c.id == bindparam("b_id"))
-                    .where(customers.c.last_seen_at.is_(None) | (customers.c.last_seen_at < bindparam("b_ts")))
-                    .values(last_seen_at=bindparam("b_ts")),
-                    [{"b_id": cid, "b_ts": ts} for cid, ts in last_seen.items()])
+    profiles.mark_seen(session=session, seen=last_seen)
     resolver.apply_merges()
     _expire_stale(session)
     if resolver.conflicts:
@@ -197,15 +194,9 @@ def _expire_stale(session: Session) -> None:
 
 
 def _insert_events(session: Session, rows: list[dict[str, Any]]) -> set[str]:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
     # ON CONFLICT DO NOTHING makes a concurrent resend of the same messageId a no-op, not an error.
-    table = Event.__table__
-    stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=["message_id"]).returning(table.c.message_id)
-    return set(session.execute(stmt, rows).scalars())  # a table insert: no ORM bookkeeping per row
+    stmt = insert_ignoring_conflicts(session, Event, ["message_id"]).returning(Event.__table__.c.message_id)
+    return set(session.execute(stmt, rows).scalars())
 
 
 def _identify(resolver: profiles.Resolver, traits_batch: profiles.TraitBatch, cid: int, m: Message) -> None:

@@ -236,9 +236,9 @@ class Batch:
                 carts.c.updated_at, carts.c.order_id)
         rows = []
         for part in _in_chunks(sorted(names)):
-            rows += self.session.execute(select(*cols).where(carts.c.cart_id.in_(part))).all()
+            rows += self.session.execute(select(*cols).where(among(self.session, carts.c.cart_id, part))).all()
         for part in _in_chunks(sorted(cids)):
-            rows += self.session.execute(select(*cols).where(carts.c.customer_id.in_(part),
+            rows += self.session.execute(select(*cols).where(among(self.session, carts.c.customer_id, part),
                                                              carts.c.status != "ordered")).all()
         for pk, cart_id, cid, status, created, updated, order_id in rows:
             if cart_id not in self._carts:
@@ -248,15 +248,16 @@ class Batch:
         for part in _in_chunks(sorted(by_pk)):
             for pk, cart_pk, sku, quantity, price, added in self.session.execute(select(
                     items.c.id, items.c.cart_pk, items.c.sku, items.c.quantity, items.c.price, items.c.added_at)
-                    .where(items.c.cart_pk.in_(part))):
+                    .where(among(self.session, items.c.cart_pk, part))):
                 by_pk[cart_pk].items[sku] = _Item(pk, quantity, price, added)
         for part in _in_chunks(sorted(set(order_ids))):
-            self._orders_known.update(self.session.scalars(select(Order.order_id).where(Order.order_id.in_(part))))
+            self._orders_known.update(self.session.scalars(
+                select(Order.order_id).where(among(self.session, Order.order_id, part))))
         wl = WishlistItem.__table__
         for part in _in_chunks(sorted(cids)):
             for pk, cid, sku, added, removed in self.session.execute(select(
                     wl.c.id, wl.c.customer_id, wl.c.sku, wl.c.added_at, wl.c.removed_at)
-                    .where(wl.c.customer_id.in_(part))):
+                    .where(among(self.session, wl.c.customer_id, part))):
                 self._wish[(cid, sku)] = _Wish(pk, added, removed)
 
     def _remember(self, cart: _Cart) -> None:
@@ -380,7 +381,7 @@ class Batch:
             s.execute(update(carts).where(carts.c.id == bindparam("b_pk")), changed)
         if self._deleted_items:
             for part in _in_chunks(self._deleted_items):
-                s.execute(delete(items).where(items.c.id.in_(part)))
+                s.execute(delete(items).where(among(s, items.c.id, part)))
         new_items, changed_items = [], []
         for c in self._carts.values():
             for sku, i in c.items.items():

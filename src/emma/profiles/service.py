@@ -60,7 +60,7 @@ class Resolver:
                 rows = self.session.execute(
                     select(Identity.value, Identity.customer_id, Customer.is_anonymous)
                     .join(Customer, Customer.id == Identity.customer_id)
-                    .where(Identity.kind == kind, Identity.value.in_(vals[i:i + 900]))
+                    .where(Identity.kind == kind, among(self.session, Identity.value, vals[i:i + 900]))
                 )
                 for value, cid, anon in rows:
                     self._cache[(kind, value)] = cid
@@ -309,12 +309,13 @@ class TraitBatch:
         for i in range(0, len(cids), 900):
             part = cids[i:i + 900]
             for row in self.session.execute(select(*(table.c[c] for c in _PROFILE_COLUMNS))
-                                            .where(table.c.id.in_(part))).mappings():
+                                            .where(among(self.session, table.c.id, part))).mappings():
                 self._profiles[row["id"]] = _Profile(dict(row))
                 self._latest[row["id"]] = {}
             for cid, trait, ts in self.session.execute(
                     select(TraitChange.customer_id, TraitChange.trait, func.max(TraitChange.recorded_at))
-                    .where(TraitChange.customer_id.in_(part)).group_by(TraitChange.customer_id, TraitChange.trait)):
+                    .where(among(self.session, TraitChange.customer_id, part))
+                    .group_by(TraitChange.customer_id, TraitChange.trait)):
                 if ts is not None:
                     if isinstance(ts, str):
                         ts = dt.datetime.fromisoformat(ts)
