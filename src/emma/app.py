@@ -67,6 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.onsite = onsite_jobs.Runtime(app)
     app.include_router(onsite_router)
 
+    from emma.segments.router import router as segments_router
+
+    app.include_router(segments_router)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "reason": e["msg"]}

@@ -119,7 +119,7 @@ def _register_optional() -> None:
 
     for module, name in (("emma.cli.importer", "import"), ("emma.cli.demo", "demo"),
                          ("emma.cli.channels", "channels"), ("emma.cli.templates", "templates"),
-                         ("emma.cli.gdpr", "gdpr")):
+                         ("emma.cli.gdpr", "gdpr"), ("emma.cli.segments", "segments")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
