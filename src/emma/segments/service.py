@@ -215,12 +215,15 @@ def refresh_membership(*, session: Session, customer_ids: Iterable[int], now: dt
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start:start + _CHUNK]
         facts = predicate.load_facts(session=session, customer_ids=chunk, needs=needs)
+        stored: dict[int, set[int]] = {s.id: set() for s in segments}
+        for seg_id, cid in session.execute(select(SegmentMembership.segment_id, SegmentMembership.customer_id).where(
+                SegmentMembership.customer_id.in_(chunk), SegmentMembership.member.is_(True))):
+            stored.setdefault(seg_id, set()).add(cid)
         for segment in segments:
             now_in = {cid for cid, f in facts.items() if predicate.evaluate(nodes[segment.id], f, now=now)}
-            stored = set(session.scalars(select(SegmentMembership.customer_id).where(
-                SegmentMembership.segment_id == segment.id, SegmentMembership.member.is_(True),
-                SegmentMembership.customer_id.in_(chunk))))
-            out.extend(_transition(session, segment, sorted(now_in - stored), sorted(stored - now_in), now))
+            was_in = stored[segment.id]
+            if now_in != was_in:
+                out.extend(_transition(session, segment, sorted(now_in - was_in), sorted(was_in - now_in), now))
     return out
 
 
