@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from emma.catalog.models import Product
 from emma.consent.models import Consent
+from emma.db import among
 from emma.ingest.models import Event
 from emma.orders.models import Cart, CartItem, Order, OrderLine, WishlistItem
 from emma.predict.models import Prediction
@@ -99,7 +100,11 @@ def load_facts(*, session: Session, customer_ids: Iterable[int], needs: Needs) -
 def _load_chunk(session: Session, ids: list[int], needs: Needs) -> dict[int, Facts]:
     cols = Customer.__table__.columns
     facts: dict[int, Facts] = {}
-    for row in session.execute(select(Customer.__table__).where(Customer.id.in_(ids),
+
+    def of(column: Any) -> Any:
+        return among(session, column, ids)
+
+    for row in session.execute(select(Customer.__table__).where(of(Customer.id),
                                                                 Customer.merged_into_id.is_(None))):
         m = row._mapping
         facts[m["id"]] = Facts(customer={c.name: m[c.name] for c in cols})
@@ -108,24 +113,24 @@ def _load_chunk(session: Session, ids: list[int], needs: Needs) -> dict[int, Fac
         return facts
     if needs.consents:
         for cid, purpose, status in session.execute(
-                select(Consent.customer_id, Consent.purpose, Consent.status).where(Consent.customer_id.in_(ids))):
+                select(Consent.customer_id, Consent.purpose, Consent.status).where(of(Consent.customer_id))):
             facts[cid].consents[purpose] = status
     if needs.prediction:
         pcols = Prediction.__table__.columns
-        for row in session.execute(select(Prediction.__table__).where(Prediction.customer_id.in_(ids))):
+        for row in session.execute(select(Prediction.__table__).where(of(Prediction.customer_id))):
             facts[row.customer_id].prediction = {c.name: row._mapping[c.name] for c in pcols}
     if needs.event_names:
         for cid, name, ts, props in session.execute(
                 select(Event.customer_id, Event.name, Event.timestamp, Event.properties)
-                .where(Event.customer_id.in_(ids), Event.name.in_(sorted(needs.event_names)))):
+                .where(of(Event.customer_id), Event.name.in_(sorted(needs.event_names)))):
             facts[cid].events.append((name, ts, props if isinstance(props, dict) else {}))
     skus: set[str] = set()
     if needs.orders:
         lines: dict[int, list[str]] = defaultdict(list)
         orders = session.execute(select(Order.id, Order.customer_id, Order.ordered_at, Order.status, Order.revenue)
-                                 .where(Order.customer_id.in_(ids))).all()
+                                 .where(of(Order.customer_id))).all()
         for pk, sku in session.execute(select(OrderLine.order_pk, OrderLine.sku)
-                                       .join(Order, Order.id == OrderLine.order_pk).where(Order.customer_id.in_(ids))):
+                                       .join(Order, Order.id == OrderLine.order_pk).where(of(Order.customer_id))):
             lines[pk].append(sku)
         for pk, cid, at, status, revenue in orders:
             facts[cid].orders.append((at, status, Decimal(str(revenue or 0)), lines[pk]))
@@ -133,16 +138,16 @@ def _load_chunk(session: Session, ids: list[int], needs: Needs) -> dict[int, Fac
     if needs.carts:
         items: dict[int, list[tuple[str, int, Decimal | None]]] = defaultdict(list)
         carts = session.execute(select(Cart.id, Cart.customer_id, Cart.status, Cart.updated_at)
-                                .where(Cart.customer_id.in_(ids))).all()
+                                .where(of(Cart.customer_id))).all()
         for pk, sku, qty, price in session.execute(
                 select(CartItem.cart_pk, CartItem.sku, CartItem.quantity, CartItem.price)
-                .join(Cart, Cart.id == CartItem.cart_pk).where(Cart.customer_id.in_(ids))):
+                .join(Cart, Cart.id == CartItem.cart_pk).where(of(Cart.customer_id))):
             items[pk].append((sku, qty, None if price is None else Decimal(str(price))))
         for pk, cid, status, updated in carts:
             facts[cid].carts.append((status, updated, items[pk]))
     if needs.wishlist:
         for cid, sku in session.execute(select(WishlistItem.customer_id, WishlistItem.sku).where(
-                WishlistItem.customer_id.in_(ids), WishlistItem.removed_at.is_(None))):
+                of(WishlistItem.customer_id), WishlistItem.removed_at.is_(None))):
             facts[cid].wishlist.append(sku)
             skus.add(sku)
     if needs.categories and skus:

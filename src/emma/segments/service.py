@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
-from emma.db import utcnow
+from emma.db import insert_ignoring_conflicts, utcnow
 from emma.ingest.models import Event
 from emma.profiles.models import Customer
 from emma.segments import compile as sql
@@ -281,12 +281,8 @@ def _transition(session: Session, segment: Segment, entering: list[int], leaving
 
 
 def _record(session: Session, rows: list[dict[str, Any]]) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
     # A message id recorded before (a retried refresh) is left alone.
-    session.execute(insert(Event).on_conflict_do_nothing(index_elements=["message_id"]), rows)
+    session.execute(insert_ignoring_conflicts(session, Event, ["message_id"]), rows)
 
 
 def member_count(*, session: Session, segment: Segment | str) -> int:
