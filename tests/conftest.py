@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from emma.db import make_engine, make_sessionmaker, upgrade
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Apps built in tests run no background worker unless a test asks for one.
+os.environ.setdefault("EMMA_WORKER_EMBEDDED", "false")
 
 
 def _pg_bin() -> Path | None:

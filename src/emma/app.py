@@ -25,10 +25,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = None
+        if settings.worker_embedded:
+            from emma.automation import jobs as automation_jobs
+
+            stop, threads = automation_jobs.start_background(sessions=app.state.sessions, settings=settings)
         from emma.onsite import jobs as onsite_jobs
 
         async with onsite_jobs.running(app):
             yield
+        if stop is not None:
+            stop.set()
+            for t in threads:
+                t.join(timeout=10)
         engine.dispose()
 
     app = FastAPI(title="Tante Emma", version=__version__, lifespan=lifespan)
@@ -70,6 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from emma.segments.router import router as segments_router
 
     app.include_router(segments_router)
+
+    from emma.automation.router import router as automation_router
+
+    app.include_router(automation_router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

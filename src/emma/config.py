@@ -66,6 +66,20 @@ class Settings(BaseSettings):
     onsite_coupon_margin: float = 0.35
     onsite_coupon_valid_days: int = 7
 
+    # Automation. Customers without a time zone are treated as living in default_timezone.
+    default_timezone: str = "Europe/Berlin"
+    # Marketing messages falling inside the quiet hours (customer's local time) wait until they end; "" = off.
+    quiet_hours: str = "22:00-08:00"
+    # Marketing messages per customer, channel and window (hour | day | week | month); transactional are exempt.
+    frequency_caps: dict[str, dict[str, int]] = {"email": {"day": 1, "week": 3}, "sms": {"day": 1, "week": 2},
+                                                 "push": {"day": 2, "week": 7}}
+    # `emma serve` runs the worker in a background thread unless this is off.
+    worker_embedded: bool = True
+    worker_poll_seconds: float = 0.05
+    worker_batch_size: int = 500
+    # PostgreSQL may commit event ids out of order: a gap in events.id is waited for this long before skipping it.
+    event_gap_grace_seconds: float = 2.0
+
 
 @lru_cache
 def get_settings() -> Settings:

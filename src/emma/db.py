@@ -139,6 +139,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 def import_all_models() -> None:
     """Import every domain's models so Base.metadata is complete (Alembic, tests)."""
     from emma.auth import models as _auth  # noqa: F401
+    from emma.automation import models as _automation  # noqa: F401
     from emma.catalog import models as _catalog  # noqa: F401
     from emma.channels import models as _channels  # noqa: F401
     from emma.consent import models as _consent  # noqa: F401

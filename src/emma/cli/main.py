@@ -100,11 +100,17 @@ def _print_view(view: dict) -> None:  # type: ignore[type-arg]
         console.print(t)
     if view["wishlist"]:
         console.print("wishlist: " + ", ".join(view["wishlist"]))
+    auto = view.get("automation") or {}
+    if auto.get("journal"):
+        t = Table("at", "tactic", "run", "step", "why", title="tactics (journal)", title_justify="left")
+        for st in auto["journal"]:
+            t.add_row(str(st["at"])[:16], st["tactic_id"], str(st["run_id"]), st["node_id"] or "", st["reason"])
+        console.print(t)
 
 
 @app.command("serve")
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    """Run the HTTP API (and, as they come, the dashboard and the embedded worker)."""
+    """Run the HTTP API with the embedded worker (EMMA_WORKER_EMBEDDED=false to run workers apart)."""
     import uvicorn
 
     from emma.app import create_app
@@ -131,6 +137,13 @@ def _register_optional() -> None:
             app.add_typer(sub, name=name)
 
 
+def _register_automation() -> None:
+    from emma.cli import automation
+
+    app.add_typer(automation.app, name="tactics")
+    app.command("worker")(automation.worker)
+
+
 def _register_predict() -> None:
     from emma.cli import predict
 
@@ -140,3 +153,4 @@ def _register_predict() -> None:
 
 _register_optional()
 _register_predict()
+_register_automation()

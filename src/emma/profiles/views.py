@@ -51,6 +51,9 @@ def customer_view(*, session: Session, ref: str, events: int = 10) -> dict[str, 
                        "revenue": _plain(o.revenue), "currency": o.currency,
                        "lines": [{"sku": ln.sku, "quantity": ln.quantity, "unit_price": _plain(ln.unit_price)}
                                  for ln in lines.get(o.id, [])]} for o in recent]
+    from emma.automation import service as automation
+
+    view["automation"] = automation.customer_automation(session=session, customer_id=c.id, limit=50)
     return view
 
 

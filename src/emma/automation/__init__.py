@@ -1,0 +1,1 @@
+"""The automation engine: tactics (validated definitions), durable runs, the worker."""

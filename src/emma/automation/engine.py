@@ -1,0 +1,927 @@
+"""The engine's step function: enter a customer into a tactic, advance a run node by node, react to events.
+
+Every function works inside the caller's transaction: a run's steps, its journal entries and the messages it
+puts into the outbox commit together or not at all, and every action carries an idempotency key derived
+from the run and the node, so a worker killed at any point and restarted produces each message once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import zoneinfo
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from emma.automation import schemas as S
+from emma.automation.models import LIVE, Run, RunStep, SalesTask
+from emma.channels import service as channels
+from emma.channels.models import OutboxMessage
+from emma.config import Settings
+from emma.consent import service as consent
+from emma.consent.models import Consent
+from emma.ingest.models import Event
+from emma.orders.models import Cart, CartItem, Order
+from emma.predict.models import Prediction
+from emma.profiles.models import Customer, MergeLog
+
+MAX_STEPS_PER_ADVANCE = 50
+CAP_EXEMPT_STATUSES = ("suppressed", "failed", "bounced", "held")
+
+
+# Small helpers
+
+def _hash_unit(text: str) -> float:
+    """A stable number in [0, 1) from text (the same customer lands in the same group on every machine)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+def in_holdout(*, tactic_id: str, customer_id: int, share: float, salt: str = "") -> bool:
+    """Whether the customer belongs to the tactic's control group (deterministic per customer and tactic)."""
+    return share > 0 and _hash_unit(f"holdout:{tactic_id}:{salt}:{customer_id}") < share
+
+
+def timezone_of(customer: Customer | None, settings: Settings) -> zoneinfo.ZoneInfo:
+    """The customer's time zone, else the configured default."""
+    for name in ((customer.timezone if customer else None), settings.default_timezone, "UTC"):
+        if not name:
+            continue
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            continue
+    return zoneinfo.ZoneInfo("UTC")
+
+
+def next_local_time(now: dt.datetime, at: dt.time, tz: zoneinfo.ZoneInfo) -> dt.datetime:
+    """The next moment (now or later) when the wall clock in tz shows at."""
+    local = now.astimezone(tz)
+    cand = dt.datetime.combine(local.date(), at, tzinfo=tz)
+    if cand.astimezone(dt.UTC) < now:
+        cand = dt.datetime.combine(local.date() + dt.timedelta(days=1), at, tzinfo=tz)
+    return cand.astimezone(dt.UTC)
+
+
+def quiet_hours(settings: Settings) -> tuple[dt.time, dt.time] | None:
+    """(start, end) of the quiet hours, or None when switched off."""
+    spec = (settings.quiet_hours or "").strip()
+    if not spec:
+        return None
+    start, _, end = spec.partition("-")
+    return S.parse_clock(start.strip()), S.parse_clock(end.strip())
+
+
+def after_quiet_hours(when: dt.datetime, tz: zoneinfo.ZoneInfo, settings: Settings) -> dt.datetime:
+    """when, or the end of the quiet hours in the customer's time zone if when falls inside them."""
+    q = quiet_hours(settings)
+    if q is None:
+        return when
+    start, end = q
+    t = when.astimezone(tz).time()
+    inside = (start <= t or t < end) if start > end else (start <= t < end)
+    return next_local_time(when, end, tz) if inside else when
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, dt.datetime | dt.date):
+        return v.isoformat()
+    return v
+
+
+def _path(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    if a is None or b is None or isinstance(a, bool) or isinstance(b, bool):
+        return False
+    return str(a) == str(b)
+
+
+def compare(op: str, actual: Any, expected: Any) -> bool:
+    """Apply a condition operator; a missing value passes only 'missing' and 'ne'."""
+    if op == "exists":
+        return actual is not None
+    if op == "missing":
+        return actual is None
+    if op == "eq":
+        return _same(actual, expected)
+    if op == "ne":
+        return not _same(actual, expected)
+    if op == "in":
+        return any(_same(actual, e) for e in expected)
+    if op == "not_in":
+        return not any(_same(actual, e) for e in expected)
+    if actual is None:
+        return False
+    if op == "contains":
+        return expected in actual if isinstance(actual, list | str | dict) else False
+    try:
+        a, e = float(actual), float(expected)
+    except (TypeError, ValueError):
+        a, e = str(actual), str(expected)  # ISO dates compare as text
+    return {"gt": a > e, "gte": a >= e, "lt": a < e, "lte": a <= e}[op]
+
+
+def substitute(value: Any, run: Run | None) -> Any:
+    """'$key' -> the run's key; '$entry.<prop>' -> the entry event's property."""
+    if not isinstance(value, str) or run is None or not value.startswith("$"):
+        return value
+    if value == "$key":
+        return run.key
+    if value.startswith("$entry."):
+        return _path((run.state or {}).get("entry", {}), value[len("$entry."):])
+    return value
+
+
+def props_match(props: dict[str, Any], where: dict[str, Any], run: Run | None = None) -> bool:
+    """Event properties against a filter: {prop: value} or {prop: {op: value}} (all must hold)."""
+    for name, want in where.items():
+        actual = _path(props, name)
+        if isinstance(want, dict) and len(want) == 1 and next(iter(want)) in S.OPS:
+            op, val = next(iter(want.items()))
+            if not compare(op, actual, substitute(val, run)):
+                return False
+        elif not _same(actual, substitute(want, run)):
+            return False
+    return True
+
+
+# What one run knows while it steps: lazily loaded inputs, the journal.
+
+@dataclass
+class Step:
+    """The outcome of one node: go to next, stop (waiting), or end the run with a status."""
+
+    next: str | None = None
+    stop: bool = False
+    end: str | None = None
+    reason: str = ""
+
+
+class Ctx:
+    def __init__(self, *, session: Session, run: Run, tactic: S.Tactic, settings: Settings, now: dt.datetime,
+                 priorities: dict[str, int]) -> None:
+        self.session, self.run, self.tactic, self.settings, self.now = session, run, tactic, settings, now
+        self.priorities = priorities
+        self._cache: dict[str, Any] = {}
+
+    def journal(self, node_id: str | None, kind: str, outcome: str, reason: str,
+                inputs: dict[str, Any] | None = None) -> None:
+        journal(session=self.session, run=self.run, node_id=node_id, kind=kind, outcome=outcome, reason=reason,
+                inputs=inputs, at=self.now)
+
+    @property
+    def customer(self) -> Customer | None:
+        if "customer" not in self._cache:
+            self._cache["customer"] = self.session.get(Customer, self.run.customer_id)
+        return self._cache["customer"]
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return timezone_of(self.customer, self.settings)
+
+    def prediction(self) -> Prediction | None:
+        if "prediction" not in self._cache:
+            self._cache["prediction"] = self.session.get(Prediction, self.run.customer_id)
+        return self._cache["prediction"]
+
+    def cart(self) -> dict[str, Any] | None:
+        if "cart" not in self._cache:
+            stmt = select(Cart).where(Cart.customer_id == self.run.customer_id)
+            stmt = (stmt.where(Cart.cart_id == self.run.key) if self.run.key else
+                    stmt.where(Cart.status != "ordered").order_by(Cart.updated_at.desc()).limit(1))
+            cart = self.session.scalar(stmt)
+            data = None
+            if cart is not None:
+                items = list(self.session.scalars(select(CartItem).where(CartItem.cart_pk == cart.id)))
+                total = sum(float(i.price or 0) * i.quantity for i in items)
+                idle = (self.now - cart.updated_at).total_seconds() / 60
+                data = {"cart_id": cart.cart_id, "status": cart.status, "total": round(total, 2),
+                        "item_count": sum(i.quantity for i in items), "skus": [i.sku for i in items],
+                        "idle_minutes": round(idle, 1)}
+            self._cache["cart"] = data
+        return self._cache["cart"]
+
+    def orders(self) -> dict[str, Any]:
+        if "orders" not in self._cache:
+            n, revenue, last = self.session.execute(
+                select(func.count(Order.id), func.coalesce(func.sum(Order.revenue), 0), func.max(Order.ordered_at))
+                .where(Order.customer_id == self.run.customer_id)).one()
+            if last is not None and last.tzinfo is None:
+                last = last.replace(tzinfo=dt.UTC)
+            self._cache["orders"] = {"count": n, "revenue": float(revenue or 0),
+                                     "days_since_last": (self.now - last).days if last else None}
+        return self._cache["orders"]
+
+    def value(self, field: str) -> Any:
+        """The current value of a condition field (customer.*, prediction.*, cart.*, consent.*, ...)."""
+        root, _, rest = field.partition(".")
+        if root == "customer":
+            c = self.customer
+            if c is None:
+                return None
+            if rest.startswith("attributes."):
+                return _path(c.attributes or {}, rest[len("attributes."):])
+            if rest in Customer.__table__.columns:
+                return _plain(getattr(c, rest))
+            return _path(c.attributes or {}, rest)
+        if root == "prediction":
+            p = self.prediction()
+            return _plain(getattr(p, rest, None)) if p is not None and rest in Prediction.__table__.columns else None
+        if root == "cart":
+            return _path(self.cart() or {}, rest)
+        if root == "consent":
+            return self.session.scalar(select(Consent.status).where(Consent.customer_id == self.run.customer_id,
+                                                                    Consent.purpose == rest))
+        if root == "event":
+            return _path((self.run.state or {}).get("entry", {}), rest)
+        if root == "run":
+            if rest in ("key", "holdout", "tactic_id"):
+                return getattr(self.run, rest)
+            return _path(self.run.state or {}, rest)
+        if root == "orders":
+            return self.orders().get(rest)
+        if root == "segment":
+            return segment_member(session=self.session, segment=rest, customer_id=self.run.customer_id,
+                                  now=self.now)
+        return None
+
+    def evaluate(self, cond: S.Condition, used: dict[str, Any]) -> bool:
+        """Evaluate a condition tree, noting each field's value in used (for the journal)."""
+        if cond.all is not None:
+            return all(self.evaluate(c, used) for c in cond.all)
+        if cond.any is not None:
+            return any(self.evaluate(c, used) for c in cond.any)
+        if cond.not_ is not None:
+            return not self.evaluate(cond.not_, used)
+        assert cond.field is not None
+        actual = self.value(cond.field)
+        used[cond.field] = actual
+        return compare(cond.op, actual, substitute(cond.value, self.run))
+
+
+def segment_member(*, session: Session, segment: str, customer_id: int, now: dt.datetime) -> bool | None:
+    """Whether the customer is in the segment now (None when segments are not available)."""
+    try:
+        from emma.segments import service as segments  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    fn = getattr(segments, "is_member", None)
+    if fn is None:
+        return None
+    return bool(fn(session=session, segment=segment, customer_id=customer_id, now=now))
+
+
+def _describe(cond: S.Condition) -> str:
+    if cond.all is not None:
+        return " and ".join(f"({_describe(c)})" for c in cond.all)
+    if cond.any is not None:
+        return " or ".join(f"({_describe(c)})" for c in cond.any)
+    if cond.not_ is not None:
+        return f"not ({_describe(cond.not_)})"
+    sym = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}.get(cond.op, cond.op)
+    return f"{cond.field} {sym} {cond.value!r}" if cond.op not in ("exists", "missing") else f"{cond.field} {sym}"
+
+
+# The journal and run life cycle
+
+def journal(*, session: Session, run: Run, node_id: str | None, kind: str, outcome: str, reason: str,
+            inputs: dict[str, Any] | None = None, at: dt.datetime) -> None:
+    """Record one step of a run with its reason and inputs."""
+    run.steps = (run.steps or 0) + 1
+    session.add(RunStep(run_id=run.id, customer_id=run.customer_id, tactic_id=run.tactic_id, node_id=node_id,
+                        kind=kind, outcome=outcome, reason=reason[:2000],
+                        inputs={k: _plain(v) for k, v in (inputs or {}).items()}, at=at))
+
+
+def finish(*, session: Session, run: Run, status: str, reason: str, now: dt.datetime,
+           node_id: str | None = None, inputs: dict[str, Any] | None = None) -> None:
+    """End a run: it leaves the live slot, so the customer may enter again as the re-entry policy allows."""
+    run.status, run.active_key, run.due_at, run.wait = status, None, None, None
+    run.finished_at, run.outcome = now, reason
+    journal(session=session, run=run, node_id=node_id, kind="run", outcome=status, reason=reason, inputs=inputs,
+            at=now)
+
+
+def _set_state(run: Run, **values: Any) -> None:
+    run.state = {**(run.state or {}), **values}  # reassigned: JSON columns do not track in-place changes
+
+
+def enter(*, session: Session, tactic: S.Tactic, customer_id: int, now: dt.datetime, dedupe: str, reason: str,
+          key: str = "", entry: dict[str, Any] | None = None, event_id: int | None = None,
+          inputs: dict[str, Any] | None = None) -> Run | None:
+    """Start a run unless one is live for (customer, tactic, key), the trigger occurrence was seen, or the
+    re-entry policy forbids it; returns the new run (due now) or None."""
+    key = (key or "")[:255]
+    live = session.scalar(select(Run).where(Run.tactic_id == tactic.id, Run.customer_id == customer_id,
+                                            Run.active_key == key))
+    if live is not None:
+        if isinstance(tactic.entry, S.EventEntry) and tactic.entry.extend_wait and live.wait \
+                and live.wait.get("timeout_s") and live.status == "waiting":
+            until = now + dt.timedelta(seconds=live.wait["timeout_s"])
+            live.wait = {**live.wait, "until": until.isoformat()}
+            live.due_at = until
+            journal(session=session, run=live, node_id=live.node_id, kind="entry", outcome="extended",
+                    reason=f"{reason}: again while waiting; timeout restarted, now {until:%Y-%m-%d %H:%M} UTC",
+                    inputs=inputs, at=now)
+        return None
+    policy = tactic.reentry.policy
+    if policy != "always":
+        last = session.scalar(select(func.max(Run.entered_at)).where(Run.tactic_id == tactic.id,
+                                                                      Run.customer_id == customer_id))
+        if last is not None:
+            if policy == "once":
+                return None
+            cooldown = S.parse_duration(tactic.reentry.cooldown or "0s")
+            if last > now - cooldown:
+                return None
+    holdout = in_holdout(tactic_id=tactic.id, customer_id=customer_id, share=tactic.holdout)
+    run = Run(tactic_id=tactic.id, tactic_version=tactic.version, customer_id=customer_id, key=key,
+              active_key=key, dedupe=dedupe[:255], status="active", node_id=tactic.start, due_at=now,
+              state={"entry": entry or {}, "entry_event_id": event_id, "last_event_id": event_id or 0},
+              holdout=holdout, steps=0, entered_at=now)
+    try:
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError:  # a live run or the same occurrence was recorded concurrently
+        return None
+    note = f"entered {tactic.id}: {reason}" + ("; control group (holdout): no messages" if holdout else "")
+    journal(session=session, run=run, node_id=None, kind="entry", outcome="entered", reason=note,
+            inputs={**(inputs or {}), "holdout_share": tactic.holdout, "holdout": holdout}, at=now)
+    return run
+
+
+# Nodes
+
+def _wait(node: S.WaitNode, ctx: Ctx) -> Step:
+    run, now = ctx.run, ctx.now
+    w = run.wait or {}
+    if w.get("node") == node.id:
+        until = dt.datetime.fromisoformat(w["until"])
+        if now < until:
+            run.due_at = until
+            return Step(stop=True)
+        run.wait = None
+        ctx.journal(node.id, "wait", "resumed", f"waited until {until:%Y-%m-%d %H:%M} UTC")
+        return Step(next=node.next)
+    inputs: dict[str, Any] = {}
+    if node.duration:
+        until = now + S.parse_duration(node.duration)
+        why = f"wait {node.duration}"
+    elif node.until_local:
+        until = next_local_time(now, S.parse_clock(node.until_local), ctx.tz)
+        why = f"wait until {node.until_local} in {ctx.tz.key}"
+    else:
+        p = ctx.prediction()
+        hour = p.best_send_hour if p is not None and p.best_send_hour is not None else node.fallback_hour
+        inputs["best_send_hour"] = p.best_send_hour if p is not None else None
+        until = next_local_time(now, dt.time(int(hour) % 24, 0), ctx.tz)
+        why = (f"wait until the best send hour {hour:02d}:00 in {ctx.tz.key}" if inputs["best_send_hour"] is not None
+               else f"wait until {hour:02d}:00 in {ctx.tz.key} (no send-hour prediction)")
+    if until <= now:
+        ctx.journal(node.id, "wait", "next", f"{why}: already due")
+        return Step(next=node.next)
+    run.wait = {"node": node.id, "until": until.isoformat()}
+    run.due_at, run.status = until, "active"
+    ctx.journal(node.id, "wait", "waiting", f"{why}, until {until:%Y-%m-%d %H:%M} UTC", inputs)
+    return Step(stop=True)
+
+
+def _matching_events(session: Session, customer_ids: list[int], names: list[str], match: dict[str, Any],
+                     after_id: int, since: dt.datetime | None) -> Event | None:
+    stmt = select(Event).where(Event.customer_id.in_(customer_ids), Event.name.in_(names), Event.id > after_id)
+    if since is not None and not after_id:
+        stmt = stmt.where(Event.timestamp >= since)
+    for ev in session.scalars(stmt.order_by(Event.id)):
+        if props_match(ev.properties or {}, match):
+            return ev
+    return None
+
+
+def profile_ids(session: Session, customer_id: int) -> list[int]:
+    """The customer and the anonymous profiles merged into it (their early events count as the customer's)."""
+    merged = session.scalars(select(MergeLog.source_customer_id).where(MergeLog.target_customer_id == customer_id,
+                                                                        MergeLog.reverted_at.is_(None)))
+    return [customer_id, *merged]
+
+
+def _wait_for_event(node: S.WaitForEventNode, ctx: Ctx) -> Step:
+    run, now = ctx.run, ctx.now
+    w = run.wait or {}
+    what = " / ".join(node.events)
+    if w.get("node") == node.id:
+        if w.get("matched"):
+            m = w["matched"]
+            run.wait = None
+            _set_state(run, last_event_id=max(int(m.get("id") or 0), int((run.state or {}).get("last_event_id") or 0)))
+            ctx.journal(node.id, "wait_for_event", "event", f"{m['event']} arrived {_keyed(w['match'])}",
+                        {"event": m["event"], "event_id": m.get("id")})
+            return Step(next=node.on_event)
+        until = dt.datetime.fromisoformat(w["until"])
+        if now < until:
+            run.due_at, run.status = until, "waiting"
+            return Step(stop=True)
+        run.wait = None
+        ctx.journal(node.id, "wait_for_event", "timeout",
+                    f"no {what} {_keyed(w['match'])} within {node.timeout}", {"timeout": node.timeout})
+        return Step(next=node.on_timeout)
+    match = {k: substitute(v, run) for k, v in node.match.items()}
+    # The awaited event may have landed before the run reached this node (same batch, or a slow step).
+    after = int((run.state or {}).get("last_event_id") or 0)
+    found = _matching_events(ctx.session, profile_ids(ctx.session, run.customer_id), node.events, match, after,
+                             run.entered_at)
+    if found is not None:
+        _set_state(run, last_event_id=found.id)
+        ctx.journal(node.id, "wait_for_event", "event", f"{found.name} already arrived {_keyed(match)}",
+                    {"event": found.name, "event_id": found.id})
+        return Step(next=node.on_event)
+    timeout = S.parse_duration(node.timeout)
+    until = now + timeout
+    run.wait = {"node": node.id, "until": until.isoformat(), "events": node.events, "match": match,
+                "timeout_s": timeout.total_seconds(), "after": after}
+    run.due_at, run.status = until, "waiting"
+    ctx.journal(node.id, "wait_for_event", "waiting", f"wait up to {node.timeout} for {what} {_keyed(match)}",
+                {"events": node.events, "match": match, "until": until})
+    return Step(stop=True)
+
+
+def _keyed(match: dict[str, Any]) -> str:
+    return ("with " + ", ".join(f"{k} {v}" for k, v in match.items())) if match else "from the customer"
+
+
+def _branch(node: S.BranchNode, ctx: Ctx) -> Step:
+    for i, case in enumerate(node.cases):
+        used: dict[str, Any] = {}
+        if ctx.evaluate(case.when, used):
+            shown = ", ".join(f"{k} = {v!r}" for k, v in used.items())
+            ctx.journal(node.id, "branch", "case", f"branch: {_describe(case.when)} holds ({shown}) -> {case.next}",
+                        {**used, "case": i})
+            return Step(next=case.next)
+    ctx.journal(node.id, "branch", "default", f"branch: no case holds -> {node.default}")
+    return Step(next=node.default)
+
+
+def _condition(node: S.ConditionNode, ctx: Ctx) -> Step:
+    used: dict[str, Any] = {}
+    ok = ctx.evaluate(node.when, used)
+    target = node.then if ok else node.else_
+    shown = ", ".join(f"{k} = {v!r}" for k, v in used.items())
+    ctx.journal(node.id, "condition", "then" if ok else "else",
+                f"condition: {_describe(node.when)} is {'true' if ok else 'false'} ({shown}) -> {target}", used)
+    return Step(next=target)
+
+
+def _split(node: S.SplitNode, ctx: Ctx) -> Step:
+    total = sum(b.weight for b in node.branches)
+    u = _hash_unit(f"split:{ctx.run.id}:{node.id}") * total
+    acc = 0.0
+    chosen = node.branches[-1]
+    for b in node.branches:
+        acc += b.weight
+        if u < acc:
+            chosen = b
+            break
+    _set_state(ctx.run, splits={**(ctx.run.state or {}).get("splits", {}), node.id: chosen.name})
+    ctx.journal(node.id, "split", chosen.name, f"random split: variant {chosen.name} "
+                f"(weight {chosen.weight:g} of {total:g}) -> {chosen.next}", {"variant": chosen.name})
+    return Step(next=chosen.next)
+
+
+def _holdout(node: S.HoldoutNode, ctx: Ctx) -> Step:
+    control = in_holdout(tactic_id=ctx.tactic.id, customer_id=ctx.run.customer_id, share=node.share, salt=node.id)
+    target = node.control if control else node.treatment
+    ctx.journal(node.id, "holdout", "control" if control else "treatment",
+                f"holdout {node.share:.0%}: {'control' if control else 'treatment'} group -> {target}",
+                {"share": node.share, "control": control})
+    return Step(next=target)
+
+
+def _visit(run: Run, node_id: str) -> int:
+    visits = dict((run.state or {}).get("visits", {}))
+    visits[node_id] = int(visits.get(node_id, 0)) + 1
+    _set_state(run, visits=visits)
+    return visits[node_id]
+
+
+def action_key(run: Run, node_id: str, visit: int) -> str:
+    """The idempotency key of an action: the same run, node and visit always give the same key."""
+    return f"run:{run.id}:{node_id}:{visit}"
+
+
+def _cap_windows(settings: Settings, channel: str) -> list[tuple[str, dt.timedelta, int]]:
+    caps = settings.frequency_caps.get(channel) or {}
+    spans = {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1), "week": dt.timedelta(days=7),
+             "month": dt.timedelta(days=30)}
+    return [(name, spans[name], int(n)) for name, n in caps.items() if name in spans]
+
+
+def _window_full(times: list[dt.datetime], at: dt.datetime, span: dt.timedelta, cap: int) -> bool:
+    """Whether some window of length span that contains at already holds cap messages."""
+    starts = [at - span + dt.timedelta(microseconds=1)] + [t for t in times if at - span < t <= at]
+    return any(sum(1 for t in times if s <= t < s + span) + 1 > cap for s in starts)
+
+
+def check_caps(*, session: Session, customer_id: int, channel: str, due: dt.datetime, settings: Settings,
+               now: dt.datetime, priority: int, priorities: dict[str, int]) -> tuple[str | None, str | None]:
+    """(reason the message is capped or None, a note on a lower-priority message it displaced or None)."""
+    windows = _cap_windows(settings, channel)
+    if not windows:
+        return None, None
+    widest = max(span for _, span, _ in windows)
+    rows = session.execute(select(OutboxMessage.id, OutboxMessage.due_at, OutboxMessage.tactic_id,
+                                  OutboxMessage.status, OutboxMessage.run_id)
+                           .where(OutboxMessage.customer_id == customer_id, OutboxMessage.channel == channel,
+                                  OutboxMessage.transactional.is_(False),
+                                  OutboxMessage.status.not_in(CAP_EXEMPT_STATUSES),
+                                  OutboxMessage.due_at > due - widest, OutboxMessage.due_at < due + widest)).all()
+    note = None
+    for name, span, cap in windows:
+        times = [r.due_at for r in rows]
+        if not _window_full(times, due, span, cap):
+            continue
+        # Priorities: a higher-priority tactic displaces a lower one's message that has not gone out yet.
+        victims = sorted((r for r in rows if r.status == "queued" and r.due_at > now
+                          and priorities.get(r.tactic_id or "", 50) < priority and abs(r.due_at - due) < span),
+                         key=lambda r: (priorities.get(r.tactic_id or "", 50), -r.due_at.timestamp()))
+        if victims:
+            v = victims[0]
+            why = f"displaced by a higher-priority tactic (priority {priority}) within the {name} cap"
+            session.execute(OutboxMessage.__table__.update().where(OutboxMessage.id == v.id)
+                            .values(status="suppressed", last_error=why))
+            channels.log(session=session, message_id=v.id, status="suppressed", detail={"reason": why}, at=now)
+            if v.run_id:
+                victim_run = session.get(Run, v.run_id)
+                if victim_run is not None:
+                    journal(session=session, run=victim_run, node_id=None, kind="message", outcome="suppressed",
+                            reason=f"message {v.id} suppressed: {why}", inputs={"message_id": v.id}, at=now)
+            rows = [r for r in rows if r.id != v.id]
+            note = f"displaced message {v.id} of {v.tactic_id} (lower priority)"
+            if not _window_full([r.due_at for r in rows], due, span, cap):
+                continue
+        return f"frequency cap: at most {cap} marketing {channel} message(s) per {name}", note
+    return None, note
+
+
+def _message(node: S.MessageNode, ctx: Ctx) -> Step:
+    run, session, settings, now = ctx.run, ctx.session, ctx.settings, ctx.now
+    content = ctx.tactic.content[node.content]
+    visit = _visit(run, node.id)
+    key = action_key(run, node.id, visit)
+    base = {"channel": content.channel, "template": content.template, "idempotency_key": key}
+    if run.holdout:
+        ctx.journal(node.id, "message", "holdout",
+                    f"{content.channel} {content.template} not sent: control group (holdout)", base)
+        return Step(next=node.next)
+    existing = session.scalar(select(OutboxMessage).where(OutboxMessage.idempotency_key == key))
+    if existing is not None:  # replay after a crash between enqueue and commit cannot happen, but a retry can
+        return Step(next=node.next)
+    customer = ctx.customer
+    purpose = None if node.transactional else (node.purpose or consent.CHANNEL_PURPOSE.get(content.channel))
+    probe = OutboxMessage(customer_id=run.customer_id, channel=content.channel, purpose=purpose,
+                          transactional=node.transactional)
+    why_not = channels.missing_consent(session=session, message=probe)
+    if why_not is None and content.channel != "webhook":
+        address = channels.address_of(customer=customer, channel=content.channel, settings=settings)
+        if not address:
+            why_not = f"no {content.channel} address"
+    due = now
+    note = None
+    if why_not is None and not node.transactional:
+        due = after_quiet_hours(now, ctx.tz, settings)
+        why_not, note = check_caps(session=session, customer_id=run.customer_id, channel=content.channel, due=due,
+                                   settings=settings, now=now, priority=ctx.tactic.priority,
+                                   priorities=ctx.priorities)
+    if why_not is not None:
+        ctx.journal(node.id, "message", "suppressed", f"{content.channel} {content.template} suppressed: {why_not}",
+                    {**base, "reason": why_not})
+        return Step(next=node.next)
+    locale = _locale(customer, content.locales, settings)
+    reason = f"{ctx.tactic.names.en} ({ctx.tactic.id}) step {node.id}"
+    payload: dict[str, Any] = {**_payload(node.payload, ctx), "reason": reason, "run_id": run.id}
+    if run.key:
+        payload.setdefault("key", run.key)
+    if node.transactional:  # never advertising: no recommendations, offers or coupons get filled in
+        payload.update({"recommendations": [], "offer": None})
+    msg = channels.enqueue(session=session, idempotency_key=key, customer_id=run.customer_id,
+                           channel=content.channel, template=content.template if content.channel != "webhook" else None,
+                           purpose=purpose, transactional=node.transactional, locale=locale, payload=payload,
+                           due_at=due, tactic_id=ctx.tactic.id)
+    msg.run_id = run.id
+    when = "now" if due <= now else f"at {due:%Y-%m-%d %H:%M} UTC (after quiet hours in {ctx.tz.key})"
+    text = (f"{'transactional ' if node.transactional else ''}{content.channel} {content.template} ({locale}) "
+            f"queued {when}" + (f"; {note}" if note else ""))
+    ctx.journal(node.id, "message", "queued", text, {**base, "message_id": msg.id, "due_at": due, "locale": locale})
+    return Step(next=node.next)
+
+
+def _payload(data: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+    """Template data with '$key', '$entry', '$entry.<prop>' and '$product' (the keyed product) filled in."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if v == "$entry":
+            out[k] = dict((ctx.run.state or {}).get("entry", {}))
+        elif v == "$product":
+            sku = ctx.run.key or (ctx.run.state or {}).get("entry", {}).get("sku")
+            found = channels.products_by_sku(session=ctx.session, skus=[str(sku)]) if sku else {}
+            out[k] = {kk: _plain(vv) for kk, vv in found.get(str(sku), {}).items()} or None
+        elif isinstance(v, dict):
+            out[k] = _payload(v, ctx)
+        else:
+            out[k] = substitute(v, ctx.run)
+    return out
+
+
+def _locale(customer: Customer | None, locales: list[str], settings: Settings) -> str:
+    from emma.channels.content import normalize_locale
+
+    want = normalize_locale(customer.locale if customer else None, settings.default_locale)
+    return want if want in locales else (settings.default_locale if settings.default_locale in locales else locales[0])
+
+
+def _update_attribute(node: S.UpdateAttributeNode, ctx: Ctx) -> Step:
+    from emma.profiles import service as profiles
+
+    customer = ctx.customer
+    if customer is not None:
+        value = substitute(node.value, ctx.run)
+        profiles.apply_traits(session=ctx.session, customer=customer, traits={node.attribute: value},
+                              source=f"tactic:{ctx.tactic.id}", at=ctx.now)
+        ctx.journal(node.id, "update_attribute", "done", f"set {node.attribute} = {value!r}",
+                    {"attribute": node.attribute, "value": value})
+    return Step(next=node.next)
+
+
+def _add_points(node: S.AddPointsNode, ctx: Ctx) -> Step:
+    from emma.profiles import service as profiles
+
+    customer = ctx.customer
+    if customer is not None:
+        before = (customer.attributes or {}).get(node.attribute) or 0
+        after = int(before) + node.points
+        profiles.apply_traits(session=ctx.session, customer=customer, traits={node.attribute: after},
+                              source=f"tactic:{ctx.tactic.id}", at=ctx.now)
+        ctx.journal(node.id, "add_points", "done", f"{node.points:+d} {node.attribute}: {before} -> {after}",
+                    {"before": before, "after": after})
+    return Step(next=node.next)
+
+
+def _webhook(node: S.WebhookNode, ctx: Ctx) -> Step:
+    visit = _visit(ctx.run, node.id)
+    key = action_key(ctx.run, node.id, visit)
+    data = {k: substitute(v, ctx.run) for k, v in node.data.items()}
+    msg = channels.enqueue(session=ctx.session, idempotency_key=key, customer_id=ctx.run.customer_id,
+                           channel="webhook", template=None, transactional=True, due_at=ctx.now,
+                           payload={"event": node.event, "data": data, "key": ctx.run.key, "run_id": ctx.run.id},
+                           tactic_id=ctx.tactic.id)
+    msg.run_id = ctx.run.id
+    ctx.journal(node.id, "webhook", "queued", f"webhook {node.event} queued", {"message_id": msg.id, **data})
+    return Step(next=node.next)
+
+
+def _task(node: S.TaskNode, ctx: Ctx) -> Step:
+    visit = _visit(ctx.run, node.id)
+    key = action_key(ctx.run, node.id, visit)
+    if ctx.session.scalar(select(SalesTask.id).where(SalesTask.idempotency_key == key)) is None:
+        ctx.session.add(SalesTask(idempotency_key=key, customer_id=ctx.run.customer_id, run_id=ctx.run.id,
+                                  tactic_id=ctx.tactic.id, title=node.title, detail=node.detail, status="open",
+                                  due_at=ctx.now + S.parse_duration(node.due_in), created_at=ctx.now))
+    ctx.journal(node.id, "task", "created", f"sales task: {node.title}", {"due_in": node.due_in})
+    return Step(next=node.next)
+
+
+def _goal(node: S.GoalNode, ctx: Ctx) -> Step:
+    goal = ctx.tactic.goal
+    if goal is not None:
+        where = {k: substitute(v, ctx.run) for k, v in goal.where.items()}
+        found = _matching_events(ctx.session, profile_ids(ctx.session, ctx.run.customer_id), [goal.event], where, 0,
+                                 ctx.run.entered_at)
+        if found is not None and found.timestamp >= ctx.run.entered_at:
+            return Step(end="converted", reason=f"goal reached: {goal.event} ({_brief(found.properties)})")
+    ctx.journal(node.id, "goal", "not_reached", "goal not reached yet" + (f" -> {node.next}" if node.next else ""))
+    return Step(next=node.next)
+
+
+def _exit(node: S.ExitNode, ctx: Ctx) -> Step:
+    return Step(end="exited", reason=node.reason)
+
+
+HANDLERS: dict[str, Any] = {"wait": _wait, "wait_for_event": _wait_for_event, "branch": _branch,
+                            "condition": _condition, "split": _split, "holdout": _holdout, "message": _message,
+                            "update_attribute": _update_attribute, "add_points": _add_points, "webhook": _webhook,
+                            "task": _task, "goal": _goal, "exit": _exit}
+
+
+def _brief(props: dict[str, Any] | None) -> str:
+    props = props or {}
+    keys = [k for k in ("order_id", "cart_id", "sku", "revenue", "total", "segment") if k in props]
+    return ", ".join(f"{k} {props[k]}" for k in keys) or "no details"
+
+
+def _follow_merge(session: Session, run: Run, now: dt.datetime) -> bool:
+    """A run of an anonymous profile that was merged moves to the known customer; False when it cannot."""
+    c = session.get(Customer, run.customer_id)
+    if c is None or c.merged_into_id is None:
+        return True
+    target = c.merged_into_id
+    clash = session.scalar(select(Run.id).where(Run.tactic_id == run.tactic_id, Run.customer_id == target,
+                                                or_(Run.active_key == run.key, Run.dedupe == run.dedupe)))
+    if clash is not None:
+        finish(session=session, run=run, status="exited", now=now,
+               reason=f"profile merged into customer {target}, who is already in this tactic")
+        return False
+    journal(session=session, run=run, node_id=run.node_id, kind="run", outcome="moved",
+            reason=f"profile merged into customer {target}; the run follows", at=now)
+    run.customer_id = target
+    return True
+
+
+GOAL_WINDOW = "(goal window)"
+
+
+def _goal_window(session: Session, run: Run, tactic: S.Tactic, now: dt.datetime) -> None:
+    """After the last node the run stays live until its goal window closes, so a late conversion still counts."""
+    if tactic.goal is None:
+        finish(session=session, run=run, status="done", reason="flow finished", now=now)
+        return
+    until = run.entered_at + S.parse_duration(tactic.goal.within)
+    if now >= until:
+        finish(session=session, run=run, status="done", now=now,
+               reason=f"flow finished; goal {tactic.goal.event} not reached within {tactic.goal.within}")
+        return
+    if run.wait is None or run.wait.get("node") != GOAL_WINDOW:
+        run.wait = {"node": GOAL_WINDOW, "until": until.isoformat()}
+        journal(session=session, run=run, node_id=None, kind="goal", outcome="waiting", at=now,
+                reason=f"flow finished; waiting for the goal {tactic.goal.event} until {until:%Y-%m-%d %H:%M} UTC")
+    run.status, run.due_at = "waiting", until
+
+
+def advance(*, session: Session, run: Run, tactic: S.Tactic | None, settings: Settings, now: dt.datetime,
+            priorities: dict[str, int] | None = None) -> None:
+    """Step a due run through its nodes until it waits or ends (inside the caller's transaction)."""
+    if run.status not in LIVE:
+        return
+    if tactic is None:
+        finish(session=session, run=run, status="exited", now=now, reason=f"tactic {run.tactic_id} is disabled")
+        return
+    if not _follow_merge(session, run, now):
+        return
+    if run.node_id == GOAL_WINDOW:
+        _goal_window(session, run, tactic, now)
+        return
+    ctx = Ctx(session=session, run=run, tactic=tactic, settings=settings, now=now, priorities=priorities or {})
+    for _ in range(MAX_STEPS_PER_ADVANCE):
+        try:
+            node = tactic.node(run.node_id or "")
+        except KeyError:
+            finish(session=session, run=run, status="failed", now=now,
+                   reason=f"node {run.node_id!r} does not exist in {tactic.id} version {tactic.version}")
+            return
+        step: Step = HANDLERS[node.kind](node, ctx)
+        if step.end:
+            finish(session=session, run=run, status=step.end, reason=step.reason, now=now, node_id=node.id)
+            return
+        if step.stop:
+            return
+        if step.next is None:
+            run.node_id = GOAL_WINDOW
+            _goal_window(session, run, tactic, now)
+            return
+        run.node_id, run.status, run.due_at = step.next, "active", now
+    finish(session=session, run=run, status="failed", now=now,
+           reason=f"more than {MAX_STEPS_PER_ADVANCE} steps without a wait: a loop in the flow?")
+
+
+# Events: entries, resumed waits, goals
+
+def _entry_matches(tactic: S.Tactic, ev: Event) -> tuple[str, str] | None:
+    """(key, reason) when the event starts the tactic, else None."""
+    entry = tactic.entry
+    props = ev.properties or {}
+    if isinstance(entry, S.EventEntry):
+        if ev.name != entry.event or not props_match(props, entry.where):
+            return None
+        key = str(_path(props, entry.key) or "") if entry.key else ""
+        if entry.key and not key:
+            return None
+        return key, f"{ev.name}" + (f" ({entry.key} {key})" if key else "")
+    if isinstance(entry, S.SegmentEntry):
+        wanted = "Segment Entered" if entry.kind == "segment_entered" else "Segment Exited"
+        if ev.name == wanted and str(props.get("segment")) == entry.segment:
+            return "", f"{'entered' if entry.kind == 'segment_entered' else 'left'} segment {entry.segment}"
+    return None
+
+
+def entry_events(tactics: Iterable[S.Tactic]) -> set[str]:
+    """Event names that can start one of the tactics."""
+    names: set[str] = set()
+    for t in tactics:
+        if isinstance(t.entry, S.EventEntry):
+            names.add(t.entry.event)
+        elif isinstance(t.entry, S.SegmentEntry):
+            names.add("Segment Entered" if t.entry.kind == "segment_entered" else "Segment Exited")
+    return names
+
+
+def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S.Tactic], settings: Settings,
+                  now: dt.datetime) -> int:
+    """Apply a batch of events in id order: start runs, wake runs waiting for them, end runs on their goal."""
+    if not events:
+        return 0
+    starts = entry_events(tactics.values())
+    cids = {e.customer_id for e in events if e.customer_id is not None}
+    # Anonymous profiles merged into these customers may hold live runs too.
+    alias: dict[int, int] = {}
+    if cids:
+        for src, tgt in session.execute(select(MergeLog.source_customer_id, MergeLog.target_customer_id)
+                                        .where(MergeLog.target_customer_id.in_(cids),
+                                               MergeLog.reverted_at.is_(None))):
+            alias[src] = tgt
+    live: dict[int, list[Run]] = {}
+    if cids:
+        for run in session.scalars(select(Run).where(Run.customer_id.in_(cids | set(alias)),
+                                                     Run.status.in_(LIVE)).order_by(Run.id)):
+            live.setdefault(alias.get(run.customer_id, run.customer_id), []).append(run)
+    touched = 0
+    for ev in events:
+        cid = ev.customer_id
+        if cid is None:
+            continue
+        props = ev.properties or {}
+        for run in list(live.get(cid, [])):
+            if run.status not in LIVE:
+                continue
+            tactic = tactics.get(run.tactic_id)
+            if tactic is None:
+                continue
+            if tactic.goal and ev.name == tactic.goal.event and ev.timestamp >= run.entered_at \
+                    and props_match(props, tactic.goal.where, run):
+                finish(session=session, run=run, status="converted", now=now, node_id=run.node_id,
+                       reason=f"goal reached: {ev.name} ({_brief(props)})"
+                       + ("; control group" if run.holdout else ""),
+                       inputs={"event": ev.name, "event_id": ev.id})
+                touched += 1
+                continue
+            w = run.wait
+            if w and w.get("events") and ev.name in w["events"] and not w.get("matched") \
+                    and ev.id > int(w.get("after") or 0) and props_match(props, w.get("match") or {}):
+                run.wait = {**w, "matched": {"event": ev.name, "id": ev.id}}
+                run.status, run.due_at = "active", now
+                touched += 1
+        if ev.name in starts:
+            for tactic in tactics.values():
+                hit = _entry_matches(tactic, ev)
+                if hit is None:
+                    continue
+                key, why = hit
+                run = enter(session=session, tactic=tactic, customer_id=cid, now=now, dedupe=f"event:{ev.id}",
+                            key=key, entry=props, event_id=ev.id, reason=why,
+                            inputs={"event": ev.name, "event_id": ev.id})
+                if run is not None:
+                    live.setdefault(cid, []).append(run)
+                    touched += 1
+    return touched
+
+
+def due_runs(*, session: Session, now: dt.datetime, limit: int) -> list[Run]:
+    """Claim up to limit due runs; on PostgreSQL concurrent workers skip each other's rows."""
+    stmt = (select(Run).where(Run.status.in_(LIVE), Run.due_at <= now)
+            .order_by(Run.due_at, Run.id).limit(limit))
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list(session.scalars(stmt))
+
+
+def process_due(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, now: dt.datetime,
+                limit: int = 200) -> int:
+    """Advance every due run (up to limit); returns how many were stepped."""
+    runs = due_runs(session=session, now=now, limit=limit)
+    priorities = {tid: t.priority for tid, t in tactics.items()}
+    for run in runs:
+        advance(session=session, run=run, tactic=tactics.get(run.tactic_id), settings=settings, now=now,
+                priorities=priorities)
+    return len(runs)
+
+
+def next_due(*, session: Session) -> dt.datetime | None:
+    """When the next run falls due (for the virtual clock's jumps)."""
+    return session.scalar(select(func.min(Run.due_at)).where(Run.status.in_(LIVE)))
+
+

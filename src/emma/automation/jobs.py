@@ -1,0 +1,176 @@
+"""The worker: consume new events by a persisted cursor, scan scheduled triggers, advance due runs.
+
+Each phase is its own transaction. Events move the cursor in the same transaction that records their effects,
+so a worker killed at any point either did all of a batch or none of it; due runs are claimed with
+FOR UPDATE SKIP LOCKED on PostgreSQL so any number of workers can share the work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from emma.automation import engine, library, triggers
+from emma.automation import schemas as S
+from emma.automation.clock import Clock, SystemClock
+from emma.automation.models import Cursor
+from emma.config import Settings
+from emma.db import session_scope, utcnow
+from emma.ingest.models import Event
+
+log = logging.getLogger(__name__)
+EVENT_CURSOR = "events"
+
+
+def _insert_ignore(session: Session, table: Any, values: dict[str, Any], key: str) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=[key]))
+
+
+def cursor(*, session: Session, name: str, lock: bool = False) -> Cursor | None:
+    """The named cursor (created at 0); with lock, None when another worker holds it right now."""
+    _insert_ignore(session, Cursor, {"name": name, "position": 0, "updated_at": utcnow()}, "name")
+    stmt = select(Cursor).where(Cursor.name == name)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return session.scalar(stmt)
+
+
+def relevant_events(tactics: dict[str, S.Tactic]) -> set[str]:
+    """Event names any enabled tactic reacts to (entry, goal, wait-for-event)."""
+    names = engine.entry_events(tactics.values())
+    for t in tactics.values():
+        if t.goal:
+            names.add(t.goal.event)
+        for n in t.nodes:
+            if isinstance(n, S.WaitForEventNode):
+                names.update(n.events)
+    return names
+
+
+class GapWatch:
+    """PostgreSQL hands out ids before commit, so id 7 can become visible after id 8. A gap is waited for a
+    short grace period (it may be a transaction still committing) and then skipped (a rolled-back insert)."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.first_seen: dict[int, float] = {}
+
+    def cut(self, position: int, ids: list[int]) -> list[int]:
+        """The prefix of ids that may be processed now."""
+        out: list[int] = []
+        expected = position + 1
+        now = time.monotonic()
+        for i in ids:
+            if i != expected:
+                seen = self.first_seen.setdefault(expected, now)
+                if now - seen < self.grace:
+                    break
+                self.first_seen.pop(expected, None)
+            out.append(i)
+            expected = i + 1
+        if len(self.first_seen) > 1000:
+            self.first_seen.clear()
+        return out
+
+
+def consume_events(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, now: dt.datetime,
+                   limit: int | None = None, gaps: GapWatch | None = None) -> int:
+    """Handle the next batch of events after the cursor and move the cursor, in the caller's transaction."""
+    cur = cursor(session=session, name=EVENT_CURSOR, lock=True)
+    if cur is None:
+        return 0  # another worker is on it
+    limit = limit or settings.worker_batch_size
+    rows = session.execute(select(Event.id, Event.name).where(Event.id > cur.position)
+                           .order_by(Event.id).limit(limit)).all()
+    if not rows:
+        return 0
+    ids = [r.id for r in rows]
+    if gaps is not None and session.get_bind().dialect.name == "postgresql":
+        ids = gaps.cut(cur.position, ids)
+        if not ids:
+            return 0
+    wanted = relevant_events(tactics)
+    pick = [r.id for r in rows if r.id <= ids[-1] and r.name in wanted]
+    events: list[Event] = []
+    for i in range(0, len(pick), 500):
+        events.extend(session.scalars(select(Event).where(Event.id.in_(pick[i:i + 500]))))
+    events.sort(key=lambda e: e.id)
+    engine.handle_events(session=session, events=events, tactics=tactics, settings=settings, now=now)
+    cur.position, cur.updated_at = ids[-1], utcnow()
+    return len(ids)
+
+
+def tick(*, sessions: sessionmaker[Session], settings: Settings, now: dt.datetime, gaps: GapWatch | None = None,
+         scan: bool = True, max_rounds: int = 100, tactics: dict[str, S.Tactic] | None = None) -> Counter[str]:
+    """One pass of the worker: events, scheduled triggers, due runs (each committed on its own)."""
+    counts: Counter[str] = Counter()
+    if tactics is None:
+        with session_scope(sessions) as s:
+            tactics = library.enabled(session=s)
+    for _ in range(max_rounds):
+        with session_scope(sessions) as s:
+            n = consume_events(session=s, tactics=tactics, settings=settings, now=now, gaps=gaps)
+        counts["events"] += n
+        if n < settings.worker_batch_size:
+            break
+    if scan:
+        with session_scope(sessions) as s:
+            counts["entered"] += triggers.scan(session=s, tactics=tactics, settings=settings, now=now)
+    for _ in range(max_rounds):
+        with session_scope(sessions) as s:
+            n = engine.process_due(session=s, tactics=tactics, settings=settings, now=now,
+                                   limit=settings.worker_batch_size)
+        counts["steps"] += n
+        if n < settings.worker_batch_size:
+            break
+    return counts
+
+
+def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.Event | None = None,
+        clock: Clock | None = None, scan_every: float = 30.0) -> None:
+    """Work until stopped; a failing pass is logged and the loop goes on (e.g. while the database restarts)."""
+    stop = stop or threading.Event()
+    clock = clock or SystemClock()
+    gaps = GapWatch(settings.event_gap_grace_seconds)
+    last_scan = 0.0
+    while not stop.is_set():
+        scan = time.monotonic() - last_scan >= scan_every
+        try:
+            counts = tick(sessions=sessions, settings=settings, now=clock.now(), gaps=gaps, scan=scan)
+            if scan:
+                last_scan = time.monotonic()
+        except Exception:  # noqa: BLE001 - keep working; the failed transaction was rolled back
+            log.exception("automation pass failed")
+            counts = Counter()
+            stop.wait(1.0)
+        if not counts["events"] and not counts["steps"]:
+            stop.wait(settings.worker_poll_seconds)
+
+
+def start_background(*, sessions: sessionmaker[Session], settings: Settings,
+                     deliver: bool = True) -> tuple[threading.Event, list[threading.Thread]]:
+    """Run the worker (and the delivery loop) in daemon threads; set the returned event to stop them."""
+    from emma.channels import jobs as delivery
+
+    stop = threading.Event()
+    threads = [threading.Thread(target=run, kwargs={"sessions": sessions, "settings": settings, "stop": stop},
+                                name="emma-automation", daemon=True)]
+    if deliver:
+        threads.append(threading.Thread(target=delivery.run, kwargs={"sessions": sessions, "settings": settings,
+                                                                     "stop": stop},
+                                        name="emma-delivery", daemon=True))
+    for t in threads:
+        t.start()
+    return stop, threads

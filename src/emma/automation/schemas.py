@@ -1,0 +1,496 @@
+"""Tactic definitions (the YAML format, validated on load) and the API's response shapes.
+
+docs/tactics.md describes the format for authors; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_DURATION = re.compile(r"^\s*(?:(\d+)\s*w)?\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "exists", "missing", "contains")
+CHANNELS = ("email", "sms", "push", "webhook", "onsite")
+ID_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+def parse_duration(value: str | int | float) -> dt.timedelta:
+    """'90s', '30m', '1h', '3d', '2w', '1d 12h' (or a number of seconds) -> timedelta; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a string such as '30m', '1h', '3d' or '2w'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return dt.timedelta(seconds=float(value))
+    m = _DURATION.match(str(value))
+    if not m or not any(m.groups()):
+        raise ValueError(f"{value!r} is not a duration; write e.g. '30m', '1h', '3d', '2w' or '1d 12h'")
+    w, d, h, mi, s = (int(g or 0) for g in m.groups())
+    return dt.timedelta(weeks=w, days=d, hours=h, minutes=mi, seconds=s)
+
+
+def parse_clock(value: str) -> dt.time:
+    """'09:00' -> time(9, 0); ValueError otherwise."""
+    m = _CLOCK.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a time of day; write HH:MM, e.g. '09:00'")
+    return dt.time(int(m.group(1)), int(m.group(2)))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _duration(v: Any) -> str:
+    parse_duration(v)
+    return str(v)
+
+
+def _clock(v: Any) -> str:
+    parse_clock(v)
+    return str(v)
+
+
+DurationStr = Annotated[str, BeforeValidator(_duration)]
+ClockStr = Annotated[str, BeforeValidator(_clock)]
+
+
+class Texts(_Strict):
+    de: str
+    en: str
+
+
+# Conditions: a small tree, never a string that gets evaluated.
+
+class Condition(_Strict):
+    """One test on a field, or all / any / not of other conditions."""
+
+    all: list[Condition] | None = None
+    any: list[Condition] | None = None
+    not_: Condition | None = Field(default=None, alias="not")
+    field: str | None = None
+    op: Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "exists", "missing", "contains"] = "eq"
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Condition:
+        given = [k for k in ("all", "any", "not_", "field") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a condition has exactly one of: field (with op and value), all, any, not")
+        if self.field is not None:
+            root = self.field.split(".")[0]
+            if root not in FIELD_ROOTS:
+                raise ValueError(f"field {self.field!r} must start with one of: {', '.join(FIELD_ROOTS)}")
+            if self.op in ("in", "not_in") and not isinstance(self.value, list):
+                raise ValueError(f"op {self.op} needs a list as value")
+        return self
+
+
+FIELD_ROOTS = ("customer", "prediction", "cart", "consent", "event", "run", "orders", "segment")
+
+
+# Entry triggers
+
+class EventEntry(_Strict):
+    kind: Literal["event"]
+    event: str
+    where: dict[str, Any] = {}
+    key: str | None = None  # event property that keys the run (cart_id, order_id, sku)
+    extend_wait: bool = False  # a repeat of the entry event restarts the running wait-for-event timeout
+
+
+class SegmentEntry(_Strict):
+    kind: Literal["segment_entered", "segment_exited"]
+    segment: str
+
+
+class ScheduleEntry(_Strict):
+    kind: Literal["schedule"]
+    every: Literal["day", "week", "month"] = "day"
+    at: ClockStr = "06:00"  # UTC
+    weekday: int | None = Field(default=None, ge=0, le=6)  # 0 = Monday, for every: week
+    day: int | None = Field(default=None, ge=1, le=28)  # for every: month
+    segment: str | None = None  # absent: every known customer
+
+
+class DateEntry(_Strict):
+    kind: Literal["date"]
+    attribute: str  # birthday | warranty_end | attributes.<name> (ISO date)
+    offset_days: int = 0
+
+    @field_validator("attribute")
+    @classmethod
+    def _attr(cls, v: str) -> str:
+        if v not in ("birthday", "warranty_end") and not v.startswith("attributes."):
+            raise ValueError("attribute is birthday, warranty_end or attributes.<name> (an ISO date)")
+        return v
+
+
+class CatalogEntry(_Strict):
+    kind: Literal["catalog"]
+    change: Literal["price_drop", "back_in_stock", "new_product", "successor_launched"]
+    min_drop_percent: float = Field(default=10.0, gt=0, lt=100)
+    category: str | None = None  # new_product: category path prefix
+    audience: Literal["viewed", "wishlisted", "viewed_or_wishlisted", "bought", "affinity"] = "viewed_or_wishlisted"
+    within: DurationStr = "30d"  # how far back a view counts
+    max_per_day: int | None = Field(default=None, ge=1)  # entries per customer and day
+
+
+class PredictionEntry(_Strict):
+    kind: Literal["prediction"]
+    field: str
+    op: Literal["gt", "gte", "lt", "lte"] = "gte"
+    value: float
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, v: str) -> str:
+        if v not in PREDICTION_FIELDS:
+            raise ValueError(f"unknown prediction {v!r}; one of {', '.join(PREDICTION_FIELDS)}")
+        return v
+
+
+PREDICTION_FIELDS = ("p_alive", "expected_orders", "expected_revenue", "clv", "churn_probability",
+                     "propensity_30d", "incentive_uplift", "early_adopter")
+
+Entry = Annotated[EventEntry | SegmentEntry | ScheduleEntry | DateEntry | CatalogEntry | PredictionEntry,
+                  Field(discriminator="kind")]
+
+
+# Nodes
+
+class _Node(_Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    note: str | None = None
+
+    def targets(self) -> list[str]:
+        return [t for t in (getattr(self, "next", None),) if t]
+
+
+class WaitNode(_Node):
+    kind: Literal["wait"]
+    duration: str | None = None
+    until_local: str | None = None  # HH:MM in the customer's time zone
+    until_send_hour: bool = False  # the customer's predicted best send hour
+    fallback_hour: int = Field(default=10, ge=0, le=23)
+    next: str
+
+    @model_validator(mode="after")
+    def _one(self) -> WaitNode:
+        given = [k for k in ("duration", "until_local") if getattr(self, k)] + (
+            ["until_send_hour"] if self.until_send_hour else [])
+        if len(given) != 1:
+            raise ValueError("a wait has exactly one of: duration, until_local, until_send_hour")
+        if self.duration:
+            _duration(self.duration)
+        if self.until_local:
+            _clock(self.until_local)
+        return self
+
+
+class WaitForEventNode(_Node):
+    kind: Literal["wait_for_event"]
+    events: list[str] = Field(min_length=1)
+    match: dict[str, Any] = {}  # property -> value; "$key" is the run's key, "$entry.<prop>" the entry event's
+    timeout: DurationStr
+    on_event: str
+    on_timeout: str
+
+    def targets(self) -> list[str]:
+        return [self.on_event, self.on_timeout]
+
+
+class Case(_Strict):
+    when: Condition
+    next: str
+
+
+class BranchNode(_Node):
+    kind: Literal["branch"]
+    cases: list[Case] = Field(min_length=1)
+    default: str
+
+    def targets(self) -> list[str]:
+        return [c.next for c in self.cases] + [self.default]
+
+
+class ConditionNode(_Node):
+    kind: Literal["condition"]
+    when: Condition
+    then: str
+    else_: str = Field(alias="else")
+
+    def targets(self) -> list[str]:
+        return [self.then, self.else_]
+
+
+class SplitBranch(_Strict):
+    name: str
+    weight: float = Field(gt=0)
+    next: str
+
+
+class SplitNode(_Node):
+    kind: Literal["split"]
+    branches: list[SplitBranch] = Field(min_length=2)
+
+    def targets(self) -> list[str]:
+        return [b.next for b in self.branches]
+
+
+class HoldoutNode(_Node):
+    kind: Literal["holdout"]
+    share: float = Field(gt=0, lt=1)
+    control: str
+    treatment: str
+
+    def targets(self) -> list[str]:
+        return [self.control, self.treatment]
+
+
+class MessageNode(_Node):
+    kind: Literal["message"]
+    content: str  # key into the tactic's content
+    transactional: bool = False
+    purpose: str | None = None  # consent purpose; default: the channel's marketing purpose
+    payload: dict[str, Any] = {}  # template data: coupon: {campaign, value, valid_days}, offer, ...
+    next: str | None = None
+
+
+class UpdateAttributeNode(_Node):
+    kind: Literal["update_attribute"]
+    attribute: str
+    value: Any
+    next: str | None = None
+
+
+class AddPointsNode(_Node):
+    kind: Literal["add_points"]
+    points: int
+    attribute: str = "points"
+    next: str | None = None
+
+
+class WebhookNode(_Node):
+    kind: Literal["webhook"]
+    event: str  # what the receiving system is told happened, e.g. "vip.detected"
+    data: dict[str, Any] = {}
+    next: str | None = None
+
+
+class TaskNode(_Node):
+    kind: Literal["task"]
+    title: str
+    detail: str | None = None
+    due_in: DurationStr = "2d"
+    next: str | None = None
+
+
+class GoalNode(_Node):
+    kind: Literal["goal"]
+    next: str | None = None  # where to go when the goal was not reached (absent: the run ends)
+
+
+class ExitNode(_Node):
+    kind: Literal["exit"]
+    reason: str = "flow finished"
+
+
+Node = Annotated[WaitNode | WaitForEventNode | BranchNode | ConditionNode | SplitNode | HoldoutNode | MessageNode
+                 | UpdateAttributeNode | AddPointsNode | WebhookNode | TaskNode | GoalNode | ExitNode,
+                 Field(discriminator="kind")]
+ACTION_KINDS = ("message", "update_attribute", "add_points", "webhook", "task")
+
+
+class Goal(_Strict):
+    event: str
+    where: dict[str, Any] = {}  # "$key" is the run's key
+    within: DurationStr = "7d"
+
+
+class ReEntry(_Strict):
+    policy: Literal["always", "once", "cooldown"] = "always"
+    cooldown: str | None = None
+
+    @model_validator(mode="after")
+    def _cooldown(self) -> ReEntry:
+        if self.policy == "cooldown":
+            if not self.cooldown:
+                raise ValueError("policy cooldown needs a cooldown duration, e.g. '30d'")
+            _duration(self.cooldown)
+        return self
+
+
+class Content(_Strict):
+    channel: Literal["email", "sms", "push", "webhook", "onsite"]
+    template: str
+    locales: list[Literal["de", "en"]] = ["de", "en"]
+
+
+# The scenario a tactic carries: a synthetic customer and a timeline on the virtual clock.
+
+class ScenarioCustomer(_Strict):
+    external_id: str = "test-customer"
+    email: str | None = "test@example.com"
+    phone: str | None = None
+    first_name: str | None = "Erika"
+    last_name: str | None = "Mustermann"
+    locale: str | None = "de"
+    timezone: str | None = "Europe/Berlin"
+    birthday: dt.date | None = None
+    attributes: dict[str, Any] = {}
+    consent: dict[str, Literal["granted", "revoked", "pending"]] = {"email_marketing": "granted"}
+    prediction: dict[str, Any] | None = None
+
+
+class ScenarioStep(_Strict):
+    at: DurationStr  # offset from the scenario start: '0m', '1h 30m', '3d'
+    track: dict[str, Any] | None = None  # {event, properties}
+    identify: dict[str, Any] | None = None  # traits
+    catalog: list[dict[str, Any]] | None = None  # product rows (sku, price, stock, ...)
+    consent: dict[str, Literal["granted", "revoked", "pending"]] | None = None
+    prediction: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ScenarioStep:
+        given = [k for k in ("track", "identify", "catalog", "consent", "prediction") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a timeline step has exactly one of: track, identify, catalog, consent, prediction")
+        if self.track is not None and not isinstance(self.track.get("event"), str):
+            raise ValueError("track needs an event name")
+        return self
+
+
+class ExpectedMessage(_Strict):
+    channel: str
+    template: str
+    at: DurationStr | None = None  # offset from the start when it is due to go out
+    transactional: bool | None = None
+
+
+class Expectations(_Strict):
+    messages: list[ExpectedMessage] = []  # exactly these, in due order
+    suppressed: list[str] = []  # each text occurs in one suppression reason
+    status: str | None = None  # the last run's final status: converted | done | exited | active | waiting
+    runs: int | None = None
+    holdout: bool | None = None
+    journal: list[str] = []  # each text occurs in some step's reason
+
+
+class Scenario(_Strict):
+    start: dt.datetime = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
+    customer: ScenarioCustomer = ScenarioCustomer()
+    group: Literal["treatment", "control"] = "treatment"  # the test customer's holdout group
+    catalog: list[dict[str, Any]] = []
+    timeline: list[ScenarioStep] = []
+    run_for: DurationStr = "30d"  # how long the clock runs after the last step
+    expect: Expectations
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, v: dt.datetime) -> dt.datetime:
+        return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
+
+
+class Tactic(_Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    version: int = Field(ge=1)
+    names: Texts
+    description: Texts | None = None
+    priority: int = Field(default=50, ge=0, le=100)
+    channels: list[Literal["email", "sms", "push", "webhook", "onsite"]] = Field(min_length=1)
+    enabled_by_default: bool = True
+    requires: list[str] = []  # predictions the tactic reads; without them it is not enabled by default
+    based_on: str | None = None  # a copy names its original
+    entry: Entry
+    reentry: ReEntry = ReEntry()
+    holdout: float = Field(default=0.1, ge=0, le=0.5)
+    goal: Goal | None = None
+    content: dict[str, Content] = {}
+    start: str | None = None
+    nodes: list[Node] = Field(min_length=1)
+    scenario: Scenario
+
+    @field_validator("requires")
+    @classmethod
+    def _requires(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if r not in (*PREDICTION_FIELDS, "recommendations", "best_send_hour", "lifecycle_stage")]
+        if bad:
+            raise ValueError(f"unknown prediction(s) {', '.join(bad)}")
+        return v
+
+    @model_validator(mode="after")
+    def _graph(self) -> Tactic:
+        ids = [n.id for n in self.nodes]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"node ids must be unique; repeated: {', '.join(dup)}")
+        known = set(ids)
+        if self.start is None:
+            self.start = ids[0]
+        elif self.start not in known:
+            raise ValueError(f"start: unknown node {self.start!r}")
+        for i, n in enumerate(self.nodes):
+            for t in n.targets():
+                if t not in known:
+                    raise ValueError(f"nodes.{i} ({n.id}): next node {t!r} does not exist")
+            if isinstance(n, MessageNode):
+                c = self.content.get(n.content)
+                if c is None:
+                    raise ValueError(f"nodes.{i} ({n.id}): content {n.content!r} is not in the tactic's content")
+                if c.channel not in self.channels:
+                    raise ValueError(f"nodes.{i} ({n.id}): channel {c.channel} is not in channels")
+                if n.transactional and ({"coupon", "offer", "recommendations"} & set(n.payload)):
+                    raise ValueError(f"nodes.{i} ({n.id}): a transactional message carries no coupon, offer or "
+                                     "recommendations (no advertising without marketing consent)")
+        return self
+
+    def node(self, node_id: str) -> Any:
+        """The node with the given id (KeyError when it does not exist)."""
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+
+class StepOut(BaseModel):
+    at: dt.datetime
+    tactic_id: str
+    run_id: int
+    node_id: str | None
+    kind: str
+    outcome: str
+    reason: str
+    inputs: dict[str, Any]
+
+
+class RunOut(BaseModel):
+    id: int
+    tactic_id: str
+    tactic_version: int
+    customer_id: int
+    key: str
+    status: str
+    node_id: str | None
+    due_at: dt.datetime | None
+    holdout: bool
+    entered_at: dt.datetime
+    finished_at: dt.datetime | None
+    outcome: str | None
+
+
+class TacticOut(BaseModel):
+    id: str
+    version: int
+    name: str
+    enabled: bool
+    source: str
+    entry: str
+    channels: list[str]
+    priority: int
+    holdout: float
+    missing: list[str]

@@ -1,0 +1,363 @@
+"""Entry triggers that are not single events: schedules, dates, catalog changes, prediction thresholds.
+
+Each keeps a persisted cursor (last date, last history id, last scoring run), and each run it starts carries a
+dedupe key naming the occurrence (birthday:2026, price:1234), so a scan repeated after a crash starts nothing
+twice.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from emma.automation import engine
+from emma.automation import schemas as S
+from emma.automation.models import PredictionMark, Run
+from emma.catalog.models import PriceChange, Product, StockChange
+from emma.config import Settings
+from emma.ingest.models import Event
+from emma.orders.models import Order, OrderLine, WishlistItem
+from emma.predict.models import Prediction, ScoreRun
+from emma.profiles.models import Customer
+
+CHUNK = 5000
+
+
+def _cursor(session: Session, name: str) -> Any:
+    from emma.automation.jobs import cursor
+
+    return cursor(session=session, name=name)
+
+
+def scan(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, now: dt.datetime) -> int:
+    """Check every non-event trigger of the enabled tactics; returns how many runs were started."""
+    entered = 0
+    for t in tactics.values():
+        kind = t.entry.kind
+        if kind == "schedule":
+            entered += _schedule(session, t, settings, now)
+        elif kind == "date":
+            entered += _date(session, t, settings, now)
+        elif kind == "catalog":
+            entered += _catalog(session, t, settings, now)
+        elif kind == "prediction":
+            entered += _prediction(session, t, now)
+    return entered
+
+
+def _enter_many(session: Session, tactic: S.Tactic, customer_ids: Iterable[int], now: dt.datetime, dedupe: str,
+                reason: str, key: str = "", entry: dict[str, Any] | None = None,
+                max_per_day: int | None = None) -> int:
+    n = 0
+    for cid in customer_ids:
+        if max_per_day is not None:
+            today = session.scalar(select(func.count(Run.id)).where(
+                Run.tactic_id == tactic.id, Run.customer_id == cid, Run.entered_at > now - dt.timedelta(days=1)))
+            if (today or 0) >= max_per_day:
+                continue
+        if engine.enter(session=session, tactic=tactic, customer_id=cid, now=now, dedupe=dedupe, key=key,
+                        entry=entry, reason=reason, inputs=entry) is not None:
+            n += 1
+    return n
+
+
+def _known_customers(session: Session) -> Any:
+    return select(Customer.id).where(Customer.is_anonymous.is_(False), Customer.merged_into_id.is_(None))
+
+
+# Recurring schedule over a segment
+
+def occurrence(entry: S.ScheduleEntry, now: dt.datetime) -> dt.date | None:
+    """The date of the schedule's latest occurrence at or before now (None if there was none today)."""
+    at = S.parse_clock(entry.at)
+    today = now.astimezone(dt.UTC).date()
+    for back in range(0, 32):
+        d = today - dt.timedelta(days=back)
+        if back == 0 and now.astimezone(dt.UTC).time() < at:
+            continue
+        if entry.every == "day" or (entry.every == "week" and d.weekday() == (entry.weekday or 0)) or (
+                entry.every == "month" and d.day == (entry.day or 1)):
+            return d
+    return None
+
+
+def _schedule(session: Session, tactic: S.Tactic, settings: Settings, now: dt.datetime) -> int:
+    entry = tactic.entry
+    assert isinstance(entry, S.ScheduleEntry)
+    occ = occurrence(entry, now)
+    if occ is None:
+        return 0
+    cur = _cursor(session, f"schedule:{tactic.id}")
+    if cur.value and cur.value > occ.isoformat():
+        return 0
+    if cur.value != occ.isoformat():  # a new occurrence: start from the first customer
+        cur.value, cur.position = occ.isoformat(), 0
+    if cur.position < 0:
+        return 0  # this occurrence is complete
+    ids = _members(session, entry.segment, now, after=cur.position, limit=CHUNK)
+    reason = f"scheduled {entry.every} {occ.isoformat()}" + (f" over segment {entry.segment}" if entry.segment else "")
+    n = _enter_many(session, tactic, ids, now, f"schedule:{occ.isoformat()}", reason)
+    cur.position = ids[-1] if len(ids) == CHUNK else -1
+    return n
+
+
+def _members(session: Session, segment: str | None, now: dt.datetime, *, after: int, limit: int) -> list[int]:
+    if segment is None:
+        return list(session.scalars(_known_customers(session).where(Customer.id > after)
+                                    .order_by(Customer.id).limit(limit)))
+    from emma.segments import service as segments  # type: ignore[attr-defined]
+
+    query = segments.members_query(session=session, segment=segment, now=now)
+    sub = query.subquery()
+    col = next(iter(sub.c))
+    return list(session.scalars(select(col).where(col > after).order_by(col).limit(limit)))
+
+
+# Date attributes relative to today: birthday (yearly), warranty end, attributes.<name>
+
+def _mmdd(session: Session, column: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(column, "MM-DD")
+    return func.strftime("%m-%d", column)
+
+
+def _date(session: Session, tactic: S.Tactic, settings: Settings, now: dt.datetime) -> int:
+    entry = tactic.entry
+    assert isinstance(entry, S.DateEntry)
+    cur = _cursor(session, f"date:{tactic.id}")
+    hour = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H")
+    if cur.value == hour:
+        return 0  # scanned this hour already; the local dates move on by the hour
+    cur.value = hour
+    if entry.attribute == "birthday":
+        return _birthdays(session, tactic, entry, settings, now)
+    if entry.attribute == "warranty_end":
+        return _warranty(session, tactic, entry, now)
+    return _attribute_date(session, tactic, entry, settings, now)
+
+
+def _anniversary(born: dt.date, year: int) -> dt.date:
+    if born.month == 2 and born.day == 29 and not calendar.isleap(year):
+        return dt.date(year, 2, 28)
+    return born.replace(year=year)
+
+
+def _birthdays(session: Session, tactic: S.Tactic, entry: S.DateEntry, settings: Settings,
+               now: dt.datetime) -> int:
+    """Customers whose birthday (plus offset) is today in their own time zone."""
+    utc_today = now.astimezone(dt.UTC).date()
+    days = [utc_today + dt.timedelta(days=d) for d in (-1, 0, 1)]
+    wanted = {(d - dt.timedelta(days=entry.offset_days)).strftime("%m-%d") for d in days}
+    if "02-28" in wanted:
+        wanted.add("02-29")
+    rows = session.execute(select(Customer.id, Customer.birthday, Customer.timezone)
+                           .where(Customer.birthday.is_not(None), Customer.merged_into_id.is_(None),
+                                  _mmdd(session, Customer.birthday).in_(sorted(wanted)))).all()
+    n = 0
+    zones: dict[str | None, Any] = {}
+    for cid, born, tzname in rows:
+        tz = zones.get(tzname)
+        if tz is None:
+            tz = zones[tzname] = engine.timezone_of(Customer(timezone=tzname), settings)
+        local_today = now.astimezone(tz).date()
+        target = local_today - dt.timedelta(days=entry.offset_days)
+        if _anniversary(born, target.year) != target:
+            continue
+        n += _enter_many(session, tactic, [cid], now, f"birthday:{local_today.year}",
+                         f"birthday on {born:%d.%m.} (today {local_today:%Y-%m-%d} in {tz.key})",
+                         entry={"birthday": born.isoformat(), "local_date": local_today.isoformat()})
+    return n
+
+
+def _add_months(d: dt.date, months: int) -> dt.date:
+    y, m = divmod(d.month - 1 + months, 12)
+    year, month = d.year + y, m + 1
+    return dt.date(year, month, min(d.day, calendar.monthrange(year, month)[1]))
+
+
+def _warranty(session: Session, tactic: S.Tactic, entry: S.DateEntry, now: dt.datetime) -> int:
+    """Order lines whose warranty (product attribute warranty_months) ends offset_days from today."""
+    today = now.astimezone(dt.UTC).date()
+    n = 0
+    products = [(p.sku, int(p.attributes["warranty_months"])) for p in session.scalars(select(Product))
+                if isinstance(p.attributes, dict) and str(p.attributes.get("warranty_months", "")).isdigit()]
+    for sku, months in products:
+        # warranty end = order date + months; the trigger date = end + offset (offset -90: 90 days before)
+        end = today - dt.timedelta(days=entry.offset_days)
+        bought_on = _add_months(end, -months)
+        lo = dt.datetime.combine(bought_on, dt.time(), tzinfo=dt.UTC)
+        rows = session.execute(select(Order.customer_id, Order.order_id).join(OrderLine, OrderLine.order_pk == Order.id)
+                               .where(OrderLine.sku == sku, Order.ordered_at >= lo,
+                                      Order.ordered_at < lo + dt.timedelta(days=1))).all()
+        for cid, order_id in rows:
+            n += _enter_many(session, tactic, [cid], now, f"warranty:{order_id}:{sku}",
+                             f"warranty of {sku} (order {order_id}) ends {end.isoformat()}",
+                             key=f"{order_id}:{sku}", entry={"order_id": order_id, "sku": sku,
+                                                             "warranty_end": end.isoformat()})
+    return n
+
+
+def _attribute_date(session: Session, tactic: S.Tactic, entry: S.DateEntry, settings: Settings,
+                    now: dt.datetime) -> int:
+    name = entry.attribute.removeprefix("attributes.")
+    target = (now.astimezone(dt.UTC).date() - dt.timedelta(days=entry.offset_days)).isoformat()
+    ids = session.scalars(_known_customers(session).where(Customer.attributes[name].as_string() == target))
+    return _enter_many(session, tactic, list(ids), now, f"date:{name}:{target}", f"{name} is {target}",
+                       entry={name: target})
+
+
+# Catalog changes
+
+def _catalog(session: Session, tactic: S.Tactic, settings: Settings, now: dt.datetime) -> int:
+    entry = tactic.entry
+    assert isinstance(entry, S.CatalogEntry)
+    if entry.change == "price_drop":
+        return _price_drops(session, tactic, entry, now)
+    if entry.change == "back_in_stock":
+        return _back_in_stock(session, tactic, entry, now)
+    return _new_products(session, tactic, entry, now)
+
+
+def _audience(session: Session, entry: S.CatalogEntry, skus: list[str], now: dt.datetime) -> set[int]:
+    """Customers who viewed, wishlisted or bought one of skus (as the trigger asks)."""
+    out: set[int] = set()
+    since = now - S.parse_duration(entry.within)
+    if entry.audience in ("viewed", "viewed_or_wishlisted"):
+        for sku in skus:
+            out.update(c for c in session.scalars(
+                select(Event.customer_id).where(Event.name == "Product Viewed", Event.timestamp >= since,
+                                                Event.properties["sku"].as_string() == sku).distinct()) if c)
+    if entry.audience in ("wishlisted", "viewed_or_wishlisted"):
+        out.update(session.scalars(select(WishlistItem.customer_id).where(WishlistItem.sku.in_(skus),
+                                                                          WishlistItem.removed_at.is_(None))))
+    if entry.audience == "bought":
+        out.update(session.scalars(select(Order.customer_id).join(OrderLine, OrderLine.order_pk == Order.id)
+                                   .where(OrderLine.sku.in_(skus)).distinct()))
+    return out
+
+
+def _price_drops(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, now: dt.datetime) -> int:
+    cur = _cursor(session, f"catalog:{tactic.id}:price")
+    if cur.position == 0 and cur.value is None:  # a newly enabled tactic starts at the present
+        cur.position, cur.value = session.scalar(select(func.coalesce(func.max(PriceChange.id), 0))), "start"
+        return 0
+    changes = list(session.scalars(select(PriceChange).where(PriceChange.id > cur.position)
+                                   .order_by(PriceChange.id).limit(CHUNK)))
+    n = 0
+    for ch in changes:
+        cur.position = ch.id
+        if ch.price is None:
+            continue
+        # The reference is the highest price of the last 30 days, so a drop cut into small steps still counts.
+        ref = session.scalar(select(func.max(PriceChange.price)).where(
+            PriceChange.sku == ch.sku, PriceChange.id < ch.id,
+            PriceChange.changed_at >= ch.changed_at - dt.timedelta(days=30)))
+        ref = max(x for x in (ref, ch.previous_price) if x is not None) if (ref or ch.previous_price) else None
+        if not ref or Decimal(ref) <= 0:
+            continue
+        drop = float((Decimal(ref) - Decimal(ch.price)) / Decimal(ref) * 100)
+        if drop < entry.min_drop_percent:
+            continue
+        who = _audience(session, entry, [ch.sku], now)
+        info = {"sku": ch.sku, "old_price": float(ref), "new_price": float(ch.price), "drop_percent": round(drop, 1)}
+        n += _enter_many(session, tactic, sorted(who), now, f"price:{ch.id}",
+                         f"price of {ch.sku} dropped from {float(ref):.2f} to {float(ch.price):.2f} (-{drop:.0f} %)",
+                         key=ch.sku, entry=info, max_per_day=entry.max_per_day)
+    return n
+
+
+def _back_in_stock(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, now: dt.datetime) -> int:
+    cur = _cursor(session, f"catalog:{tactic.id}:stock")
+    if cur.position == 0 and cur.value is None:
+        cur.position, cur.value = session.scalar(select(func.coalesce(func.max(StockChange.id), 0))), "start"
+        return 0
+    n = 0
+    for ch in session.scalars(select(StockChange).where(StockChange.id > cur.position)
+                              .order_by(StockChange.id).limit(CHUNK)):
+        cur.position = ch.id
+        if ch.previous_stock is None or ch.previous_stock > 0 or not ch.stock or ch.stock <= 0:
+            continue
+        who = _audience(session, entry, [ch.sku], now)
+        n += _enter_many(session, tactic, sorted(who), now, f"stock:{ch.id}",
+                         f"{ch.sku} is back in stock ({ch.stock} available)", key=ch.sku,
+                         entry={"sku": ch.sku, "stock": ch.stock}, max_per_day=entry.max_per_day)
+    return n
+
+
+def _new_products(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, now: dt.datetime) -> int:
+    cur = _cursor(session, f"catalog:{tactic.id}:products")
+    if cur.position == 0 and cur.value is None:
+        cur.position, cur.value = session.scalar(select(func.coalesce(func.max(Product.id), 0))), "start"
+        return 0
+    n = 0
+    for p in session.scalars(select(Product).where(Product.id > cur.position).order_by(Product.id).limit(CHUNK)):
+        cur.position = p.id
+        attrs = p.attributes or {}
+        if entry.change == "successor_launched":
+            pred = attrs.get("predecessor_sku") or attrs.get("successor_of")
+            if not pred:
+                continue
+            who = _audience(session, entry.model_copy(update={"audience": "bought"}), [str(pred)], now)
+            reason = f"{p.sku} ({p.name}) succeeds {pred}, which the customer bought"
+        else:
+            if entry.category and not (p.category or "").startswith(entry.category):
+                continue
+            who = _category_audience(session, entry, p.category, now)
+            reason = f"new product {p.sku} ({p.name}) in {p.category}"
+        n += _enter_many(session, tactic, sorted(who), now, f"product:{p.id}", reason, key=p.sku,
+                         entry={"sku": p.sku, "name": p.name, "category": p.category},
+                         max_per_day=entry.max_per_day)
+    return n
+
+
+def _category_audience(session: Session, entry: S.CatalogEntry, category: str | None,
+                       now: dt.datetime) -> set[int]:
+    """Customers with an affinity for the category (predictions), or who bought in it."""
+    if not category:
+        return set()
+    top = category.split(" > ")[0]
+    out: set[int] = set()
+    for cid, aff in session.execute(select(Prediction.customer_id, Prediction.top_affinities)):
+        names = [a.get("category") if isinstance(a, dict) else a for a in (aff or [])]
+        if any(isinstance(n, str) and (category.startswith(n) or n.startswith(top)) for n in names):
+            out.add(cid)
+    if entry.audience in ("bought", "viewed_or_wishlisted", "viewed"):
+        out.update(session.scalars(select(Order.customer_id).join(OrderLine, OrderLine.order_pk == Order.id)
+                                   .join(Product, Product.sku == OrderLine.sku)
+                                   .where(Product.category.startswith(top)).distinct()))
+    return out
+
+
+# Prediction thresholds
+
+def _prediction(session: Session, tactic: S.Tactic, now: dt.datetime) -> int:
+    entry = tactic.entry
+    assert isinstance(entry, S.PredictionEntry)
+    latest = session.scalar(select(func.max(ScoreRun.id))) or 0
+    cur = _cursor(session, f"prediction:{tactic.id}")
+    if latest <= cur.position:
+        return 0
+    cur.position = latest
+    col = getattr(Prediction, entry.field)
+    cond = {"gt": col > entry.value, "gte": col >= entry.value, "lt": col < entry.value,
+            "lte": col <= entry.value}[entry.op]
+    marked = select(PredictionMark.customer_id).where(PredictionMark.tactic_id == tactic.id)
+    # Fell back below the threshold: forget the mark, so crossing it again starts a new run.
+    below = select(Prediction.customer_id).where(~cond | col.is_(None))
+    session.execute(PredictionMark.__table__.delete().where(PredictionMark.tactic_id == tactic.id,
+                                                            PredictionMark.customer_id.in_(below)))
+    crossed = list(session.execute(select(Prediction.customer_id, col).where(cond,
+                                                                             Prediction.customer_id.not_in(marked))))
+    n = 0
+    for cid, value in crossed:
+        session.add(PredictionMark(tactic_id=tactic.id, customer_id=cid, crossed_at=now))
+        n += _enter_many(session, tactic, [cid], now, f"prediction:{latest}",
+                         f"{entry.field} {value:.2f} crossed {entry.op} {entry.value:g} (scoring run {latest})",
+                         entry={entry.field: value})
+    return n
