@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,25 +21,17 @@ from emma.automation import schemas as S
 from emma.automation.clock import Clock, SystemClock
 from emma.automation.models import Cursor
 from emma.config import Settings
-from emma.db import session_scope, utcnow
+from emma.db import insert_ignoring_conflicts, session_scope, utcnow
 from emma.ingest.models import Event
 
 log = logging.getLogger(__name__)
 EVENT_CURSOR = "events"
 
 
-def _insert_ignore(session: Session, table: Any, values: dict[str, Any], key: str) -> None:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=[key]))
-
-
 def cursor(*, session: Session, name: str, lock: bool = False) -> Cursor | None:
     """The named cursor (created at 0); with lock, None when another worker holds it right now."""
-    _insert_ignore(session, Cursor, {"name": name, "position": 0, "updated_at": utcnow()}, "name")
+    session.execute(insert_ignoring_conflicts(session, Cursor, ["name"]).values(name=name, position=0,
+                                                                                updated_at=utcnow()))
     stmt = select(Cursor).where(Cursor.name == name)
     if lock and session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
