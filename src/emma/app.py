@@ -52,6 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["authorization", "content-type"], max_age=600)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"), name="static")
 
+    from emma.onsite import jobs as onsite_jobs
+    from emma.onsite.router import router as onsite_router
+
+    # First: routes are matched in order, and /v1/decide is the hottest path of a shop's traffic.
+    app.state.onsite = onsite_jobs.Runtime(app)
+    app.include_router(onsite_router)
+
     from emma.ingest.router import router as ingest_router
     from emma.profiles.router import router as customers_router
 
@@ -69,12 +76,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from emma.gdpr.router import router as gdpr_router
 
     app.include_router(gdpr_router)
-
-    from emma.onsite import jobs as onsite_jobs
-    from emma.onsite.router import router as onsite_router
-
-    app.state.onsite = onsite_jobs.Runtime(app)
-    app.include_router(onsite_router)
 
     from emma.segments.router import router as segments_router
 

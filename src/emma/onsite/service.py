@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from emma.catalog.models import Product
@@ -69,11 +70,16 @@ class Card:
     currency: str
     url: str | None
     image_url: str | None
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)  # the response item per locale, made once
+
+    def __post_init__(self) -> None:
+        for locale in ("de", "en"):
+            self.items[locale] = {"sku": self.sku, "name": self.names[locale], "price": self.price,
+                                  "price_text": price_text(self.price, self.currency, locale),
+                                  "currency": self.currency, "url": self.url, "image_url": self.image_url}
 
     def item(self, locale: str) -> dict[str, Any]:
-        return {"sku": self.sku, "name": self.names[locale], "price": self.price,
-                "price_text": price_text(self.price, self.currency, locale), "currency": self.currency,
-                "url": self.url, "image_url": self.image_url}
+        return self.items[locale]
 
 
 @dataclass
@@ -211,7 +217,7 @@ def _visitor(row: Any) -> Visitor:
                    incentive_uplift=uplift, propensity=propensity, coupon=coupon, merged_into_id=merged)
 
 
-def find_visitor(*, session: Session, user_id: str | None, anonymous_id: str | None,
+def find_visitor(*, session: Session | Connection, user_id: str | None, anonymous_id: str | None,
                  campaign: str) -> Visitor | None:
     """The known profile behind the ids (userId first), or None for a visitor never seen before."""
     rows = session.execute(_BY_IDENTITY, {"user_id": user_id, "anonymous_id": anonymous_id,
@@ -227,7 +233,7 @@ def find_visitor(*, session: Session, user_id: str | None, anonymous_id: str | N
     return v
 
 
-def stored_cart(*, session: Session, customer_id: int) -> list[str]:
+def stored_cart(*, session: Session | Connection, customer_id: int) -> list[str]:
     """The skus in the customer's latest open cart (used when the page did not say)."""
     cart = session.scalar(select(Cart.id).where(Cart.customer_id == customer_id, Cart.status != "ordered")
                           .order_by(Cart.updated_at.desc()).limit(1))
@@ -294,7 +300,7 @@ def _ranked(candidates: list[tuple[str, float]], exclude: set[str], prefer: list
     return ordered[:limit]
 
 
-def decide(*, session: Session, request: DecideRequest, snapshot: Snapshot, settings: Settings,
+def decide(*, session: Session | Connection, request: DecideRequest, snapshot: Snapshot, settings: Settings,
            now: dt.datetime | None = None) -> Outcome:
     """The content for one placement and visitor, with reasons; the impression row to log with it."""
     now = now or utcnow()
@@ -387,7 +393,7 @@ def decide(*, session: Session, request: DecideRequest, snapshot: Snapshot, sett
                   "anonymous_id": request.anonymousId if visitor is None else None,
                   "placement": request.placement, "locale": locale, "personalized": personal, "items": items,
                   "coupon_id": coupon_offer["id"] if coupon_offer else None, "reasons": reasons,
-                  "context": ctx.model_dump(exclude_none=True, exclude_defaults=True) if ctx else {},
+                  "context": {k: v for k, v in (("sku", ctx.sku), ("cart_skus", cart), ("url", ctx.url)) if v},
                   "created_at": now}
     response = {"decision_id": decision_id, "placement": request.placement, "locale": locale,
                 "personalized": personal, "blocks": blocks, "coupon": _public(coupon_offer), "reasons": reasons}
