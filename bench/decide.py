@@ -225,6 +225,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured duration (after 3 s of warm-up)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--uvicorn", default="", help="extra uvicorn options, e.g. '--http httptools'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="emma-bench-decide-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'emma.db'}"
@@ -235,7 +236,8 @@ def main() -> None:
         port = free_port()
         env = {**os.environ, "EMMA_DATABASE_URL": url}
         server = subprocess.Popen([sys.executable, "-m", "uvicorn", "emma.app:create_app", "--factory", "--host",
-                                   "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
+                                   "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+                                   *args.uvicorn.split()],
                                   env=env)
         try:
             deadline = time.time() + 30

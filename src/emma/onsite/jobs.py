@@ -114,4 +114,5 @@ async def running(app: Any) -> AsyncIterator[Runtime]:
         yield runtime
     finally:
         stop.set()
-        await task  # its last round writes what is still queued
+        await task
+        await runtime.flush()  # what came in while the last round was writing
