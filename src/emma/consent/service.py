@@ -13,7 +13,7 @@ from emma import signing
 from emma.config import Settings
 from emma.consent.exceptions import InvalidConsent
 from emma.consent.models import PURPOSES, STATUSES, Consent, ConsentLog
-from emma.db import among, utcnow
+from emma.db import among, insert_rows, update_rows, utcnow
 
 # Channel -> the purpose whose consent a marketing message on it needs.
 CHANNEL_PURPOSE = {"email": "email_marketing", "sms": "sms_marketing", "push": "push", "ads": "ads",
@@ -336,15 +336,10 @@ def record_many(*, session: Session, decisions: list[dict[str, Any]],
         state = {**(state or {}), "customer_id": key[0], "purpose": key[1], "status": d["status"],
                  "source": d["source"], "text_version": d.get("text_version"), "recorded_at": d["recorded_at"]}
         current[key] = touched[key] = state
-    new = [{k: v for k, v in s.items() if k != "id"} for s in touched.values() if "id" not in s]
-    if new:
-        session.execute(insert(Consent.__table__), new)
-    changed = [{"pk": s["id"], "status": s["status"], "source": s["source"], "text_version": s["text_version"],
-                "recorded_at": s["recorded_at"]} for s in touched.values() if "id" in s]
-    if changed:
-        table = Consent.__table__
-        # The SET clause comes from the parameter names.
-        session.connection().execute(update(table).where(table.c.id == bindparam("pk")), changed)
-    if log:
-        session.execute(insert(ConsentLog.__table__), log)
+    insert_rows(session, Consent, [{k: v for k, v in s.items() if k != "id"} for s in touched.values()
+                                   if "id" not in s])
+    update_rows(session, Consent, [{"id": s["id"], "status": s["status"], "source": s["source"],
+                                    "text_version": s["text_version"], "recorded_at": s["recorded_at"]}
+                                   for s in touched.values() if "id" in s])
+    insert_rows(session, ConsentLog, log)
     return len(log), unchanged

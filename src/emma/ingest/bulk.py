@@ -12,6 +12,7 @@ import datetime as dt
 import gzip
 import io
 import json
+import operator
 import os
 import re
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ class RowError:
     row: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     line: int
     data: dict[str, Any] | None
@@ -151,6 +152,7 @@ class Source:
         self.line = 0
         self.bad_lines: set[int] = set()
         self.delimiter = "\t" if ".tsv" in [s.lower() for s in path.suffixes] else ","
+        self.header: list[str] = []
 
     def position(self) -> int:
         return self.raw.tell()
@@ -172,8 +174,26 @@ class Source:
             yield text
 
     def records(self) -> Iterator[Record]:
-        """Every data row of the file with its line number (header and blank lines are skipped)."""
-        return self._csv() if self.format == "csv" else self._jsonl()
+        """Every data row of the file with its line number (header and blank lines are skipped).
+
+        A CSV record comes with its fields (raw) only: data is built from the header when needed.
+        """
+        if self.format == "jsonl":
+            return self._jsonl()
+        reader = csv.reader(self._lines(), delimiter=self.delimiter)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            header = []
+        except csv.Error as exc:
+            raise ImportFileError(f"line 1: unreadable header: {exc}") from exc
+        if header and not any(header):
+            raise ImportFileError("line 1: the first line must name the columns")
+        dupes = {h for h in header if header.count(h) > 1}
+        if dupes:
+            raise ImportFileError(f"line 1: column(s) named twice: {', '.join(sorted(dupes))}")
+        self.header = header
+        return self._csv(reader, header)
 
     def _jsonl(self) -> Iterator[Record]:
         loads = json.loads
@@ -193,19 +213,9 @@ class Source:
                 continue
             yield Record(self.line, data, text)
 
-    def _csv(self) -> Iterator[Record]:
-        reader = csv.reader(self._lines(), delimiter=self.delimiter)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
+    def _csv(self, reader: Any, header: list[str]) -> Iterator[Record]:
+        if not header:
             return
-        except csv.Error as exc:
-            raise ImportFileError(f"line 1: unreadable header: {exc}") from exc
-        if not any(header):
-            raise ImportFileError("line 1: the first line must name the columns")
-        dupes = {h for h in header if header.count(h) > 1}
-        if dupes:
-            raise ImportFileError(f"line 1: column(s) named twice: {', '.join(sorted(dupes))}")
         width = len(header)
         start = reader.line_num + 1
         while True:
@@ -229,7 +239,7 @@ class Source:
                 yield Record(line, None, values, RowError(
                     line, "", f"has {len(values)} fields, the header names {width}"))
                 continue
-            yield Record(line, {h: v for h, v in zip(header, values, strict=True) if v != ""}, values)
+            yield Record(line, None, values)
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -251,10 +261,14 @@ class _Row:
     def get(self, name: str, *aliases: str) -> tuple[str, Any]:
         self.used.add(name)
         v = self.d.get(name)
+        if v == "":
+            v = None
         for a in aliases:
             self.used.add(a)
             if v is None:
                 v = self.d.get(a)
+                if v == "":
+                    v = None
                 if v is not None:
                     name = a
         return name, v
@@ -391,7 +405,7 @@ class _Row:
 
     def extra(self) -> dict[str, Any]:
         """Columns not named by the schema: custom attributes."""
-        return {k: v for k, v in self.d.items() if k not in self.used}
+        return {k: v for k, v in self.d.items() if k not in self.used and v != ""}
 
 
 _TRUE, _FALSE = {"true", "1", "yes", "y", "ja", "t"}, {"false", "0", "no", "n", "nein", "f"}
@@ -430,6 +444,16 @@ class ImportState:
     kind: str
     now: dt.datetime
     lines_of_order: dict[str, int] = field(default_factory=dict)
+    header: list[str] = field(default_factory=list)
+    _getter: Any = None
+
+    def set_header(self, header: list[str]) -> None:
+        """The CSV columns; orders get a getter that picks their fields out of a row in one call."""
+        self.header = header
+        if self.kind == "orders" and "line_no" not in header and all(c in header for c in _ORDER_REQUIRED):
+            pos = [header.index(c) for c in _ORDER_REQUIRED]
+            optional = [header.index(c) if c in header else -1 for c in ("currency", "status")]
+            self._getter = (operator.itemgetter(*pos, *(max(i, 0) for i in optional)), *(i >= 0 for i in optional))
 
 
 _CENT = Decimal("0.01")
@@ -437,13 +461,14 @@ _MAX_MONEY = Decimal("1e10")
 _ORDER_STATUSES = frozenset(orders.ORDER_STATUSES)
 
 
-def _fast_order(d: dict[str, Any], now: dt.datetime) -> dict[str, Any] | None:
+_ORDER_REQUIRED = ("order_id", "customer_id", "ordered_at", "sku", "quantity", "unit_price")
+
+
+def _fast_order(values: list[str], state: ImportState) -> dict[str, Any] | None:
     """The common, clean CSV line without the per-field bookkeeping; None sends the row to the full check."""
-    oid, cid, ts, sku, q, p = (d.get("order_id"), d.get("customer_id"), d.get("ordered_at"), d.get("sku"),
-                               d.get("quantity"), d.get("unit_price"))
-    if (type(oid) is not str or type(cid) is not str or type(ts) is not str or type(sku) is not str
-            or type(q) is not str or type(p) is not str or "line_no" in d):
-        return None
+    getter, has_currency, has_status = state._getter
+    oid, cid, ts, sku, q, p, currency, status = getter(values)
+    now = state.now
     if not (0 < len(oid) <= 128 and 0 < len(cid) <= 255 and 0 < len(sku) <= 128 and q.isdigit()):
         return None
     if oid.strip() != oid or cid.strip() != cid or sku.strip() != sku:
@@ -458,7 +483,8 @@ def _fast_order(d: dict[str, Any], now: dt.datetime) -> dict[str, Any] | None:
         at = at.replace(tzinfo=dt.UTC)
     if quantity < 1 or at - now > FUTURE_SKEW or not price.is_finite() or price < 0 or price >= _MAX_MONEY:
         return None
-    currency, status = d.get("currency"), d.get("status")
+    currency = (currency or None) if has_currency else None
+    status = (status or None) if has_status else None
     if currency is not None:
         if len(currency) != 3 or not currency.isascii() or not currency.isalpha():
             return None
@@ -471,13 +497,19 @@ def _fast_order(d: dict[str, Any], now: dt.datetime) -> dict[str, Any] | None:
             "unit_price": price, "currency": currency, "status": status, "line_no": None}
 
 
-def validate_order(row: _Row, state: ImportState) -> dict[str, Any]:
-    """One order line: order_id, customer_id, ordered_at, sku, quantity, unit_price[, currency, status, line_no]."""
-    out = _fast_order(row.d, state.now)
+def fast_order(rec: Record, state: ImportState) -> dict[str, Any] | None:
+    """validate_order for the common, clean CSV row, or None."""
+    if state._getter is None or rec.data is not None:
+        return None
+    out = _fast_order(rec.raw, state)  # type: ignore[arg-type]
     if out is not None:
         n = state.lines_of_order.get(out["order_id"], 0) + 1
         state.lines_of_order[out["order_id"]] = out["line_no"] = n
-        return out
+    return out
+
+
+def validate_order(row: _Row, state: ImportState) -> dict[str, Any]:
+    """One order line: order_id, customer_id, ordered_at, sku, quantity, unit_price[, currency, status, line_no]."""
     out = {
         "order_id": row.text("order_id", required=True, max_len=128),
         "customer_id": row.text("customer_id", required=True),
@@ -623,6 +655,8 @@ def event_from_csv(data: dict[str, str], row: _Row) -> dict[str, Any]:
     columns or as dotted columns (properties.sku); dotted cells are read as JSON where they parse."""
     msg: dict[str, Any] = {}
     for key, value in data.items():
+        if value == "":
+            continue
         head, _, rest = key.partition(".")
         if head in _EVENT_JSON_FIELDS and rest:
             try:
@@ -642,6 +676,7 @@ def event_from_csv(data: dict[str, str], row: _Row) -> dict[str, Any]:
     return msg
 
 
+FAST_VALIDATORS = {"orders": fast_order}
 VALIDATORS = {"orders": validate_order, "consents": validate_consent, "customers": validate_customer,
               "products": validate_product}
 
@@ -652,12 +687,19 @@ def validate_chunk(records: list[Record], state: ImportState) -> tuple[list[tupl
     good: list[tuple[Record, dict[str, Any]]] = []
     bad: list[RowError] = []
     validator = VALIDATORS.get(state.kind)
+    fast = FAST_VALIDATORS.get(state.kind)
     for rec in records:
         if rec.error is not None:
             rec.error.row = rec.text()
             bad.append(rec.error)
             continue
-        assert rec.data is not None
+        if fast is not None:
+            clean = fast(rec, state)
+            if clean is not None:
+                good.append((rec, clean))
+                continue
+        if rec.data is None:  # CSV: empty cells stay "", which the validators read as missing
+            rec.data = dict(zip(state.header, rec.raw, strict=True))
         row = _Row(rec.data)
         if validator is None:  # events: ingest validates them
             value = event_from_csv(rec.data, row) if isinstance(rec.raw, list) else rec.data
@@ -700,11 +742,7 @@ def _land_orders(session: Session, rows: list[tuple[Record, dict[str, Any]]], no
     result.details = {"orders created": counts["orders_created"], "orders updated": counts["orders_updated"]}
     skus = {r["sku"] for _, r in rows}
     result.unknown_skus = skus - catalog.known_skus(session=session, skus=skus)
-    last: dict[int, dt.datetime] = {}
-    for ln in lines:
-        if last.get(ln["customer_id"], ln["ordered_at"]) <= ln["ordered_at"]:
-            last[ln["customer_id"]] = ln["ordered_at"]
-    profiles.mark_seen(session=session, seen=last)
+    profiles.mark_seen(session=session, seen=counts.pop("seen"))
     return result
 
 

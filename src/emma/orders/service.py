@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from emma.db import among, insert_ignoring_conflicts
+from emma.db import among, insert_columns
 from emma.orders.models import Cart, CartItem, Order, OrderLine, WishlistItem
 
 ORDER_STATUSES = ("completed", "processing", "produced", "shipped", "delivered", "cancelled", "returned",
@@ -420,41 +420,48 @@ def import_lines(*, session: Session, lines: Sequence[dict[str, Any]], at: dt.da
     Each line dict: order_id, line_no, customer_id (internal), ordered_at, sku, quantity, unit_price, and
     optionally currency, status (the order's fields come from its first line). Lines an order already has
     (same line_no) are left as they are; an existing order whose status differs moves to the new status.
-    Returns counts: orders_created, lines_created, lines_present, orders_updated, and under "conflicting"
-    the indexes of lines not landed because their order belongs to another customer.
+    Returns counts: orders_created, lines_created, lines_present, orders_updated; under "conflicting" the
+    indexes of lines not landed because their order belongs to another customer; under "seen" the latest
+    new order per customer id.
     """
     counts: dict[str, Any] = {"orders_created": 0, "lines_created": 0, "lines_present": 0, "orders_updated": 0,
-                              "conflicting": []}
+                              "conflicting": [], "seen": {}}
     if not lines:
         return counts
     heads: dict[str, dict[str, Any]] = {}
     for ln in lines:
-        heads.setdefault(ln["order_id"], ln)
-    ids = list(heads)
+        if ln["order_id"] not in heads:
+            heads[ln["order_id"]] = ln
     existing: dict[str, tuple[int, str]] = {}
     owner = {oid: h["customer_id"] for oid, h in heads.items()}
-    for i in range(0, len(ids), 900):
+    ids = list(heads)
+    for i in range(0, len(ids), 5000):
         for oid, pk, status, cid in session.execute(select(Order.order_id, Order.id, Order.status, Order.customer_id)
-                                                    .where(among(session, Order.order_id, ids[i:i + 900]))):
+                                                    .where(among(session, Order.order_id, ids[i:i + 5000]))):
             existing[oid] = (pk, status)
             owner[oid] = cid
-    totals: dict[str, Decimal] = {}
-    for ln in lines:
-        if ln["customer_id"] == heads[ln["order_id"]]["customer_id"]:
-            totals[ln["order_id"]] = totals.get(ln["order_id"], Decimal(0)) + ln["unit_price"] * ln["quantity"]
-    fresh = [{"order_id": oid, "customer_id": h["customer_id"], "status": h.get("status") or "completed",
-              "ordered_at": h["ordered_at"], "currency": h.get("currency") or "EUR", "revenue": totals[oid],
-              "source": source, "updated_at": h["ordered_at"],
-              "delivered_at": h["ordered_at"] if h.get("status") == "delivered" else None}
-             for oid, h in heads.items() if oid not in existing]
     pks: dict[str, int] = {oid: pk for oid, (pk, _) in existing.items()}
+    fresh = [h for oid, h in heads.items() if oid not in existing]
     if fresh:
-        stmt = insert_ignoring_conflicts(session, Order, ["order_id"]).returning(
-            Order.__table__.c.order_id, Order.__table__.c.id)
-        created = dict(session.execute(stmt, fresh).all())
+        totals: dict[str, Decimal] = {}
+        for ln in lines:
+            oid = ln["order_id"]
+            if oid not in existing and ln["customer_id"] == owner[oid]:
+                totals[oid] = totals.get(oid, 0) + ln["unit_price"] * ln["quantity"]
+        created = dict(insert_columns(session, Order, {
+            "order_id": [h["order_id"] for h in fresh], "customer_id": [h["customer_id"] for h in fresh],
+            "status": [h["status"] or "completed" for h in fresh], "ordered_at": [h["ordered_at"] for h in fresh],
+            "currency": [h["currency"] or "EUR" for h in fresh], "revenue": [totals[h["order_id"]] for h in fresh],
+            "source": [source] * len(fresh), "updated_at": [h["ordered_at"] for h in fresh],
+            "delivered_at": [h["ordered_at"] if h["status"] == "delivered" else None for h in fresh],
+        }, on_conflict=["order_id"], returning=["order_id", "id"]))
         counts["orders_created"] = len(created)
         pks.update(created)
-        raced = [o["order_id"] for o in fresh if o["order_id"] not in created]
+        seen: dict[int, dt.datetime] = counts["seen"]
+        for h in fresh:
+            if h["order_id"] in created and seen.get(h["customer_id"], h["ordered_at"]) <= h["ordered_at"]:
+                seen[h["customer_id"]] = h["ordered_at"]
+        raced = [h["order_id"] for h in fresh if h["order_id"] not in created]
         if raced:  # written by a concurrent writer since the lookup: treat as existing
             for oid, pk, status, cid in session.execute(
                     select(Order.order_id, Order.id, Order.status, Order.customer_id)
@@ -464,31 +471,41 @@ def import_lines(*, session: Session, lines: Sequence[dict[str, Any]], at: dt.da
                 owner[oid] = cid
     present: set[tuple[int, int]] = set()
     old_pks = [pk for pk, _ in existing.values()]
-    for i in range(0, len(old_pks), 900):
+    for i in range(0, len(old_pks), 5000):
         present.update((pk, n) for pk, n in session.execute(select(OrderLine.order_pk, OrderLine.line_no).where(
-            among(session, OrderLine.order_pk, old_pks[i:i + 900]))))
-    new_lines, added = [], {}
-    for i, ln in enumerate(lines):
-        if ln["customer_id"] != owner[ln["order_id"]]:
-            counts["conflicting"].append(i)
-            continue
-        pk = pks[ln["order_id"]]
-        if (pk, ln["line_no"]) in present:
-            counts["lines_present"] += 1
-            continue
-        present.add((pk, ln["line_no"]))
-        new_lines.append({"order_pk": pk, "line_no": ln["line_no"], "sku": ln["sku"], "quantity": ln["quantity"],
-                          "unit_price": ln["unit_price"]})
-        if ln["order_id"] in existing:  # an order whose lines came in several chunks or runs
-            added[pk] = added.get(pk, Decimal(0)) + ln["unit_price"] * ln["quantity"]
-    if new_lines:
-        session.execute(insert_ignoring_conflicts(session, OrderLine, ["order_pk", "line_no"]), new_lines)
-        counts["lines_created"] = len(new_lines)
-    if added:
-        table = Order.__table__
-        session.connection().execute(update(table).where(table.c.id == bindparam("pk"))
-                                     .values(revenue=table.c.revenue + bindparam("add")),
-                                     [{"pk": pk, "add": amount} for pk, amount in added.items()])
+            among(session, OrderLine.order_pk, old_pks[i:i + 5000]))))
+    new = [ln for ln in lines if ln["order_id"] not in existing]  # the common case: lines of new orders
+    if existing:
+        new, added = [], {}
+        for i, ln in enumerate(lines):
+            oid = ln["order_id"]
+            if ln["customer_id"] != owner[oid]:
+                counts["conflicting"].append(i)
+                continue
+            key = (pks[oid], ln["line_no"])
+            if key in present:
+                counts["lines_present"] += 1
+                continue
+            present.add(key)
+            new.append(ln)
+            if oid in existing:  # an order whose lines came in several chunks or runs
+                added[key[0]] = added.get(key[0], 0) + ln["unit_price"] * ln["quantity"]
+        if added:
+            table = Order.__table__
+            session.connection().execute(update(table).where(table.c.id == bindparam("pk"))
+                                         .values(revenue=table.c.revenue + bindparam("add")),
+                                         [{"pk": pk, "add": amount} for pk, amount in added.items()])
+    else:
+        mine = [ln["customer_id"] == owner[ln["order_id"]] for ln in lines]
+        if not all(mine):
+            counts["conflicting"] = [i for i, ok in enumerate(mine) if not ok]
+            new = [ln for ln, ok in zip(lines, mine, strict=True) if ok]
+    if new:
+        insert_columns(session, OrderLine, {
+            "order_pk": [pks[ln["order_id"]] for ln in new], "line_no": [ln["line_no"] for ln in new],
+            "sku": [ln["sku"] for ln in new], "quantity": [ln["quantity"] for ln in new],
+            "unit_price": [ln["unit_price"] for ln in new]}, on_conflict=["order_pk", "line_no"])
+        counts["lines_created"] = len(new)
     for oid, (_pk, status) in existing.items():
         wanted = heads[oid].get("status")
         if wanted and wanted != status:

@@ -6,10 +6,10 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from emma.db import among, insert_ignoring_conflicts, utcnow
+from emma.db import among, insert_rows, update_rows, utcnow
 from emma.profiles.exceptions import CustomerNotFound, MergeNotRevertible
 from emma.profiles.models import Customer, Identity, IdentityConflict, MergeLog, TraitChange
 
@@ -413,17 +413,15 @@ def customers_for(*, session: Session, external_ids: Iterable[str], at: dt.datet
     first_seen = first_seen or {}
     rows = [{"external_id": x, "is_anonymous": False, "attributes": {}, "created_at": first_seen.get(x, at),
              "last_seen_at": first_seen.get(x, at)} for x in missing]
-    table = Customer.__table__
-    stmt = insert_ignoring_conflicts(session, table, ["external_id"]).returning(table.c.external_id, table.c.id)
-    created = dict(session.execute(stmt, rows).all())
+    created = dict(insert_rows(session, Customer, rows, on_conflict=["external_id"], returning=["external_id", "id"]))
     lost = [x for x in missing if x not in created]
     if lost:  # a customer row without its user_id identity (or a concurrent writer): adopt it
         created_by_other = dict(session.execute(select(Customer.external_id, Customer.id)
                                                 .where(among(session, Customer.external_id, lost))).all())
         out.update(created_by_other)
     out.update(created)
-    session.execute(insert_ignoring_conflicts(session, Identity, ["kind", "value"]),
-                    [{"customer_id": out[x], "kind": "user_id", "value": x, "created_at": at} for x in missing])
+    insert_rows(session, Identity, [{"customer_id": out[x], "kind": "user_id", "value": x, "created_at": at}
+                                    for x in missing], on_conflict=["kind", "value"])
     return out, set(created)
 
 
@@ -469,14 +467,12 @@ def upsert_customers(*, session: Session, rows: Iterable[dict[str, Any]], source
     emails: dict[int, str] = {}
     new = [r for x, r in by_ext.items() if x not in existing]
     if new:
-        table = Customer.__table__
-        stmt = insert_ignoring_conflicts(session, table, ["external_id"]).returning(table.c.external_id, table.c.id)
-        ids = dict(session.execute(stmt, [
+        ids = dict(insert_rows(session, Customer, [
             {"external_id": r["external_id"], "is_anonymous": False, "created_at": r.get("created_at") or at,
-             "attributes": r.get("attributes") or {}, **{c: r.get(c) for c in PROFILE_COLUMNS}} for r in new]).all())
-        session.execute(insert_ignoring_conflicts(session, Identity, ["kind", "value"]),
-                        [{"customer_id": cid, "kind": "user_id", "value": x, "created_at": at}
-                         for x, cid in ids.items()])
+             "attributes": r.get("attributes") or {}, **{c: r.get(c) for c in PROFILE_COLUMNS}} for r in new],
+            on_conflict=["external_id"], returning=["external_id", "id"]))
+        insert_rows(session, Identity, [{"customer_id": cid, "kind": "user_id", "value": x, "created_at": at}
+                                        for x, cid in ids.items()], on_conflict=["kind", "value"])
         counts["created"] = len(ids)
         for r in new:
             cid = ids.get(r["external_id"])
@@ -511,12 +507,10 @@ def upsert_customers(*, session: Session, rows: Iterable[dict[str, Any]], source
         counts["updated"] += 1
         if "email" in values:
             emails[old["id"]] = values["email"]
-        updates.setdefault(tuple(sorted(values)), []).append({"pk": old["id"], **values})
-    table = Customer.__table__
-    for params in updates.values():  # one executemany per set of changed columns
-        session.connection().execute(update(table).where(table.c.id == bindparam("pk")), params)
-    if history:
-        session.execute(insert(TraitChange.__table__), history)
+        updates.setdefault(tuple(sorted(values)), []).append({"id": old["id"], **values})
+    for params in updates.values():  # one statement per set of changed columns
+        update_rows(session, Customer, params)
+    insert_rows(session, TraitChange, history)
     if emails:
         _claim_emails(session, emails, at)
     return counts
@@ -531,7 +525,7 @@ def _claim_emails(session: Session, emails: dict[int, str], at: dt.datetime) -> 
     free = [{"customer_id": cid, "kind": "email", "value": v, "created_at": at}
             for cid, v in emails.items() if v not in owners]
     if free:
-        session.execute(insert_ignoring_conflicts(session, Identity, ["kind", "value"]), free)
+        insert_rows(session, Identity, free, on_conflict=["kind", "value"])
     taken = [(cid, v) for cid, v in emails.items() if owners.get(v, cid) != cid]
     if not taken:
         return
@@ -547,11 +541,5 @@ def _claim_emails(session: Session, emails: dict[int, str], at: dt.datetime) -> 
 
 def mark_seen(*, session: Session, seen: dict[int, dt.datetime]) -> None:
     """Move customers' last_seen_at forward to the given times (never back)."""
-    if not seen:
-        return
-    table = Customer.__table__
-    session.connection().execute(
-        update(table).where(table.c.id == bindparam("pk"))
-        .where(table.c.last_seen_at.is_(None) | (table.c.last_seen_at < bindparam("ts")))
-        .values(last_seen_at=bindparam("ts")),
-        [{"pk": cid, "ts": ts} for cid, ts in seen.items()])
+    update_rows(session, Customer, [{"id": cid, "last_seen_at": ts} for cid, ts in seen.items()],
+                only_newer="last_seen_at")
