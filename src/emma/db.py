@@ -73,10 +73,20 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def insert_ignoring_conflicts(session: Session, model: Any, index_elements: list[str]) -> Any:
+    """INSERT ... ON CONFLICT (index_elements) DO NOTHING for the session's dialect (SQLite or PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    # On the table, not the mapped class: a Core executemany, without the ORM's per-row bookkeeping.
+    return dialect_insert(getattr(model, "__table__", model)).on_conflict_do_nothing(index_elements=index_elements)
+
+
 def among(session: Session, column: Any, values: Any) -> Any:
     """column IN values (strings or integers), fast on both databases.
 
-    There a list of parameters (or = ANY(array)) is checked row by row once psycopg's prepared statement
+    On PostgreSQL a list of parameters (or = ANY(array)) is checked row by row once psycopg's prepared statement
     gets a generic plan, and on a freshly loaded table without statistics that cost ~0.5 s per 900 values
     (measured); IN (SELECT unnest(array)) is planned as a semi-join and takes milliseconds.
     """
@@ -85,10 +95,13 @@ def among(session: Session, column: Any, values: Any) -> Any:
         from sqlalchemy.dialects.postgresql import ARRAY
 
         return column.in_(select(func.unnest(bindparam(None, list(values), type_=ARRAY(column.type)))))
+    values = list(values)
+    if not all(type(v) is str or type(v) is int for v in values):
+        return column.in_(values)
     from sqlalchemy import String, bindparam, func, select
 
     # SQLite: one JSON parameter instead of an expanding list, which SQLAlchemy renders anew each time.
-    each = func.json_each(bindparam(None, json.dumps(list(values)), type_=String)).table_valued("value")
+    each = func.json_each(bindparam(None, json.dumps(values), type_=String)).table_valued("value")
     return column.in_(select(each.c.value))
 
 
