@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -313,6 +314,10 @@ def test_format_from_option_and_clear_errors_for_unreadable_files(session_factor
     with pytest.raises(bulk.ImportFileError, match="--format"):
         run(session_factory, "consents", path)
     assert run(session_factory, "consents", path, fmt="jsonl").landed == 1
+    packed = tmp_path / "export.jsonl.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    assert (run(session_factory, "consents", packed).unchanged, run(session_factory, "consents", packed).landed) == (
+        1, 0)
     with pytest.raises(bulk.ImportFileError, match="Parquet"):
         run(session_factory, "orders", tmp_path / "orders.parquet")
     dup = write_csv(tmp_path / "dup.csv", ["sku", "name", "sku"], [["a", "b", "c"]])
