@@ -40,8 +40,9 @@ class World:
     def customer(self, ext: str, *, email: str | None = "x@example.com", tz: str | None = "Europe/Berlin",
                  locale: str = "de", consent_email: str | None = "granted", **fields: Any) -> int:
         with session_scope(self.sessions) as s:
+            fields.setdefault("attributes", {})
             c = Customer(external_id=ext, email=email, timezone=tz, locale=locale, first_name="Erika",
-                         is_anonymous=False, created_at=self.clock.now(), attributes={}, **fields)
+                         is_anonymous=False, created_at=self.clock.now(), **fields)
             s.add(c)
             s.flush()
             s.add(Identity(customer_id=c.id, kind="user_id", value=ext, created_at=self.clock.now()))

@@ -151,6 +151,17 @@ def substitute(value: Any, run: Run | None) -> Any:
     return value
 
 
+def resolve_where(where: dict[str, Any], run: Run | None) -> dict[str, Any]:
+    """A filter with its references ($key, $entry.<prop>) filled in, also inside {op: value}."""
+    out: dict[str, Any] = {}
+    for name, want in where.items():
+        if isinstance(want, dict):
+            out[name] = {op: substitute(v, run) for op, v in want.items()}
+        else:
+            out[name] = substitute(want, run)
+    return out
+
+
 def props_match(props: dict[str, Any], where: dict[str, Any], run: Run | None = None) -> bool:
     """Event properties against a filter: {prop: value} or {prop: {op: value}} (all must hold)."""
     for name, want in where.items():
@@ -279,15 +290,14 @@ class Ctx:
 
 
 def segment_member(*, session: Session, segment: str, customer_id: int, now: dt.datetime) -> bool | None:
-    """Whether the customer is in the segment now (None when segments are not available)."""
+    """Whether the customer is in the segment now, by its real-time predicate (None: no such segment)."""
+    from emma.segments import service as segments
+    from emma.segments.exceptions import SegmentNotFound
+
     try:
-        from emma.segments import service as segments  # type: ignore[attr-defined]
-    except ImportError:
+        return segments.matches(session=session, segment=segment, customer_id=customer_id, now=now)
+    except SegmentNotFound:
         return None
-    fn = getattr(segments, "is_member", None)
-    if fn is None:
-        return None
-    return bool(fn(session=session, segment=segment, customer_id=customer_id, now=now))
 
 
 def _describe(cond: S.Condition) -> str:
@@ -327,7 +337,7 @@ def _set_state(run: Run, **values: Any) -> None:
 
 def enter(*, session: Session, tactic: S.Tactic, customer_id: int, now: dt.datetime, dedupe: str, reason: str,
           key: str = "", entry: dict[str, Any] | None = None, event_id: int | None = None,
-          inputs: dict[str, Any] | None = None) -> Run | None:
+          event_name: str | None = None, inputs: dict[str, Any] | None = None) -> Run | None:
     """Start a run unless one is live for (customer, tactic, key), the trigger occurrence was seen, or the
     re-entry policy forbids it; returns the new run (due now) or None."""
     key = (key or "")[:255]
@@ -356,7 +366,8 @@ def enter(*, session: Session, tactic: S.Tactic, customer_id: int, now: dt.datet
     holdout = in_holdout(tactic_id=tactic.id, customer_id=customer_id, share=tactic.holdout)
     run = Run(tactic_id=tactic.id, tactic_version=tactic.version, customer_id=customer_id, key=key,
               active_key=key, dedupe=dedupe[:255], status="active", node_id=tactic.start, due_at=now,
-              state={"entry": entry or {}, "entry_event_id": event_id, "last_event_id": event_id or 0},
+              state={"entry": entry or {}, "entry_event": event_name, "entry_event_id": event_id,
+                     "last_event_id": event_id or 0},
               holdout=holdout, steps=0, entered_at=now)
     try:
         with session.begin_nested():
@@ -407,7 +418,10 @@ def _wait(node: S.WaitNode, ctx: Ctx) -> Step:
 
 def _matching_events(session: Session, customer_ids: list[int], names: list[str], match: dict[str, Any],
                      after_id: int, since: dt.datetime | None) -> Event | None:
-    stmt = select(Event).where(Event.customer_id.in_(customer_ids), Event.name.in_(names), Event.id > after_id)
+    by_name = Event.name.in_(names)
+    if "identify" in names:
+        by_name = or_(by_name, Event.type == "identify")
+    stmt = select(Event).where(Event.customer_id.in_(customer_ids), by_name, Event.id > after_id)
     if since is not None and not after_id:
         stmt = stmt.where(Event.timestamp >= since)
     for ev in session.scalars(stmt.order_by(Event.id)):
@@ -443,7 +457,7 @@ def _wait_for_event(node: S.WaitForEventNode, ctx: Ctx) -> Step:
         ctx.journal(node.id, "wait_for_event", "timeout",
                     f"no {what} {_keyed(w['match'])} within {node.timeout}", {"timeout": node.timeout})
         return Step(next=node.on_timeout)
-    match = {k: substitute(v, run) for k, v in node.match.items()}
+    match = resolve_where(node.match, run)
     # The awaited event may have landed before the run reached this node (same batch, or a slow step).
     after = int((run.state or {}).get("last_event_id") or 0)
     found = _matching_events(ctx.session, profile_ids(ctx.session, run.customer_id), node.events, match, after,
@@ -710,7 +724,7 @@ def _task(node: S.TaskNode, ctx: Ctx) -> Step:
 def _goal(node: S.GoalNode, ctx: Ctx) -> Step:
     goal = ctx.tactic.goal
     if goal is not None:
-        where = {k: substitute(v, ctx.run) for k, v in goal.where.items()}
+        where = resolve_where(goal.where, ctx.run)
         found = _matching_events(ctx.session, profile_ids(ctx.session, ctx.run.customer_id), [goal.event], where, 0,
                                  ctx.run.entered_at)
         if found is not None and found.timestamp >= ctx.run.entered_at:
@@ -747,9 +761,11 @@ def _follow_merge(session: Session, run: Run, now: dt.datetime) -> bool:
         finish(session=session, run=run, status="exited", now=now,
                reason=f"profile merged into customer {target}, who is already in this tactic")
         return False
-    journal(session=session, run=run, node_id=run.node_id, kind="run", outcome="moved",
-            reason=f"profile merged into customer {target}; the run follows", at=now)
+    source = run.customer_id
     run.customer_id = target
+    session.execute(RunStep.__table__.update().where(RunStep.run_id == run.id).values(customer_id=target))
+    journal(session=session, run=run, node_id=run.node_id, kind="run", outcome="moved",
+            reason=f"profile {source} merged into customer {target}; the run follows", at=now)
     return True
 
 
@@ -811,17 +827,23 @@ def advance(*, session: Session, run: Run, tactic: S.Tactic | None, settings: Se
 
 # Events: entries, resumed waits, goals
 
+def event_name(ev: Event) -> str | None:
+    """A track event's name; 'identify' for identify calls (their traits are the properties)."""
+    return "identify" if ev.type == "identify" else ev.name
+
+
 def _entry_matches(tactic: S.Tactic, ev: Event) -> tuple[str, str] | None:
     """(key, reason) when the event starts the tactic, else None."""
     entry = tactic.entry
     props = ev.properties or {}
+    name = event_name(ev)
     if isinstance(entry, S.EventEntry):
-        if ev.name != entry.event or not props_match(props, entry.where):
+        if name not in entry.names or not props_match(props, entry.where):
             return None
         key = str(_path(props, entry.key) or "") if entry.key else ""
         if entry.key and not key:
             return None
-        return key, f"{ev.name}" + (f" ({entry.key} {key})" if key else "")
+        return key, f"{name}" + (f" ({entry.key} {key})" if key else "")
     if isinstance(entry, S.SegmentEntry):
         wanted = "Segment Entered" if entry.kind == "segment_entered" else "Segment Exited"
         if ev.name == wanted and str(props.get("segment")) == entry.segment:
@@ -834,7 +856,7 @@ def entry_events(tactics: Iterable[S.Tactic]) -> set[str]:
     names: set[str] = set()
     for t in tactics:
         if isinstance(t.entry, S.EventEntry):
-            names.add(t.entry.event)
+            names.update(t.entry.names)
         elif isinstance(t.entry, S.SegmentEntry):
             names.add("Segment Entered" if t.entry.kind == "segment_entered" else "Segment Exited")
     return names
@@ -865,35 +887,36 @@ def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S
         if cid is None:
             continue
         props = ev.properties or {}
+        name = event_name(ev)
         for run in list(live.get(cid, [])):
             if run.status not in LIVE:
                 continue
             tactic = tactics.get(run.tactic_id)
             if tactic is None:
                 continue
-            if tactic.goal and ev.name == tactic.goal.event and ev.timestamp >= run.entered_at \
+            if tactic.goal and name == tactic.goal.event and ev.timestamp >= run.entered_at \
                     and props_match(props, tactic.goal.where, run):
                 finish(session=session, run=run, status="converted", now=now, node_id=run.node_id,
-                       reason=f"goal reached: {ev.name} ({_brief(props)})"
+                       reason=f"goal reached: {name} ({_brief(props)})"
                        + ("; control group" if run.holdout else ""),
-                       inputs={"event": ev.name, "event_id": ev.id})
+                       inputs={"event": name, "event_id": ev.id})
                 touched += 1
                 continue
             w = run.wait
-            if w and w.get("events") and ev.name in w["events"] and not w.get("matched") \
+            if w and w.get("events") and name in w["events"] and not w.get("matched") \
                     and ev.id > int(w.get("after") or 0) and props_match(props, w.get("match") or {}):
-                run.wait = {**w, "matched": {"event": ev.name, "id": ev.id}}
+                run.wait = {**w, "matched": {"event": name, "id": ev.id}}
                 run.status, run.due_at = "active", now
                 touched += 1
-        if ev.name in starts:
+        if name in starts:
             for tactic in tactics.values():
                 hit = _entry_matches(tactic, ev)
                 if hit is None:
                     continue
                 key, why = hit
                 run = enter(session=session, tactic=tactic, customer_id=cid, now=now, dedupe=f"event:{ev.id}",
-                            key=key, entry=props, event_id=ev.id, reason=why,
-                            inputs={"event": ev.name, "event_id": ev.id})
+                            key=key, entry=props, event_id=ev.id, reason=why, event_name=name,
+                            inputs={"event": name, "event_id": ev.id})
                 if run is not None:
                     live.setdefault(cid, []).append(run)
                     touched += 1

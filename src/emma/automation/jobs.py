@@ -83,7 +83,7 @@ def consume_events(*, session: Session, tactics: dict[str, S.Tactic], settings: 
     if cur is None:
         return 0  # another worker is on it
     limit = limit or settings.worker_batch_size
-    rows = session.execute(select(Event.id, Event.name).where(Event.id > cur.position)
+    rows = session.execute(select(Event.id, Event.name, Event.type, Event.customer_id).where(Event.id > cur.position)
                            .order_by(Event.id).limit(limit)).all()
     if not rows:
         return 0
@@ -93,14 +93,32 @@ def consume_events(*, session: Session, tactics: dict[str, S.Tactic], settings: 
         if not ids:
             return 0
     wanted = relevant_events(tactics)
-    pick = [r.id for r in rows if r.id <= ids[-1] and r.name in wanted]
+    rows = [r for r in rows if r.id <= ids[-1]]
+    pick = [r.id for r in rows if (r.name if r.type != "identify" else "identify") in wanted]
     events: list[Event] = []
     for i in range(0, len(pick), 500):
         events.extend(session.scalars(select(Event).where(Event.id.in_(pick[i:i + 500]))))
     events.sort(key=lambda e: e.id)
     engine.handle_events(session=session, events=events, tactics=tactics, settings=settings, now=now)
+    _refresh_segments(session, {r.customer_id for r in rows if r.customer_id is not None
+                                and r.name not in SEGMENT_EVENTS}, now)
     cur.position, cur.updated_at = ids[-1], utcnow()
     return len(ids)
+
+
+SEGMENT_EVENTS = ("Segment Entered", "Segment Exited")
+
+
+def _refresh_segments(session: Session, customer_ids: set[int], now: dt.datetime) -> None:
+    """Keep segment membership current as events arrive; the enter / exit events it records are read by the
+    next batch (and start the tactics that wait for them)."""
+    if not customer_ids:
+        return
+    from emma.segments import service as segments
+
+    if not segments.list_segments(session=session, active_only=True):
+        return
+    segments.refresh_membership(session=session, customer_ids=customer_ids, now=now)
 
 
 def tick(*, sessions: sessionmaker[Session], settings: Settings, now: dt.datetime, gaps: GapWatch | None = None,

@@ -97,10 +97,14 @@ FIELD_ROOTS = ("customer", "prediction", "cart", "consent", "event", "run", "ord
 
 class EventEntry(_Strict):
     kind: Literal["event"]
-    event: str
+    event: str | list[str]  # a track event's name (or several); "identify" for identify calls (traits)
     where: dict[str, Any] = {}
     key: str | None = None  # event property that keys the run (cart_id, order_id, sku)
     extend_wait: bool = False  # a repeat of the entry event restarts the running wait-for-event timeout
+
+    @property
+    def names(self) -> list[str]:
+        return [self.event] if isinstance(self.event, str) else list(self.event)
 
 
 class SegmentEntry(_Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import logging
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
@@ -27,6 +28,7 @@ from emma.predict.models import Prediction, ScoreRun
 from emma.profiles.models import Customer
 
 CHUNK = 5000
+log = logging.getLogger(__name__)
 
 
 def _cursor(session: Session, name: str) -> Any:
@@ -38,16 +40,16 @@ def _cursor(session: Session, name: str) -> Any:
 def scan(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, now: dt.datetime) -> int:
     """Check every non-event trigger of the enabled tactics; returns how many runs were started."""
     entered = 0
+    scanners = {"schedule": _schedule, "date": _date, "catalog": _catalog, "prediction": _prediction}
     for t in tactics.values():
-        kind = t.entry.kind
-        if kind == "schedule":
-            entered += _schedule(session, t, settings, now)
-        elif kind == "date":
-            entered += _date(session, t, settings, now)
-        elif kind == "catalog":
-            entered += _catalog(session, t, settings, now)
-        elif kind == "prediction":
-            entered += _prediction(session, t, now)
+        fn = scanners.get(t.entry.kind)
+        if fn is None:
+            continue
+        try:
+            with session.begin_nested():  # one tactic's broken trigger (a deleted segment) spares the others
+                entered += fn(session, t, settings, now)
+        except Exception:  # noqa: BLE001 - logged; the scan of this tactic is retried next time
+            log.exception("trigger scan of %s failed", t.id)
     return entered
 
 
@@ -111,12 +113,9 @@ def _members(session: Session, segment: str | None, now: dt.datetime, *, after: 
     if segment is None:
         return list(session.scalars(_known_customers(session).where(Customer.id > after)
                                     .order_by(Customer.id).limit(limit)))
-    from emma.segments import service as segments  # type: ignore[attr-defined]
+    from emma.segments import service as segments
 
-    query = segments.members_query(session=session, segment=segment, now=now)
-    sub = query.subquery()
-    col = next(iter(sub.c))
-    return list(session.scalars(select(col).where(col > after).order_by(col).limit(limit)))
+    return segments.members(session=session, segment=segment, now=now, limit=limit, after_id=after)
 
 
 # Date attributes relative to today: birthday (yearly), warranty end, attributes.<name>
@@ -336,7 +335,7 @@ def _category_audience(session: Session, entry: S.CatalogEntry, category: str | 
 
 # Prediction thresholds
 
-def _prediction(session: Session, tactic: S.Tactic, now: dt.datetime) -> int:
+def _prediction(session: Session, tactic: S.Tactic, settings: Settings, now: dt.datetime) -> int:
     entry = tactic.entry
     assert isinstance(entry, S.PredictionEntry)
     latest = session.scalar(select(func.max(ScoreRun.id))) or 0

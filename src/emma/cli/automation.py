@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from emma.cli.common import cli_session, console, err_console
@@ -115,6 +116,8 @@ def tactics_test(tactic_id: str, file: Path = typer.Option(None, "--file", help=
     try:
         if file is not None:
             t = library.load_text(file.read_text(encoding="utf-8"), source=str(file))
+        elif tactic_id in library.library():  # the shipped library needs no database
+            t = library.library()[tactic_id]
         else:
             with cli_session() as session:
                 t, _, _ = service.get_tactic(session=session, tactic_id=tactic_id)
@@ -128,7 +131,7 @@ def tactics_test(tactic_id: str, file: Path = typer.Option(None, "--file", help=
     style = {"input": "cyan", "step": "white", "suppressed": "yellow", "message": "bold green"}
     icon = {"input": "→", "step": "·", "suppressed": "✗", "message": "✉"}
     for ln in result.lines:
-        table.add_row(scenario.fmt_offset(ln.offset), icon[ln.kind], f"[{style[ln.kind]}]{ln.text}[/]")
+        table.add_row(scenario.fmt_offset(ln.offset), icon[ln.kind], f"[{style[ln.kind]}]{escape(ln.text)}[/]")
     console.print(table)
     sent = [m for m in result.messages if m["status"] != "suppressed"]
     console.print(f"{len(sent)} message(s); run(s): " + ", ".join(f"{r['status']}" for r in result.runs)
