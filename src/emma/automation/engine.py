@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -313,13 +314,30 @@ def _describe(cond: S.Condition) -> str:
 
 # The journal and run life cycle
 
+_JOURNAL = "emma.automation.journal"
+
+
 def journal(*, session: Session, run: Run, node_id: str | None, kind: str, outcome: str, reason: str,
             inputs: dict[str, Any] | None = None, at: dt.datetime) -> None:
-    """Record one step of a run with its reason and inputs."""
+    """Record one step of a run with its reason and inputs (written in bulk before the transaction commits)."""
     run.steps = (run.steps or 0) + 1
-    session.add(RunStep(run_id=run.id, customer_id=run.customer_id, tactic_id=run.tactic_id, node_id=node_id,
-                        kind=kind, outcome=outcome, reason=reason[:2000],
-                        inputs={k: _plain(v) for k, v in (inputs or {}).items()}, at=at))
+    session.info.setdefault(_JOURNAL, []).append(
+        {"run_id": run.id, "customer_id": run.customer_id, "tactic_id": run.tactic_id, "node_id": node_id,
+         "kind": kind, "outcome": outcome, "reason": reason[:2000],
+         "inputs": {k: _plain(v) for k, v in (inputs or {}).items()}, "at": at})
+
+
+def flush_journal(session: Session) -> None:
+    """Insert the journal entries collected in this session (one statement instead of one per step)."""
+    rows = session.info.pop(_JOURNAL, None)
+    if rows:
+        session.execute(insert(RunStep), rows)
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _journal_before_commit(session: Session) -> None:
+    if not session.in_nested_transaction():  # a savepoint that fails must not take earlier entries with it
+        flush_journal(session)
 
 
 def finish(*, session: Session, run: Run, status: str, reason: str, now: dt.datetime,
@@ -604,9 +622,6 @@ def _message(node: S.MessageNode, ctx: Ctx) -> Step:
         ctx.journal(node.id, "message", "holdout",
                     f"{content.channel} {content.template} not sent: control group (holdout)", base)
         return Step(next=node.next)
-    existing = session.scalar(select(OutboxMessage).where(OutboxMessage.idempotency_key == key))
-    if existing is not None:  # replay after a crash between enqueue and commit cannot happen, but a retry can
-        return Step(next=node.next)
     customer = ctx.customer
     purpose = None if node.transactional else (node.purpose or consent.CHANNEL_PURPOSE.get(content.channel))
     probe = OutboxMessage(customer_id=run.customer_id, channel=content.channel, purpose=purpose,
@@ -763,6 +778,7 @@ def _follow_merge(session: Session, run: Run, now: dt.datetime) -> bool:
         return False
     source = run.customer_id
     run.customer_id = target
+    flush_journal(session)
     session.execute(RunStep.__table__.update().where(RunStep.run_id == run.id).values(customer_id=target))
     journal(session=session, run=run, node_id=run.node_id, kind="run", outcome="moved",
             reason=f"profile {source} merged into customer {target}; the run follows", at=now)
@@ -920,6 +936,7 @@ def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S
                 if run is not None:
                     live.setdefault(cid, []).append(run)
                     touched += 1
+    flush_journal(session)
     return touched
 
 
@@ -940,6 +957,7 @@ def process_due(*, session: Session, tactics: dict[str, S.Tactic], settings: Set
     for run in runs:
         advance(session=session, run=run, tactic=tactics.get(run.tactic_id), settings=settings, now=now,
                 priorities=priorities)
+    flush_journal(session)
     return len(runs)
 
 

@@ -45,11 +45,14 @@ def scan(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, 
         fn = scanners.get(t.entry.kind)
         if fn is None:
             continue
+        engine.flush_journal(session)
         try:
             with session.begin_nested():  # one tactic's broken trigger (a deleted segment) spares the others
                 entered += fn(session, t, settings, now)
         except Exception:  # noqa: BLE001 - logged; the scan of this tactic is retried next time
             log.exception("trigger scan of %s failed", t.id)
+            session.info.pop(engine._JOURNAL, None)  # entries of the rolled-back scan
+    engine.flush_journal(session)
     return entered
 
 
