@@ -26,6 +26,8 @@ def demo(ctx: typer.Context,
          days: int = typer.Option(365, min=7, max=3650, help="days of history, ending today 00:00 UTC"),
          cutoff_days: int = typer.Option(90, min=1, help="the last N days are the 'future' of the truth export"),
          serve: bool = typer.Option(True, "--serve/--no-serve", help="start the server afterwards"),
+         score: bool = typer.Option(True, "--score/--no-score", help="score as of the cut-off and compare with "
+                                    "the ground truth"),
          host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000)) -> None:
     """Create a fresh database, simulate the shop's year into it, print a summary, start the server."""
     if ctx.invoked_subcommand is not None:
@@ -49,16 +51,42 @@ def demo(ctx: typer.Context,
     truth_path = service.sidecar(database, "-truth.csv")
     write_truth(sim, truth_path)
     engine = make_engine(database)
+    truth_rows = None
     try:
+        if score:
+            truth_rows = _score(make_sessionmaker(engine), config, truth_path)
         with session_scope(make_sessionmaker(engine)) as session:
             figures = service.summary(session=session)
     finally:
         engine.dispose()
     _print_summary(figures, run, time.perf_counter() - started, truth_path)
+    if truth_rows:
+        t = Table("figure", "value", "bar", title="Vorhersagen gegen die Wahrheit / predictions against the truth",
+                  title_justify="left")
+        for row in truth_rows:
+            t.add_row(*row)
+        console.print(t)
     if run.rejected:
         err_console.print(f"[red]{len(run.rejected)} simulated events were rejected[/red]; first: {run.rejected[0]}")
     if serve:
         _serve(database, host, port)
+
+
+def _score(factory: object, config: object, truth_path: Path) -> list[tuple[str, str, str]]:
+    """`emma score` as of the truth's cut-off, then the predictions against what happened after it."""
+    from emma.db import session_scope
+    from emma.predict import report
+    from emma.predict import service as predict
+
+    as_of = config.day_start(config.cutoff_day)  # type: ignore[attr-defined]
+    with Progress(TextColumn("[bold]scoring as of {task.fields[day]}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("score", total=None, day=as_of.date())
+        with session_scope(factory) as session:  # type: ignore[arg-type]
+            predict.score(session=session, as_of=as_of, horizon_days=365,
+                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+    with session_scope(factory) as session:  # type: ignore[arg-type]
+        return report.against_truth(session=session, path=truth_path)
 
 
 def _print_summary(f: dict, run: object, seconds: float, truth_path: Path) -> None:  # type: ignore[type-arg]
@@ -90,6 +118,11 @@ def _print_summary(f: dict, run: object, seconds: float, truth_path: Path) -> No
                        ("messages_by_channel", "messages by channel"),
                        ("incremental_revenue", "incremental revenue vs holdout")):
         value = f.get(key)
+        if key == "predictions" and value:
+            stages = ", ".join(f"{k} {v:,}" for k, v in sorted(value["stages"].items(), key=lambda kv: -kv[1]))
+            value = (f"{value['customers']:,} customers as of {value['as_of']} ({value['personalized']:,} "
+                     f"personalised): {stages}; mean churn {value['mean_churn'] or 0:.2f}, "
+                     f"CLV total {value['total_clv']:,.0f} EUR")
         later.add_row(label, "noch keine / none yet" if value is None else str(value))
     console.print(later)
     console.print(f"ground truth: {truth_path}  (export again: emma demo truth --out FILE.csv)")

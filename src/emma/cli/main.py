@@ -106,6 +106,30 @@ def _print_view(view: dict) -> None:  # type: ignore[type-arg]
         for st in auto["journal"]:
             t.add_row(str(st["at"])[:16], st["tactic_id"], str(st["run_id"]), st["node_id"] or "", st["reason"])
         console.print(t)
+    _print_predictions(view.get("predictions"))
+
+
+def _print_predictions(pred: dict | None) -> None:  # type: ignore[type-arg]
+    if not pred:
+        return
+    reasons = pred.get("reasons") or {}
+    t = Table("prediction", "value", "why", title=f"predictions as of {pred['as_of'][:10]}", title_justify="left")
+    if not pred["personalized"]:
+        t.add_row("personalized", "no", reasons.get("personalized", ""))
+    for key in ("churn_probability", "clv", "p_alive", "expected_orders", "expected_revenue", "lifecycle_stage",
+                "next_order_date", "propensity_30d", "best_send_hour", "preferred_channel", "incentive_uplift",
+                "early_adopter", "next_best_offer"):
+        v = pred.get(key)
+        if v is None:
+            continue
+        t.add_row(key, f"{v:.3f}" if isinstance(v, float) else str(v), reasons.get(key, ""))
+    if pred.get("top_affinities"):
+        t.add_row("top_affinities", ", ".join(f"{a['name']} {a['score']:.2f}" for a in pred["top_affinities"]),
+                  "lift over the average customer")
+    if pred.get("recommendations"):
+        t.add_row("recommendations", ", ".join(r["sku"] for r in pred["recommendations"][:5]),
+                  reasons.get("recommendations", "popular items"))
+    console.print(t)
 
 
 @app.command("serve")
@@ -149,6 +173,9 @@ def _register_predict() -> None:
 
     app.command("score")(predict.score)
     app.add_typer(predict.predictions_app, name="predictions")
+    app.command("recommend")(predict.recommend)
+    app.command("forecast")(predict.forecast)
+    app.add_typer(predict.models_app, name="models")
 
 
 _register_optional()

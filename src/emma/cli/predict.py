@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from emma.cli.common import cli_session, console
+from emma.cli.common import cli_session, console, err_console
 
 predictions_app = typer.Typer(help="Predictions.", no_args_is_help=True)
 
@@ -45,3 +46,109 @@ def export(path: Path) -> None:
     with cli_session() as session:
         n = export_csv(session=session, path=path)
     console.print(f"wrote {n} rows to {path}")
+
+
+def recommend(customer: str = typer.Argument(..., help="customer id, external id or email"),
+              k: int = typer.Option(10, "--k", min=1, max=100),
+              context: str = typer.Option(None, "--context", help="cart | product:SKU"),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Products for a customer now: next purchase, in-session relations, popular fallback, under the rules."""
+    import json
+
+    from emma.predict import service as predict
+    from emma.predict.exceptions import InvalidContext
+    from emma.profiles import service as profiles
+    from emma.profiles.exceptions import CustomerNotFound
+
+    with cli_session() as session:
+        try:
+            cid = profiles.get_customer(session=session, ref=customer).id
+            recs = predict.recommend(session=session, customer_id=cid, k=k, context=context)
+        except CustomerNotFound as exc:
+            err_console.print(f"[red]customer: not found: {exc}[/red]")
+            raise typer.Exit(1) from exc
+        except InvalidContext as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps([r.model_dump() for r in recs], indent=2, ensure_ascii=False))
+        return
+    t = Table("#", "sku", "score", "reason", title=f"recommendations for {customer}", title_justify="left")
+    for i, r in enumerate(recs, 1):
+        t.add_row(str(i), r.sku, f"{r.score:.4f}", r.reason)
+    console.print(t)
+
+
+models_app = typer.Typer(help="Models: versions, training windows, backtests.", no_args_is_help=True)
+
+
+@models_app.command("report")
+def models_report(as_json: bool = typer.Option(False, "--json"),
+                  truth: Path = typer.Option(None, "--truth", help="demo ground truth CSV (emma demo truth) to "
+                                                                   "measure the predictions against")) -> None:
+    """For each model of the latest scoring run: version, training window, backtest metrics and baseline."""
+    import json
+
+    from emma.predict import report
+    from emma.predict import service as predict
+
+    with cli_session() as session:
+        rows = predict.models_report(session=session)
+        against = report.against_truth(session=session, path=truth) if truth else None
+    if as_json:
+        typer.echo(json.dumps({"models": rows, "truth": against}, indent=2, default=str))
+        return
+    if not rows:
+        err_console.print("[yellow]no scoring run yet: run `emma score`[/yellow]")
+        raise typer.Exit(1)
+    t = Table("model", "version", "chosen", "training window", "backtest", "baseline", title="models",
+              title_justify="left", show_lines=True)
+    for r in rows:
+        t.add_row(r["name"], r["version"], r["chosen"] or "", f"{r['train_from']} .. {r['train_to']}",
+                  _fmt_metrics(r["metrics"]), _fmt_metrics(r["baseline"]))
+    console.print(t)
+    if against:
+        g = Table("figure", "value", "bar", title="against the demo ground truth", title_justify="left")
+        for name, value, bar in against:
+            g.add_row(name, value, bar)
+        console.print(g)
+
+
+def _fmt_metrics(m: dict) -> str:  # type: ignore[type-arg]
+    out = []
+    for k, v in (m or {}).items():
+        if isinstance(v, dict):
+            out.append(f"{k}: " + ", ".join(f"{a}={b:.3f}" for a, b in v.items() if isinstance(b, int | float)))
+        elif isinstance(v, float):
+            out.append(f"{k}={v:.3f}")
+        elif v is not None:
+            out.append(f"{k}={v}")
+    return "\n".join(out)
+
+
+def forecast(customers: list[str] = typer.Argument(None, help="customer ids, external ids or emails"),
+             file: Path = typer.Option(None, "--file", help="one customer reference per line"),
+             incentive: bool = typer.Option(False, "--incentive/--no-incentive", help="with a coupon")) -> None:
+    """Campaign forecast: expected responders (an order within 30 days) and revenue for a list of customers."""
+    from emma.predict import service as predict
+    from emma.profiles import service as profiles
+    from emma.profiles.exceptions import CustomerNotFound
+
+    refs = list(customers or [])
+    if file:
+        refs += [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not refs:
+        raise typer.BadParameter("customers: give at least one customer or --file")
+    with cli_session() as session:
+        ids, missing = [], []
+        for ref in refs:
+            try:
+                ids.append(profiles.get_customer(session=session, ref=ref).id)
+            except CustomerNotFound:
+                missing.append(ref)
+        f = predict.forecast_campaign(session=session, customer_ids=ids, incentive=incentive)
+    console.print(f"{f.customers:,} customers ({f.scored:,} scored): expected responders "
+                  f"{f.expected_responders:,.1f}, expected revenue {f.expected_revenue:,.2f} "
+                  f"within {f.window_days} days"
+                  + (f", incremental responders {f.expected_incremental_responders:,.1f}" if incentive else ""))
+    if missing:
+        err_console.print(f"[yellow]{len(missing)} not found, e.g. {missing[0]}[/yellow]")

@@ -23,6 +23,7 @@ from emma.demo.simulate import DayOutput, DemoConfig, Simulation
 from emma.ingest import service as ingest
 from emma.ingest.models import Event
 from emma.orders.models import Cart, Order
+from emma.predict import service as predict
 from emma.profiles.models import Customer, Identity
 
 DEFAULT_DATABASE = "sqlite:///./emma-demo.db"
@@ -199,5 +200,6 @@ def summary(*, session: Session) -> dict[str, Any]:
                         "coverage": v.get("granted", 0) / n_known if n_known else 0.0}
                     for p, v in consent.items()},
         # Filled in by later parts of the product (they are None until their tables exist).
-        "predictions": None, "tactics_fired": None, "messages_by_channel": None, "incremental_revenue": None,
+        "predictions": predict.summary(session=session),
+        "tactics_fired": None, "messages_by_channel": None, "incremental_revenue": None,
     }

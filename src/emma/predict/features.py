@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import Float, cast, func, select
+from sqlalchemy import Float, Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from emma.orders.models import Order
@@ -109,3 +109,167 @@ def future_purchase_days(customer_id: np.ndarray, day: np.ndarray, revenue: np.n
     rpos_ok = (rpos < len(rev_c)) & (rev_c[np.minimum(rpos, len(rev_c) - 1)] == customers)
     rev_out = np.where(rpos_ok, rev[np.minimum(rpos, len(rev) - 1)], 0.0)
     return days_out, rev_out
+
+
+# -- catalog, order lines, engagement --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Items:
+    """The catalog as parallel arrays (index = item number), with what the business rules need."""
+
+    product_id: np.ndarray
+    sku: list[str]
+    category: np.ndarray  # index into categories: top-level category path segment
+    categories: list[str]
+    subcategory: np.ndarray  # index of the full category path (the per-category cap applies to it)
+    price: np.ndarray
+    margin: np.ndarray  # per unit: the `margin` attribute, else DEFAULT_MARGIN_RATE * price
+    in_stock: np.ndarray
+    runout_days: np.ndarray  # 0: not a consumable
+    sustainable: np.ndarray
+    created_day: np.ndarray
+    accessories: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.sku)
+
+
+DEFAULT_MARGIN_RATE = 0.3
+
+
+def items(*, session: Session) -> Items:
+    """Every active product with category, stock, consumable run-out, accessories and margin."""
+    from emma.catalog.models import Product
+
+    rows = session.execute(select(Product.id, Product.sku, Product.category, cast(Product.price, Float), Product.stock,
+                                  Product.attributes, _day_expr(session, Product.created_at))
+                           .where(Product.active.is_(True)).order_by(Product.id)).all()
+    sku = [r[1] for r in rows]
+    index = {s: i for i, s in enumerate(sku)}
+    top_names: dict[str, int] = {}
+    sub_names: dict[str, int] = {}
+    top, sub = [], []
+    for r in rows:
+        path = r[2] or ""
+        top.append(top_names.setdefault(path.split(">")[0].strip(), len(top_names)))
+        sub.append(sub_names.setdefault(path, len(sub_names)))
+    attrs = [r[5] or {} for r in rows]
+    price = np.array([r[3] or 0.0 for r in rows], dtype=np.float64)
+    margin = np.array([float(a["margin"]) if isinstance(a.get("margin"), int | float) else np.nan for a in attrs])
+    margin = np.where(np.isnan(margin), DEFAULT_MARGIN_RATE * price, margin)
+    return Items(
+        product_id=np.array([r[0] for r in rows], dtype=np.int64), sku=sku,
+        category=np.array(top, dtype=np.int64), categories=list(top_names),
+        subcategory=np.array(sub, dtype=np.int64), price=price, margin=margin,
+        in_stock=np.array([r[4] is None or r[4] > 0 for r in rows], dtype=bool),
+        runout_days=np.array([float(a.get("runout_days") or 0) for a in attrs]),
+        sustainable=np.array([bool(a.get("sustainable")) for a in attrs]),
+        created_day=np.array([r[6] or 0.0 for r in rows], dtype=np.float64),
+        accessories=[[index[s] for s in (a.get("accessory_skus") or []) if s in index] for a in attrs])
+
+
+def order_lines(*, session: Session, before: dt.datetime, items: Items,
+                chunk: int = 500_000) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(customer_id, day number, item index, quantity) of every line of a non-cancelled order before `before`.
+
+    Lines whose sku is not (or no longer) in the catalog are left out: nothing can be recommended from them.
+    """
+    from emma.catalog.models import Product
+    from emma.orders.models import OrderLine
+
+    stmt = (select(Order.customer_id, _day_expr(session, Order.ordered_at), Product.id, OrderLine.quantity)
+            .select_from(OrderLine).join(Order, Order.id == OrderLine.order_pk)
+            .join(Product, Product.sku == OrderLine.sku)
+            .where(Order.ordered_at < before, Order.status.not_in(EXCLUDED_STATUSES)))
+    parts = []
+    for part in session.execute(stmt.execution_options(yield_per=chunk)).partitions(chunk):
+        if part:
+            parts.append(np.array(part, dtype=np.float64))
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64), np.empty(0)
+    arr = np.concatenate(parts)
+    pos = np.searchsorted(items.product_id, arr[:, 2].astype(np.int64))
+    pos = np.minimum(pos, max(len(items) - 1, 0))
+    ok = items.product_id[pos] == arr[:, 2].astype(np.int64) if len(items) else np.zeros(len(arr), bool)
+    return arr[ok, 0].astype(np.int64), arr[ok, 1], pos[ok], np.maximum(np.nan_to_num(arr[ok, 3]), 1.0)
+
+
+# Shop-side status events: they say when the shop acted, not when the customer was there.
+NOT_ENGAGEMENT = ("Order Shipped", "Order Delivered", "Order Returned", "Order Refunded", "Order Cancelled",
+                  "Order Updated", "Store Opened")
+CHANNEL_EVENTS = {
+    "email": ("Email Opened", "Email Link Clicked"),
+    "push": ("Push Notification Tapped", "Push Notification Opened"),
+    "sms": ("SMS Opened", "SMS Link Clicked"),
+    "onsite": ("Promotion Viewed", "Promotion Clicked"),
+}
+
+
+def engagement_hours(*, session: Session, before: dt.datetime, since: dt.datetime | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(customer_id, UTC hour, month, count) of the customers' own events, aggregated in the database."""
+    from emma.ingest.models import Event
+
+    if session.get_bind().dialect.name == "sqlite":
+        hour = cast(func.strftime("%H", Event.timestamp), Integer)
+        month = cast(func.strftime("%m", Event.timestamp), Integer)
+    else:
+        hour = cast(func.extract("hour", Event.timestamp), Integer)
+        month = cast(func.extract("month", Event.timestamp), Integer)
+    stmt = (select(Event.customer_id, hour, month, func.count())
+            .where(Event.customer_id.is_not(None), Event.timestamp < before,
+                   Event.type.in_(("track", "page", "screen")),
+                   func.coalesce(Event.name, "").not_in(NOT_ENGAGEMENT))
+            .group_by(Event.customer_id, hour, month))
+    if since is not None:
+        stmt = stmt.where(Event.timestamp >= since)
+    rows = session.execute(stmt).all()
+    if not rows:
+        e = np.empty(0, np.int64)
+        return e, e, e, np.empty(0)
+    a = np.array(rows, dtype=np.int64)
+    return a[:, 0], a[:, 1], a[:, 2], a[:, 3].astype(np.float64)
+
+
+def channel_engagement(*, session: Session, before: dt.datetime) -> dict[int, dict[str, int]]:
+    """Per customer, how often they engaged with a message on each channel (opens, clicks, taps)."""
+    from emma.ingest.models import Event
+
+    names = {n: ch for ch, ns in CHANNEL_EVENTS.items() for n in ns}
+    rows = session.execute(select(Event.customer_id, Event.name, func.count())
+                           .where(Event.customer_id.is_not(None), Event.timestamp < before,
+                                  Event.name.in_(list(names)))
+                           .group_by(Event.customer_id, Event.name)).all()
+    out: dict[int, dict[str, int]] = {}
+    for cid, name, n in rows:
+        d = out.setdefault(int(cid), {})
+        d[names[name]] = d.get(names[name], 0) + int(n)
+    return out
+
+
+def activity(*, session: Session, before: dt.datetime, since: dt.datetime) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer_id, events, last event day) of the customers' own events in [since, before): lead features."""
+    from emma.ingest.models import Event
+
+    rows = session.execute(select(Event.customer_id, func.count(), func.max(_day_expr(session, Event.timestamp)))
+                           .where(Event.customer_id.is_not(None), Event.timestamp < before, Event.timestamp >= since,
+                                  Event.type.in_(("track", "page", "screen")),
+                                  func.coalesce(Event.name, "").not_in(NOT_ENGAGEMENT))
+                           .group_by(Event.customer_id)).all()
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0), np.empty(0)
+    a = np.array(rows, dtype=np.float64)
+    return a[:, 0].astype(np.int64), a[:, 1], a[:, 2]
+
+
+def order_coupons(*, session: Session, before: dt.datetime) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer_id, day number, used a coupon) of every non-cancelled order before `before`."""
+    stmt = (select(Order.customer_id, _day_expr(session, Order.ordered_at), Order.coupon.is_not(None))
+            .where(Order.ordered_at < before, Order.status.not_in(EXCLUDED_STATUSES)))
+    parts = [np.array(p, dtype=np.float64) for p in session.execute(stmt.execution_options(yield_per=500_000))
+             .partitions(500_000) if p]
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0), np.empty(0, bool)
+    a = np.concatenate(parts)
+    return a[:, 0].astype(np.int64), a[:, 1], a[:, 2] > 0

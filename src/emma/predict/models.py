@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Boolean, Date, Float, ForeignKey, Integer, String
+from sqlalchemy import Boolean, Date, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from emma.db import Base, JSONType, UTCDateTime, utcnow
@@ -48,7 +48,9 @@ class Prediction(Base):
     best_send_hour: Mapped[int | None] = mapped_column(Integer)
     preferred_channel: Mapped[str | None] = mapped_column(String(16))
     top_affinities: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    # [{sku, score, reason}, ...] best first, under the business rules as of scoring
     recommendations: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    next_best_offer: Mapped[str | None] = mapped_column(String(128))
     incentive_uplift: Mapped[float | None] = mapped_column(Float)
     early_adopter: Mapped[float | None] = mapped_column(Float)
     reasons: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
@@ -69,3 +71,21 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     baseline: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     chosen: Mapped[str | None] = mapped_column(String(64))
+
+
+class ItemRelation(Base):
+    """Precomputed item-to-item relations for in-session recommendations, and the popularity fallback.
+
+    kind: also_bought (co-purchase), accessory (catalog relation), popular (sku is "*": the generic list).
+    """
+
+    __tablename__ = "item_relations"
+    __table_args__ = (Index("ix_item_relations_sku_rank", "sku", "rank"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sku: Mapped[str] = mapped_column(String(128))
+    related_sku: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float] = mapped_column(Float)
+    rank: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[int] = mapped_column(ForeignKey("score_runs.id"))

@@ -1,30 +1,46 @@
-"""Scoring: fit the models on data strictly before as-of, predict for every customer, store with reasons."""
+"""Scoring: fit the models on data strictly before as-of, predict for every customer, store with reasons.
+
+Also the read side other parts call: recommend (the on-site decision API), campaign forecasts, the report.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Integer, delete, insert, select
 from sqlalchemy.orm import Session
 
 from emma.consent.models import Consent
 from emma.db import utcnow
+from emma.predict import backtest as B
 from emma.predict import features as F
-from emma.predict.backtest import choose_value_model
 from emma.predict.estimators.bgnbd import BGNBD
+from emma.predict.estimators.churn import LeadPropensity
 from emma.predict.estimators.gammagamma import GammaGamma
 from emma.predict.estimators.hybrid import HybridRepeat
+from emma.predict.estimators.recommend import REASONS, NextOrderRecommender
+from emma.predict.estimators.sendtime import SendHourModel
+from emma.predict.exceptions import InvalidContext
 from emma.predict.lifecycle import bgnbd_no_purchase, churn_reason, lifecycle_stage
-from emma.predict.models import ModelVersion, Prediction, ScoreRun
+from emma.predict.models import ItemRelation, ModelVersion, Prediction, ScoreRun
+from emma.predict.schemas import CampaignForecast, Recommendation
 from emma.profiles.models import Customer
 
 CHURN_WINDOW_DAYS = 90
-MODEL_VERSION = "1"
+LEAD_WINDOW_DAYS = 30
+MODEL_VERSION = "2"
+RECOMMENDATIONS_STORED = 10
+MAX_PER_CATEGORY = 3
+RELATED_PER_ITEM = 10
+POPULAR_STORED = 50
+BACKTEST_SAMPLE = 20_000
 Progress = Callable[[int, int], None]
+CHANNEL_CONSENT = {"email_marketing": "email", "push": "push", "sms_marketing": "sms"}
 
 
 @dataclass
@@ -53,35 +69,76 @@ def value_scores(*, rfm: F.RFM, horizon_days: int, discount_monthly: float = 0.0
     if hybrid is not None:  # the backtest preferred the boosted model for the purchase count
         X = HybridRepeat.features(bg, rfm.frequency, rfm.recency, rfm.T, rfm.monetary, hybrid_window_days / 7.0)
         exp_orders = hybrid.predict_rate(X) * h_weeks
-    repeaters = rfm.frequency > 0
-    gg = GammaGamma().fit(rfm.frequency[repeaters], rfm.monetary[repeaters])
-    spend = gg.conditional_expected_average_profit(rfm.frequency, rfm.monetary)
+    repeaters = (rfm.frequency > 0) & (rfm.monetary > 0)
+    gg_params: dict[str, float] = {}
+    if repeaters.sum() >= 10:
+        gg = GammaGamma().fit(rfm.frequency[repeaters], rfm.monetary[repeaters])
+        if gg.q_ > 1:
+            gg_params = gg.params_
+    if gg_params:
+        spend = gg.conditional_expected_average_profit(rfm.frequency, rfm.monetary)
+    else:  # too few repeat buyers for the spend model: the mean order value
+        spend = np.full(len(rfm), float(np.sum(rfm.total_revenue) / max(np.sum(rfm.orders), 1)))
     exp_revenue = exp_orders * spend
     # Residual value: monthly increments of expected purchases, discounted.
     months = max(1, round(horizon_days / 30.4375))
-    clv = np.zeros(len(rfm))
-    prev = np.zeros(len(rfm))
-    for m in range(1, months + 1):
-        cur = bg.expected_purchases(m * 30.4375 / 7.0, rfm.frequency, rfm.recency, rfm.T)
-        clv += (cur - prev) * spend / (1 + discount_monthly) ** m
-        prev = cur
+    t = (np.arange(months + 1) * 30.4375 / 7.0)[:, None]
+    cum = bg.expected_purchases(t, rfm.frequency, rfm.recency, rfm.T)
+    disc = (1 + discount_monthly) ** -np.arange(1, months + 1)
+    clv = spend * np.tensordot(disc, np.diff(cum, axis=0), axes=1)
     churn = bgnbd_no_purchase(p_alive, bg.r_, bg.alpha_, rfm.frequency, rfm.T, CHURN_WINDOW_DAYS / 7.0)
     propensity = 1.0 - bgnbd_no_purchase(p_alive, bg.r_, bg.alpha_, rfm.frequency, rfm.T, 30 / 7.0)
-    rate = exp_orders / h_weeks  # purchases per week while the horizon lasts
-    with np.errstate(divide="ignore", invalid="ignore"):
-        next_days = np.where((p_alive >= 0.5) & (rate > 0), 7.0 / rate, np.nan)
-    params = {"bgnbd": {"r": bg.r_, "alpha": bg.alpha_, "a": bg.a_, "b": bg.b_},
-              "gammagamma": {"p": gg.p_, "q": gg.q_, "v": gg.v_}}
+    # next order: the median waiting time while alive, 1/2 = ((alpha+T)/(alpha+T+t))^(r+x)
+    wait_weeks = (bg.alpha_ + rfm.T) * (2.0 ** (1.0 / (bg.r_ + rfm.frequency)) - 1.0)
+    next_days = np.where(p_alive >= 0.5, wait_weeks * 7.0, np.nan)
+    params = {"bgnbd": bg.params_, "gammagamma": gg_params}
     return Scores(rfm.customer_id, p_alive, exp_orders, exp_revenue, clv, churn, propensity, next_days, rfm, params)
 
 
 def _from_day(day: float) -> dt.datetime:
-    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(days=day)
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(days=float(day))
 
 
-def _personalized(session: Session) -> set[int]:
-    return set(session.scalars(select(Consent.customer_id).where(Consent.purpose == "personalization",
-                                                                 Consent.status == "granted")))
+def _granted(session: Session) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
+    stmt = select(Consent.customer_id, Consent.purpose).where(Consent.status == "granted")
+    for cid, purpose in session.execute(stmt):
+        out.setdefault(purpose, set()).add(int(cid))
+    return out
+
+
+def _align(keys: np.ndarray, customers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of keys in the sorted customers array, and which keys are there at all."""
+    pos = np.searchsorted(customers, keys)
+    ok = (pos < len(customers)) & (customers[np.minimum(pos, max(len(customers) - 1, 0))] == keys)
+    return pos, ok
+
+
+def _record(session: Session, name: str, *, as_of: dt.datetime, train_from: float | None, params: dict[str, Any],
+            metrics: dict[str, Any], baseline: dict[str, Any], chosen: str | None = None) -> None:
+    session.add(ModelVersion(name=name, version=MODEL_VERSION, train_to=as_of,
+                             train_from=_from_day(train_from) if train_from is not None else None,
+                             params=params, metrics=metrics, baseline=baseline, chosen=chosen))
+
+
+@dataclass
+class _Population:
+    """Every customer scored, sorted by id, with what the models need about them."""
+
+    ids: np.ndarray
+    created_day: np.ndarray
+    known: np.ndarray
+    timezone: list[str | None]
+
+
+def _population(session: Session, as_of: dt.datetime) -> _Population:
+    rows = session.execute(select(Customer.id, F._day_expr(session, Customer.created_at), Customer.is_anonymous,
+                                  Customer.timezone)
+                           .where(Customer.merged_into_id.is_(None), Customer.created_at < as_of)
+                           .order_by(Customer.id)).all()
+    return _Population(np.array([r[0] for r in rows], dtype=np.int64),
+                       np.array([r[1] or 0.0 for r in rows], dtype=np.float64),
+                       np.array([not r[2] for r in rows], dtype=bool), [r[3] for r in rows])
 
 
 def score(*, session: Session, as_of: dt.datetime, horizon_days: int = 365, chunk: int = 50_000,
@@ -91,67 +148,627 @@ def score(*, session: Session, as_of: dt.datetime, horizon_days: int = 365, chun
     session.add(run)
     session.flush()
     as_of_day = F.epoch_days(as_of)
+    pop = _population(session, as_of)
+    n = len(pop.ids)
     cids, days, revs = F.order_days(session=session, before=as_of)
+    first_day = float(days.min()) if len(days) else None
     rfm = F.rfm(cids, days, revs, as_of_day=as_of_day)
-    scores = None
-    choice = None
+    scores, stages, churn = None, None, None
+    models: dict[str, Any] = {"version": MODEL_VERSION}
     if len(rfm) >= 20:
-        choice = choose_value_model(cids, days, revs, as_of_day=as_of_day, window_days=CHURN_WINDOW_DAYS)
+        choice = B.choose_value_model(cids, days, revs, as_of_day=as_of_day, window_days=CHURN_WINDOW_DAYS)
         scores = value_scores(rfm=rfm, horizon_days=horizon_days, hybrid=choice.hybrid,
                               hybrid_window_days=CHURN_WINDOW_DAYS)
-    stages = (lifecycle_stage(orders=rfm.orders, first_age_days=as_of_day - rfm.first_day, churn=scores.churn,
-                              clv=scores.clv) if scores else None)
-    chosen = choice.chosen if choice else "none"
-    metrics = choice.metrics if choice else {}
-    run.models = {"value": {"version": MODEL_VERSION, "chosen": chosen, **(scores.params if scores else {})}}
-    session.add(ModelVersion(name="repeat_purchases", version=MODEL_VERSION, train_to=as_of,
-                             train_from=_from_day(float(days.min())) if len(days) else None,
-                             params=run.models["value"], chosen=chosen,
-                             metrics={k: v for k, v in metrics.items() if k != "rmse_baseline_rate"},
-                             baseline={"rmse_baseline_rate": metrics.get("rmse_baseline_rate")}))
-    allowed = _personalized(session)
-    customers = np.array(list(session.scalars(
-        select(Customer.id).where(Customer.merged_into_id.is_(None), Customer.created_at < as_of)
-        .order_by(Customer.id))), dtype=np.int64)
+        extra = _activity_features(session)
+        cc = B.choose_churn_model(cids, days, revs, as_of_day=as_of_day, window_days=CHURN_WINDOW_DAYS, extra=extra)
+        churn = scores.churn
+        if cc.model is not None:
+            X, _ = B.churn_matrix(rfm, CHURN_WINDOW_DAYS)
+            X = np.column_stack([X, extra(as_of_day, rfm.customer_id)])
+            churn = cc.model.predict_proba(X)  # type: ignore[attr-defined]
+        stages = lifecycle_stage(orders=rfm.orders, first_age_days=as_of_day - rfm.first_day, churn=churn,
+                                 clv=scores.clv)
+        models.update(value=choice.chosen, churn="classifier" if cc.model is not None else "bgnbd")
+        _record(session, "repeat_purchases", as_of=as_of, train_from=first_day, params=scores.params["bgnbd"],
+                metrics={k: v for k, v in choice.metrics.items() if k != "rmse_baseline_rate"},
+                baseline={"rmse_baseline_rate": choice.metrics.get("rmse_baseline_rate")}, chosen=choice.chosen)
+        _record(session, "spend", as_of=as_of, train_from=first_day, params=scores.params["gammagamma"],
+                metrics={}, baseline={}, chosen="gammagamma" if scores.params["gammagamma"] else "mean_order_value")
+        _record(session, "churn", as_of=as_of, train_from=first_day, params={"window_days": CHURN_WINDOW_DAYS},
+                metrics={k: v for k, v in cc.metrics.items() if k != "auc_baseline_recency"},
+                baseline={"auc_baseline_recency": cc.metrics.get("auc_baseline_recency")},
+                chosen=models["churn"])
+    granted = _granted(session)
+    allowed = granted.get("personalization", set())
+    personal = np.array([int(c) in allowed for c in pop.ids], dtype=bool)
+
+    recs = _recommendations(session, run, as_of, as_of_day, pop, first_day)
+    extras = _engagement(session, as_of, as_of_day, pop, granted, first_day)
+    lead_p = _lead_propensity(session, as_of, as_of_day, pop, rfm, first_day)
+    uplift = _uplift(session, as_of, as_of_day, pop, first_day)
+    models.update(recommendations=recs.get("chosen"))
+    run.models = models
+
     session.execute(delete(Prediction))
-    total = len(customers)
-    index = {int(c): i for i, c in enumerate(rfm.customer_id)}
+    index = np.full(n, -1, dtype=np.int64)
+    pos, ok = _align(rfm.customer_id, pop.ids)
+    index[pos[ok]] = np.flatnonzero(ok)
+    ctx = _RowContext(run=run, as_of=as_of, as_of_day=as_of_day, scores=scores, churn=churn, stages=stages,
+                      recs=recs, extras=extras, lead_p=lead_p, uplift=uplift)
     done = 0
-    for start in range(0, total, chunk):
-        rows = [_row(int(cid), run, as_of, as_of_day, scores, stages, index.get(int(cid)), int(cid) in allowed)
-                for cid in customers[start:start + chunk]]
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        rows = [_row(ctx, k, int(pop.ids[k]), int(index[k]), bool(personal[k])) for k in range(start, stop)]
         session.execute(insert(Prediction), rows)
         done += len(rows)
-        run.customers_done, run.last_customer_id = done, int(customers[min(start + chunk, total) - 1])
+        run.customers_done, run.last_customer_id = done, int(pop.ids[stop - 1])
         if progress:
-            progress(done, total)
+            progress(done, n)
     run.status, run.finished_at = "done", utcnow()
     return run
 
 
-def _row(cid: int, run: ScoreRun, as_of: dt.datetime, as_of_day: float, s: Scores | None,
-         stages: np.ndarray | None, i: int | None, personal: bool) -> dict[str, Any]:
-    row: dict[str, Any] = {"customer_id": cid, "run_id": run.id, "as_of": as_of, "personalized": personal,
+def _activity_features(session: Session) -> B.Extra:
+    """Browsing is a sign of life: events in the last 30 and 90 days and days since the last one, per customer."""
+
+    def extra(cut_day: float, customers: np.ndarray) -> np.ndarray:
+        cut = _from_day(cut_day)
+        c, n90, last = F.activity(session=session, before=cut, since=cut - dt.timedelta(days=90))
+        c30, n30, _ = F.activity(session=session, before=cut, since=cut - dt.timedelta(days=30))
+        out = np.zeros((len(customers), 3))
+        out[:, 2] = 120.0
+        pos, ok = _align(c, customers)
+        out[pos[ok], 0] = n90[ok]
+        out[pos[ok], 2] = cut_day - last[ok]
+        pos, ok = _align(c30, customers)
+        out[pos[ok], 1] = n30[ok]
+        return out
+
+    return extra
+
+
+# -- recommendations at score time ------------------------------------------------------------------
+
+
+def _recommendations(session: Session, run: ScoreRun, as_of: dt.datetime, as_of_day: float, pop: _Population,
+                     first_day: float | None) -> dict[str, Any]:
+    """Fit the next-order recommender (the backtest picks the co-purchase weight), score everyone, store relations."""
+    it = F.items(session=session)
+    session.execute(delete(ItemRelation))
+    out: dict[str, Any] = {"items": it, "recs": None, "popular": np.empty(0, np.int64)}
+    if not len(it):
+        return out
+    lc, lday, litem, lqty = F.order_lines(session=session, before=as_of, items=it)
+    pos, ok = _align(lc, pop.ids)
+    cust, lday, litem, lqty = pos[ok], lday[ok], litem[ok], lqty[ok]
+    n = len(pop.ids)
+    t1 = as_of_day - CHURN_WINDOW_DAYS
+    metrics: dict[str, Any] = {}
+    baseline: dict[str, Any] = {}
+    best = {"co_weight": 0.0}
+    old = lday < t1
+    if old.sum() >= 50:
+        buyers_then = np.unique(cust[old])
+        later = np.unique(cust[(lday >= t1)])
+        sample = np.intersect1d(buyers_then, later)
+        if len(sample) > BACKTEST_SAMPLE:
+            sample = np.random.default_rng(0).choice(sample, BACKTEST_SAMPLE, replace=False)
+            sample.sort()
+        if len(sample) >= 20:
+            truth = B.next_order_items(cust, lday, litem, sample, n_items=len(it), start=t1, end=as_of_day)
+            # the stock of then is not known here: rules other than stock apply
+            tried = {}
+            for w in (0.0, 0.05, 0.15):
+                m = _fit_recommender(cust[old], lday[old], litem[old], lqty[old], n, it, t1, co_weight=w)
+                cols, _, _ = m.recommend(sample, 10, group=it.subcategory, max_per_group=MAX_PER_CATEGORY)
+                tried[w] = B.hit_recall(cols, truth)
+            w_best = max(tried, key=lambda w: tried[w])
+            best["co_weight"] = w_best
+            popular = np.tile(m.popular(10), (len(sample), 1))
+            own = _own_most_frequent(cust[old], litem[old], sample, len(it))
+            metrics = {"hit_rate_at_10": tried[w_best][0], "recall_at_10": tried[w_best][1],
+                       "customers": float(len(sample)),
+                       **{f"hit_rate_at_10_co_{w}": v[0] for w, v in tried.items()}}
+            baseline = {"popularity": dict(zip(("hit_rate_at_10", "recall_at_10"), B.hit_recall(popular, truth),
+                                               strict=True)),
+                        "own_most_frequent": dict(zip(("hit_rate_at_10", "recall_at_10"), B.hit_recall(own, truth),
+                                                      strict=True))}
+    model = _fit_recommender(cust, lday, litem, lqty, n, it, as_of_day, **best)
+    out["model"] = model
+    out["chosen"] = f"next_order(co_weight={best['co_weight']})"
+    allowed = it.in_stock
+    out["popular"] = model.popular(POPULAR_STORED, allowed=allowed)
+    has_history = np.zeros(n, dtype=bool)
+    has_history[cust] = True
+    out["has_history"] = has_history
+    hist = np.flatnonzero(has_history)
+    cols = np.full((n, RECOMMENDATIONS_STORED), -1, dtype=np.int64)
+    vals = np.zeros((n, RECOMMENDATIONS_STORED))
+    reasons = np.full((n, RECOMMENDATIONS_STORED), -1, dtype=np.int64)
+    for s in range(0, len(hist), 50_000):
+        part = hist[s:s + 50_000]
+        c, v, r = model.recommend(part, RECOMMENDATIONS_STORED, allowed=allowed, group=it.subcategory,
+                                  max_per_group=MAX_PER_CATEGORY)
+        cols[part], vals[part], reasons[part] = c, v, r
+    out["recs"], out["scores"], out["reasons"] = cols, vals, reasons
+    out["early"] = _early_adopter(model, it, first_day)
+    _store_relations(session, run, model, it, out["popular"])
+    _record(session, "recommendations", as_of=as_of, train_from=first_day,
+            params={**best, "max_per_category": MAX_PER_CATEGORY, "items": len(it)}, metrics=metrics,
+            baseline=baseline, chosen=out["chosen"])
+    return out
+
+
+def _fit_recommender(cust: np.ndarray, day: np.ndarray, item: np.ndarray, qty: np.ndarray, n: int, it: F.Items,
+                     as_of_day: float, *, co_weight: float) -> NextOrderRecommender:
+    return NextOrderRecommender(co_weight=co_weight).fit(
+        cust, day, item, qty, n_customers=n, category=it.category, runout_days=it.runout_days,
+        accessories=it.accessories, as_of_day=as_of_day)
+
+
+def _own_most_frequent(cust: np.ndarray, item: np.ndarray, sample: np.ndarray, n_items: int) -> np.ndarray:
+    import scipy.sparse as sp
+
+    from emma.predict.estimators.recommend import sparse_top_k
+
+    pos, ok = _align(cust, sample)
+    M = sp.csr_matrix((np.ones(int(ok.sum())), (pos[ok], item[ok])), shape=(len(sample), n_items))
+    M.sum_duplicates()
+    return sparse_top_k(M, 10)[0]
+
+
+def _store_relations(session: Session, run: ScoreRun, model: NextOrderRecommender, it: F.Items,
+                     popular: np.ndarray) -> None:
+    rows: list[dict[str, Any]] = [
+        {"sku": "*", "related_sku": it.sku[j], "kind": "popular", "score": float(model.popularity_[j]), "rank": r,
+         "run_id": run.id} for r, j in enumerate(popular.tolist())]
+    S = model.similarity_
+    for i in np.flatnonzero(np.diff(S.indptr) > 0).tolist():
+        for r, (j, s, reason) in enumerate(model.related(i, RELATED_PER_ITEM)):
+            rows.append({"sku": it.sku[i], "related_sku": it.sku[j], "kind": REASONS[reason], "score": s, "rank": r,
+                         "run_id": run.id})
+        if len(rows) >= 50_000:
+            session.execute(insert(ItemRelation), rows)
+            rows = []
+    if rows:
+        session.execute(insert(ItemRelation), rows)
+
+
+# -- affinities, send hour, channel, leads, uplift ---------------------------------------------------
+
+
+def _engagement(session: Session, as_of: dt.datetime, as_of_day: float, pop: _Population,
+                granted: dict[str, set[int]], first_day: float | None) -> dict[str, Any]:
+    """Best send hour (local time) and preferred channel per customer."""
+    n = len(pop.ids)
+    out: dict[str, Any] = {}
+    cid, hour, month, count = F.engagement_hours(session=session, before=as_of)
+    pos, ok = _align(cid, pop.ids)
+    cid_i, hour, month, count = pos[ok], hour[ok], month[ok], count[ok]
+    offsets = _local_offsets(pop, cid_i, month, as_of.year)
+    local = (hour + offsets) % 24
+    engaged = np.bincount(cid_i, weights=count, minlength=n)
+    if len(cid_i):
+        model = SendHourModel().fit(cid_i, local, n_customers=n, weights=count)
+        out["best_hour"] = model.best_hour()
+        _record(session, "send_hour", as_of=as_of, train_from=first_day,
+                params={"prior_strength": model.strength_,
+                        "population_best_hour": int(np.argmax(model.population_))},
+                metrics=_send_hour_backtest(session, as_of, as_of_day, pop), baseline={})
+    out["engaged"] = engaged
+    out["channel_counts"] = F.channel_engagement(session=session, before=as_of)
+    out["consent_channels"] = {ch: granted.get(p, set()) for p, ch in CHANNEL_CONSENT.items()}
+    return out
+
+
+def _local_offsets(pop: _Population, cid_i: np.ndarray, month: np.ndarray, year: int) -> np.ndarray:
+    """UTC offset in hours of each (customer, month) row, daylight saving included (mid-month)."""
+    offsets = np.zeros(len(cid_i), dtype=np.int64)
+    tz_of = np.array([t or "" for t in pop.timezone], dtype=object)[cid_i] if len(cid_i) else np.empty(0, object)
+    cache: dict[tuple[str, int], int] = {}
+    for k, (tz, m) in enumerate(zip(tz_of.tolist(), month.tolist(), strict=True)):
+        key = (tz, int(m))
+        if key not in cache:
+            try:
+                off = dt.datetime(year, int(m), 15, 12, tzinfo=ZoneInfo(tz)).utcoffset() if tz else None
+            except Exception:  # unknown zone name: UTC
+                off = None
+            cache[key] = int(off.total_seconds() // 3600) if off else 0
+        offsets[k] = cache[key]
+    return offsets
+
+
+def _send_hour_backtest(session: Session, as_of: dt.datetime, as_of_day: float, pop: _Population) -> dict[str, float]:
+    """Fit on engagement before as_of - 90 days; score the hour of engagement in the 90 days after (within 1 h)."""
+    t1 = as_of - dt.timedelta(days=CHURN_WINDOW_DAYS)
+    n = len(pop.ids)
+    a = F.engagement_hours(session=session, before=t1)
+    b = F.engagement_hours(session=session, before=as_of, since=t1)
+    if not len(a[0]) or not len(b[0]):
+        return {}
+    pa, oka = _align(a[0], pop.ids)
+    pb, okb = _align(b[0], pop.ids)
+    la = (a[1][oka] + _local_offsets(pop, pa[oka], a[2][oka], t1.year)) % 24
+    lb = (b[1][okb] + _local_offsets(pop, pb[okb], b[2][okb], as_of.year)) % 24
+    model = SendHourModel().fit(pa[oka], la, n_customers=n, weights=a[3][oka])
+    test = np.zeros((n, 24))
+    np.add.at(test, (pb[okb], lb), b[3][okb])
+    have = test.sum(axis=1) >= 5
+    if not have.any():
+        return {}
+    actual = np.argmax(test[have], axis=1)
+    pred = model.best_hour()[have]
+    popular = int(np.argmax(model.population_))
+
+    def within(p: np.ndarray | int) -> float:
+        d = np.abs(p - actual) % 24
+        return float(np.mean(np.minimum(d, 24 - d) <= 1))
+
+    return {"within_1h": within(pred), "baseline_population_hour_within_1h": within(popular),
+            "customers": float(have.sum())}
+
+
+def _lead_propensity(session: Session, as_of: dt.datetime, as_of_day: float, pop: _Population, rfm: F.RFM,
+                     first_day: float | None) -> np.ndarray | None:
+    """P(first order within 30 days) for customers without orders, trained on the leads of 30 days ago."""
+    n = len(pop.ids)
+    t = as_of - dt.timedelta(days=LEAD_WINDOW_DAYS)
+    t_day = as_of_day - LEAD_WINDOW_DAYS
+
+    def feats(cut: dt.datetime, cut_day: float) -> np.ndarray:
+        c, events, last = F.activity(session=session, before=cut, since=cut - dt.timedelta(days=90))
+        ev, since_ev = np.zeros(n), np.full(n, 365.0)
+        pos, ok = _align(c, pop.ids)
+        ev[pos[ok]] = events[ok]
+        since_ev[pos[ok]] = cut_day - last[ok]
+        return LeadPropensity.features(ev, since_ev, cut_day - pop.created_day, pop.known)
+
+    has_order_now = np.zeros(n, dtype=bool)
+    pos, ok = _align(rfm.customer_id, pop.ids)
+    has_order_now[pos[ok]] = True
+    first = np.full(n, np.inf)
+    first[pos[ok]] = rfm.first_day[ok]
+    leads_then = (first >= t_day) & (pop.created_day < t_day)
+    if leads_then.sum() < 30:
+        return None
+    y = first[leads_then] < as_of_day
+    X_then = feats(t, t_day)[leads_then]
+    model = LeadPropensity().fit(X_then, y)
+    # no held-out window of its own: the in-window fit quality, against the base rate
+    p_then = model.predict_proba(X_then)
+    _record(session, "lead_propensity", as_of=as_of, train_from=first_day, params={"window_days": LEAD_WINDOW_DAYS},
+            metrics={"auc_in_window": B.auc(p_then, y), "leads": float(leads_then.sum())},
+            baseline={"base_rate": float(np.mean(y))})
+    return model.predict_proba(feats(as_of, as_of_day))
+
+
+def _uplift(session: Session, as_of: dt.datetime, as_of_day: float, pop: _Population,
+            first_day: float | None) -> np.ndarray | None:
+    """Incentive uplift per customer from site-wide coupon campaigns in the history (X-learner)."""
+    from emma.predict import incentive
+
+    c, d, coupon = F.order_coupons(session=session, before=as_of)
+    pos, ok = _align(c, pop.ids)
+    activity = _activity_features(session)
+    result = incentive.fit_uplift(pos[ok], d[ok], coupon[ok], n_customers=len(pop.ids), as_of_day=as_of_day,
+                                  extra=lambda cut_day: activity(cut_day, pop.ids))
+    if result is None:
+        return None
+    _record(session, "incentive_uplift", as_of=as_of, train_from=first_day, params=result.params,
+            metrics=result.metrics, baseline=result.baseline, chosen="x_learner")
+    return result.uplift
+
+
+# -- one prediction row -----------------------------------------------------------------------------
+
+
+@dataclass
+class _RowContext:
+    run: ScoreRun
+    as_of: dt.datetime
+    as_of_day: float
+    scores: Scores | None
+    churn: np.ndarray | None
+    stages: np.ndarray | None
+    recs: dict[str, Any]
+    extras: dict[str, Any]
+    lead_p: np.ndarray | None
+    uplift: np.ndarray | None
+
+
+def _rec_list(ctx: _RowContext, k: int) -> list[list[Any]]:
+    it: F.Items = ctx.recs["items"]
+    recs = ctx.recs.get("recs")
+    if recs is None or not ctx.recs["has_history"][k]:
+        return _generic(ctx)
+    out = []
+    for j, v, r in zip(recs[k].tolist(), ctx.recs["scores"][k].tolist(), ctx.recs["reasons"][k].tolist(), strict=True):
+        if j < 0:
+            break
+        reason = REASONS[r]
+        if reason == "affinity":
+            reason = f"affinity:{it.categories[it.category[j]]}"
+        out.append({"sku": it.sku[j], "score": round(v, 5), "reason": reason})
+    return out
+
+
+def _next_best_offer(ctx: _RowContext, recs: list[dict[str, Any]], propensity: float | None) -> tuple[str | None, str]:
+    it: F.Items = ctx.recs["items"]
+    if not recs:
+        return None, ""
+    index = {s: i for i, s in enumerate(it.sku)} if "sku_index" not in ctx.recs else ctx.recs["sku_index"]
+    ctx.recs["sku_index"] = index
+    p = propensity if propensity is not None else 1.0
+    ev = [(p * float(r["score"]) * float(it.margin[index[r["sku"]]]), r["sku"]) for r in recs]
+    best = max(ev)
+    return best[1], f"next best offer {best[1]}: expected margin {best[0]:.2f} (P(buy) x margin)"
+
+
+def _affinities(ctx: _RowContext, k: int) -> tuple[list[dict[str, Any]], float | None]:
+    model: NextOrderRecommender | None = ctx.recs.get("model")
+    if model is None or not ctx.recs["has_history"][k]:
+        return [], None
+    it: F.Items = ctx.recs["items"]
+    lift = model.affinity(np.array([k]))[0] / model.category_share_
+    out = [{"name": it.categories[c], "score": round(float(lift[c]), 3)} for c in np.argsort(-lift)[:3]
+           if lift[c] >= 1.2]
+    sus = ctx.recs.get("sustainability")
+    if sus is None:
+        sus = _attribute_lift(model, it.sustainable.astype(float))
+        ctx.recs["sustainability"] = sus
+    if sus[k] >= 1.2:
+        out.append({"name": "sustainability", "score": round(float(sus[k]), 3)})
+    early = ctx.recs.get("early")
+    return sorted(out, key=lambda x: -x["score"]), float(early[k]) if early is not None else None
+
+
+def _early_adopter(model: NextOrderRecommender, it: F.Items, first_day: float | None,
+                   window_days: float = 30.0, strength: float = 3.0) -> np.ndarray | None:
+    """Share of a customer's buys of new products (launched after the history began) within 30 days of launch,
+    shrunk, over the population's share: > 1 means an early adopter."""
+    if first_day is None:
+        return None
+    B = model.last_day_.tocoo()
+    launched = it.created_day[B.col]
+    new = launched > first_day + 1
+    if not new.any():
+        return None
+    early = new & ((B.data - 1.0) - launched <= window_days)
+    n = np.bincount(B.row[new], minlength=B.shape[0]).astype(float)
+    hits = np.bincount(B.row[early], minlength=B.shape[0]).astype(float)
+    base = max(float(hits.sum() / n.sum()), 1e-6)
+    return (hits + strength * base) / (n + strength) / base
+
+
+def _attribute_lift(model: NextOrderRecommender, flag: np.ndarray, strength: float = 3.0) -> np.ndarray:
+    """Share of a customer's purchased items having the attribute, shrunk, over the population's share."""
+    bought = model.last_day_.copy()
+    bought.data[:] = 1.0
+    n = np.asarray(bought.sum(axis=1)).ravel()
+    hits = bought @ flag
+    base = max(float(hits.sum() / max(n.sum(), 1)), 1e-6)
+    return (hits + strength * base) / (n + strength) / base
+
+
+def _row(ctx: _RowContext, k: int, cid: int, i: int, personal: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {"customer_id": cid, "run_id": ctx.run.id, "as_of": ctx.as_of, "personalized": personal,
                            "top_affinities": [], "recommendations": [], "reasons": {}}
     if not personal:
+        # no profiling: the popular items everyone sees, nothing derived from this customer's data
+        row["recommendations"] = _generic(ctx)
         row["reasons"] = {"personalized": "no personalization consent: generic content only"}
         return row
-    if s is None or i is None:  # never ordered before as_of: a lead
+    recs = _rec_list(ctx, k)
+    row["recommendations"] = recs
+    aff, early = _affinities(ctx, k)
+    row["top_affinities"], row["early_adopter"] = aff, early
+    ex = ctx.extras
+    reasons: dict[str, str] = {}
+    if "best_hour" in ex and ex["engaged"][k] > 0:
+        row["best_send_hour"] = int(ex["best_hour"][k])
+        reasons["best_send_hour"] = f"best send hour {row['best_send_hour']}:00: {int(ex['engaged'][k])} " \
+                                    f"interactions, shrunk toward the population"
+    row["preferred_channel"], reasons["preferred_channel"] = _channel(ex, cid)
+    if ctx.uplift is not None:
+        row["incentive_uplift"] = float(ctx.uplift[k])
+        reasons["incentive_uplift"] = f"incentive uplift {ctx.uplift[k]:+.3f}: purchase behaviour in coupon " \
+                                      f"campaigns against the weeks before them"
+    s = ctx.scores
+    if s is None or i < 0:  # never ordered before as_of: a lead
+        p = float(ctx.lead_p[k]) if ctx.lead_p is not None else None
         row.update(p_alive=None, expected_orders=0.0, expected_revenue=0.0, clv=0.0, churn_probability=None,
-                   lifecycle_stage="lead", reasons={"lifecycle_stage": "no order yet"})
-        return row
-    r = s.rfm
-    days_since = as_of_day - r.last_day[i]
-    gap = (r.last_day[i] - r.first_day[i]) / r.frequency[i] if r.frequency[i] > 0 else None
-    nd = s.next_order_days[i]
-    row.update(
-        p_alive=float(s.p_alive[i]), expected_orders=float(s.expected_orders[i]),
-        expected_revenue=float(s.expected_revenue[i]), clv=float(s.clv[i]), churn_probability=float(s.churn[i]),
-        propensity_30d=float(s.propensity_30d[i]), lifecycle_stage=str(stages[i]) if stages is not None else None,
-        next_order_date=None if np.isnan(nd) else (as_of + dt.timedelta(days=float(nd))).date(),
-        reasons={"churn_probability": churn_reason(churn=float(s.churn[i]), days_since_last=float(days_since),
-                                                   usual_gap_days=gap),
-                 "clv": f"clv {s.clv[i]:.2f}: {int(r.orders[i])} purchase days, "
-                        f"average repeat spend {r.monetary[i]:.2f}, p_alive {s.p_alive[i]:.2f}"},
-    )
+                   lifecycle_stage="lead", propensity_30d=p)
+        reasons["lifecycle_stage"] = "no order yet"
+        if p is not None:
+            reasons["propensity_30d"] = f"propensity {p:.2f}: lead, scored from recent activity"
+    else:
+        r = s.rfm
+        days_since = ctx.as_of_day - r.last_day[i]
+        gap = (r.last_day[i] - r.first_day[i]) / r.frequency[i] if r.frequency[i] > 0 else None
+        nd = s.next_order_days[i]
+        churn = float(ctx.churn[i]) if ctx.churn is not None else float(s.churn[i])
+        row.update(
+            p_alive=float(s.p_alive[i]), expected_orders=float(s.expected_orders[i]),
+            expected_revenue=float(s.expected_revenue[i]), clv=float(s.clv[i]), churn_probability=churn,
+            propensity_30d=float(s.propensity_30d[i]),
+            lifecycle_stage=str(ctx.stages[i]) if ctx.stages is not None else None,
+            next_order_date=None if np.isnan(nd) else (ctx.as_of + dt.timedelta(days=float(nd))).date())
+        reasons.update({
+            "churn_probability": churn_reason(churn=churn, days_since_last=float(days_since), usual_gap_days=gap),
+            "clv": f"clv {s.clv[i]:.2f}: {int(r.orders[i])} purchase days, average repeat spend "
+                   f"{r.monetary[i]:.2f}, p_alive {s.p_alive[i]:.2f}",
+            "lifecycle_stage": f"{row['lifecycle_stage']}: churn {churn:.2f}, clv {s.clv[i]:.2f}",
+            "propensity_30d": f"propensity {s.propensity_30d[i]:.2f}: P(order within 30 days), BG/NBD"})
+        if row["next_order_date"]:
+            reasons["next_order_date"] = f"next order around {row['next_order_date']}: median wait while active"
+    nbo, why = _next_best_offer(ctx, recs, row.get("propensity_30d"))
+    row["next_best_offer"] = nbo
+    if nbo:
+        reasons["next_best_offer"] = why
+    if recs:
+        reasons["recommendations"] = f"top pick {recs[0]['sku']}: {recs[0]['reason']}"
+    row["reasons"] = reasons
     return row
+
+
+def _generic(ctx: _RowContext) -> list[dict[str, Any]]:
+    cached = ctx.recs.get("generic")
+    if cached is None:
+        it: F.Items = ctx.recs["items"]
+        model = ctx.recs.get("model")
+        cached = [{"sku": it.sku[j], "score": round(float(model.popularity_[j]), 4) if model else 0.0,
+                   "reason": "popular"} for j in ctx.recs["popular"][:RECOMMENDATIONS_STORED].tolist()]
+        ctx.recs["generic"] = cached
+    return cached
+
+
+def _channel(ex: dict[str, Any], cid: int) -> tuple[str, str]:
+    counts = ex["channel_counts"].get(cid, {})
+    if counts:
+        ch = max(counts, key=lambda c: counts[c])
+        return ch, f"preferred channel {ch}: {counts[ch]} of {sum(counts.values())} message interactions"
+    for ch in ("email", "push", "sms"):
+        if cid in ex["consent_channels"][ch]:
+            return ch, f"preferred channel {ch}: no message interactions yet, first channel with consent"
+    return "onsite", "preferred channel onsite: no message interactions and no channel consent"
+
+
+# -- read side: recommendations for the decision API ------------------------------------------------
+
+
+def recommend(*, session: Session, customer_id: int | None, k: int = 10,
+              context: str | None = None) -> list[Recommendation]:
+    """Top-k products for a customer now (precomputed at score time; rules re-checked against live stock)."""
+    if context is not None and context != "cart" and not context.startswith("product:"):
+        raise InvalidContext("context: expected 'cart' or 'product:SKU'")
+    pred = session.get(Prediction, customer_id) if customer_id is not None else None
+    personal = bool(pred and pred.personalized)
+    context_skus: list[str] = []
+    if context == "cart" and customer_id is not None:
+        from emma.orders import service as orders
+
+        cart_id = orders.open_cart_id(session=session, customer_id=customer_id)
+        context_skus = [ci.sku for ci in orders.cart_items(session=session, cart_id=cart_id)]
+    elif context and context.startswith("product:"):
+        context_skus = [context.split(":", 1)[1]]
+    keys = [*context_skus, "*"]
+    rel = session.execute(select(ItemRelation.sku, ItemRelation.related_sku, ItemRelation.kind, ItemRelation.score)
+                          .where(ItemRelation.sku.in_(keys)).order_by(ItemRelation.sku, ItemRelation.rank)).all()
+    cands: dict[str, tuple[float, str]] = {}
+
+    def offer(sku: str, score: float, reason: str) -> None:
+        if sku not in cands or cands[sku][0] < score:
+            cands[sku] = (score, reason)
+
+    top_pop = max([s for key, _, _, s in rel if key == "*"] or [1.0])
+    for key, sku, kind, s in rel:
+        if key != "*":  # in-session relations first: accessories, then what others also bought
+            offer(sku, 2.0 + s + (0.5 if kind == "accessory" else 0.0), f"{kind}:{key}")
+    if personal and pred is not None:
+        for r in pred.recommendations or []:
+            offer(r["sku"], 1.0 + float(r["score"]), r["reason"])
+    for key, sku, _, s in rel:
+        if key == "*":
+            offer(sku, 0.5 * s / top_pop if top_pop else 0.0, "popular")
+    if not cands:
+        return []
+    bought_recently = _recently_bought(session, customer_id) if customer_id is not None else set()
+    from emma.catalog.models import Product
+
+    products = {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(list(cands))))}
+    out: list[Recommendation] = []
+    per_cat: dict[str, int] = {}
+    for sku, (s, reason) in sorted(cands.items(), key=lambda kv: -kv[1][0]):
+        p = products.get(sku)
+        if p is None or not p.active or (p.stock is not None and p.stock <= 0) or sku in context_skus:
+            continue
+        consumable = bool((p.attributes or {}).get("runout_days"))
+        if sku in bought_recently and not consumable:
+            continue
+        cat = p.category or ""
+        if per_cat.get(cat, 0) >= MAX_PER_CATEGORY:
+            continue
+        per_cat[cat] = per_cat.get(cat, 0) + 1
+        out.append(Recommendation(sku=sku, score=round(s, 5), reason=reason))
+        if len(out) >= k:
+            break
+    return out
+
+
+def _recently_bought(session: Session, customer_id: int, days: int = 30) -> set[str]:
+    from emma.orders.models import Order, OrderLine
+
+    since = utcnow() - dt.timedelta(days=days)
+    return set(session.scalars(select(OrderLine.sku).join(Order, Order.id == OrderLine.order_pk)
+                               .where(Order.customer_id == customer_id, Order.ordered_at >= since)))
+
+
+# -- campaign forecast, report ----------------------------------------------------------------------
+
+
+def forecast_campaign(*, session: Session, customer_ids: Sequence[int], incentive: bool = False) -> CampaignForecast:
+    """Expected responders (an order within 30 days) and revenue for a list of customers, from their predictions."""
+    ids = list(dict.fromkeys(int(c) for c in customer_ids))
+    responders = revenue = incremental = 0.0
+    scored = 0
+    for start in range(0, len(ids), 5000):
+        part = ids[start:start + 5000]
+        for p in session.scalars(select(Prediction).where(Prediction.customer_id.in_(part))):
+            if p.propensity_30d is None:
+                continue
+            scored += 1
+            prob = float(p.propensity_30d)
+            if incentive and p.incentive_uplift is not None:
+                prob = min(1.0, max(0.0, prob + float(p.incentive_uplift)))
+                incremental += float(p.incentive_uplift)
+            responders += prob
+            per_order = (p.expected_revenue / p.expected_orders) if p.expected_orders else 0.0
+            revenue += prob * (per_order or _mean_order_value(session))
+    return CampaignForecast(customers=len(ids), scored=scored, expected_responders=round(responders, 3),
+                            expected_revenue=round(revenue, 2),
+                            expected_incremental_responders=round(incremental, 3) if incentive else None)
+
+
+def _mean_order_value(session: Session) -> float:
+    from sqlalchemy import Float, cast, func
+
+    from emma.orders.models import Order
+
+    return float(session.scalar(select(func.avg(cast(Order.revenue, Float)))) or 0.0)
+
+
+def models_report(*, session: Session) -> list[dict[str, Any]]:
+    """The model versions of the latest scoring run: training window, backtest metrics, baseline."""
+    run = session.scalar(select(ScoreRun).where(ScoreRun.status == "done").order_by(ScoreRun.id.desc()).limit(1))
+    if run is None:
+        return []
+    rows = session.scalars(select(ModelVersion).where(ModelVersion.train_to == run.as_of,
+                                                      ModelVersion.trained_at >= run.started_at)
+                           .order_by(ModelVersion.id))
+    return [{"name": m.name, "version": m.version, "chosen": m.chosen,
+             "train_from": m.train_from.date().isoformat() if m.train_from else None,
+             "train_to": m.train_to.date().isoformat() if m.train_to else None,
+             "params": m.params, "metrics": m.metrics, "baseline": m.baseline} for m in rows]
+
+
+def latest(*, session: Session, customer_id: int) -> Prediction | None:
+    """The customer's stored predictions, if scored."""
+    return session.get(Prediction, customer_id)
+
+
+def summary(*, session: Session) -> dict[str, Any] | None:
+    """Headline figures of the latest scoring run (None before the first): stages, churn, value, consent share."""
+    from sqlalchemy import func
+
+    run = session.scalar(select(ScoreRun).where(ScoreRun.status == "done").order_by(ScoreRun.id.desc()).limit(1))
+    if run is None:
+        return None
+    stages = dict(session.execute(select(Prediction.lifecycle_stage, func.count())
+                                  .where(Prediction.personalized.is_(True))
+                                  .group_by(Prediction.lifecycle_stage)).all())
+    n, personal, churn, clv = session.execute(select(
+        func.count(), func.sum(func.cast(Prediction.personalized, Integer)), func.avg(Prediction.churn_probability),
+        func.sum(Prediction.clv))).one()
+    return {"as_of": run.as_of.date().isoformat(), "customers": n, "personalized": int(personal or 0),
+            "stages": {str(k): v for k, v in stages.items() if k}, "mean_churn": churn, "total_clv": clv or 0.0,
+            "models": run.models}

@@ -54,7 +54,24 @@ def customer_view(*, session: Session, ref: str, events: int = 10) -> dict[str, 
     from emma.automation import service as automation
 
     view["automation"] = automation.customer_automation(session=session, customer_id=c.id, limit=50)
+    view["predictions"] = _predictions(session, c.id)
     return view
+
+
+PREDICTION_FIELDS = ("p_alive", "expected_orders", "expected_revenue", "clv", "churn_probability", "next_order_date",
+                     "lifecycle_stage", "propensity_30d", "best_send_hour", "preferred_channel", "incentive_uplift",
+                     "early_adopter", "next_best_offer", "top_affinities", "recommendations")
+
+
+def _predictions(session: Session, customer_id: int) -> dict[str, Any] | None:
+    """The latest scored predictions with the reasons behind them (None before the first `emma score`)."""
+    from emma.predict import service as predict
+
+    p = predict.latest(session=session, customer_id=customer_id)
+    if p is None:
+        return None
+    return {"as_of": _plain(p.as_of), "personalized": p.personalized,
+            **{f: _plain(getattr(p, f)) for f in PREDICTION_FIELDS}, "reasons": p.reasons or {}}
 
 
 def _current_consents(session: Session, customer_id: int) -> list[Any]:

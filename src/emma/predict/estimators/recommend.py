@@ -93,3 +93,185 @@ def top_k(scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
             per_cat[c] = per_cat.get(c, 0) + 1
         out.append(int(i))
     return np.array(out, dtype=np.int64)
+
+
+REASONS = ("popular", "affinity", "also_bought", "replenish", "accessory")
+
+
+def sparse_top_k(M: sp.csr_matrix, k: int, *, group: np.ndarray | None = None,
+                 max_per_group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k largest entries (column, value), at most max_per_group columns from one group; -1 pads."""
+    M = M.tocsr()
+    M.eliminate_zeros()
+    n = M.shape[0]
+    rows = np.repeat(np.arange(n), np.diff(M.indptr))
+    cols, vals = M.indices.astype(np.int64), M.data
+    keep = np.isfinite(vals) & (vals > 0)
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    if group is not None and max_per_group is not None and len(rows):
+        g = group[cols]
+        order = np.lexsort((-vals, g, rows))
+        rows, cols, vals, g = rows[order], cols[order], vals[order], g[order]
+        new = np.r_[True, (rows[1:] != rows[:-1]) | (g[1:] != g[:-1])]
+        start = np.maximum.accumulate(np.where(new, np.arange(len(rows)), 0))
+        ok = np.arange(len(rows)) - start < max_per_group
+        rows, cols, vals = rows[ok], cols[ok], vals[ok]
+    order = np.lexsort((-vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    first = np.searchsorted(rows, np.arange(n))
+    rank = np.arange(len(rows)) - first[rows] if len(rows) else np.empty(0, np.int64)
+    ok = rank < k
+    out_c = np.full((n, k), -1, dtype=np.int64)
+    out_v = np.zeros((n, k))
+    out_c[rows[ok], rank[ok]] = cols[ok]
+    out_v[rows[ok], rank[ok]] = vals[ok]
+    return out_c, out_v
+
+
+class NextOrderRecommender:
+    """What a customer is most likely to buy next, as P(item | next order), from purchase history.
+
+    Three parts add up: the customer's category affinity (shrunk toward the population) times the item's
+    recent share of its category; co-purchase and accessory relations of what the customer bought; and
+    re-purchase of consumables that are due to run out. fit takes the order lines (customer index, day,
+    item index, quantity) and the catalog arrays; nothing else.
+    """
+
+    def __init__(self, *, prior_strength: float = 2.0, popularity_days: float = 90.0, candidates_per_category: int = 40,
+                 top_categories: int = 3, co_weight: float = 0.15, replenish_p: float = 0.6,
+                 recent_days: float = 30.0, neighbors: int = 20) -> None:
+        self.prior_strength = prior_strength
+        self.popularity_days = popularity_days
+        self.candidates_per_category = candidates_per_category
+        self.top_categories = top_categories
+        self.co_weight = co_weight
+        self.replenish_p = replenish_p
+        self.recent_days = recent_days
+        self.neighbors = neighbors
+
+    def fit(self, customer: np.ndarray, day: np.ndarray, item: np.ndarray, quantity: np.ndarray, *,
+            n_customers: int, category: np.ndarray, runout_days: np.ndarray, accessories: list[list[int]],
+            as_of_day: float) -> NextOrderRecommender:
+        n_items = len(category)
+        n_cat = int(category.max()) + 1 if n_items else 0
+        self.n_items_, self.n_categories_, self.as_of_day_ = n_items, n_cat, float(as_of_day)
+        self.category_, self.runout_days_ = category, runout_days
+        recent = day >= as_of_day - self.popularity_days
+        # distinct buyers per item: one big order should not make an item popular
+        pairs = np.unique(customer.astype(np.int64) * max(n_items, 1) + item)
+        buyers = np.bincount(pairs % max(n_items, 1), minlength=n_items).astype(np.float64)
+        rpairs = np.unique(customer[recent].astype(np.int64) * max(n_items, 1) + item[recent])
+        rbuyers = np.bincount(rpairs % max(n_items, 1), minlength=n_items).astype(np.float64)
+        pop = rbuyers + 0.1 * buyers + 1e-3
+        cat_total = np.bincount(category, weights=pop, minlength=n_cat)
+        self.popularity_ = pop
+        self.share_in_category_ = pop / cat_total[category]
+        cat_buys = np.bincount(category[item], minlength=n_cat).astype(np.float64) + 1.0
+        self.category_share_ = cat_buys / cat_buys.sum()
+        # candidates from affinity: the most popular items of each category
+        self.cat_items_ = sp.csr_matrix((n_cat, n_items))
+        rows, cols = [], []
+        for c in range(n_cat):
+            idx = np.flatnonzero(category == c)
+            top = idx[np.argsort(-pop[idx], kind="stable")[: self.candidates_per_category]]
+            rows.append(np.full(len(top), c))
+            cols.append(top)
+        r, c = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.empty(0, int), np.empty(0, int))
+        self.cat_items_ = sp.csr_matrix((self.share_in_category_[c], (r, c)), shape=(n_cat, n_items))
+        # per customer: category counts, items bought (with last day and quantity)
+        self.cat_counts_ = sp.csr_matrix((np.ones(len(item)), (customer, category[item])),
+                                         shape=(n_customers, n_cat))
+        self.cat_counts_.sum_duplicates()
+        key = customer.astype(np.int64) * max(n_items, 1) + item
+        order = np.lexsort((day, key))
+        k_sorted = key[order]
+        last = np.r_[k_sorted[1:] != k_sorted[:-1], True]
+        lk, lday, lqty = k_sorted[last], day[order][last], quantity[order][last]
+        lc, li = np.divmod(lk, max(n_items, 1))
+        self.last_day_ = sp.csr_matrix((lday + 1.0, (lc, li)), shape=(n_customers, n_items))  # +1: day 0 is a value
+        due = lday + runout_days[li] * lqty
+        cons = runout_days[li] > 0
+        self.due_ = sp.csr_matrix((due[cons] + 1.0, (lc[cons], li[cons])), shape=(n_customers, n_items))
+        # co-purchase, plus the catalog's accessory relations at full strength
+        co = CoPurchaseRecommender(neighbors=self.neighbors).fit(customer, item, n_items=n_items)
+        acc_r = np.repeat(np.arange(n_items), [len(a) for a in accessories])
+        acc_c = np.array([j for a in accessories for j in a], dtype=np.int64)
+        A = sp.csr_matrix((np.full(len(acc_c), 0.5), (acc_r, acc_c)), shape=(n_items, n_items))
+        self.similarity_ = (co.similarity_ + A).tocsr()
+        self.accessory_ = A
+        return self
+
+    def affinity(self, customers: np.ndarray) -> np.ndarray:
+        """Shrunk category shares per customer (rows sum to one)."""
+        n = self.cat_counts_[customers].toarray()
+        s = self.prior_strength
+        return (n + s * self.category_share_) / (n.sum(axis=1, keepdims=True) + s)
+
+    def score(self, customers: np.ndarray, *, allowed: np.ndarray | None = None) -> tuple[sp.csr_matrix, dict]:
+        """Sparse (customers x items) scores, and the parts they are made of (for the reasons)."""
+        aff = self.affinity(customers)
+        n = len(customers)
+        top = np.argsort(-aff, axis=1)[:, : self.top_categories]
+        r = np.repeat(np.arange(n), top.shape[1])
+        A = sp.csr_matrix((aff[r, top.ravel()], (r, top.ravel())), shape=(n, self.n_categories_))
+        P = (A @ self.cat_items_).tocsr()
+        last = self.last_day_[customers]
+        age = last.copy()
+        age.data = np.exp(-(self.as_of_day_ - (age.data - 1.0)) / 180.0)  # recent purchases count more
+        CO = (age @ self.similarity_).tocsr()
+        if CO.nnz:
+            rowmax = np.maximum.reduceat(CO.data, CO.indptr[:-1][np.diff(CO.indptr) > 0])
+            scale = np.zeros(n)
+            scale[np.diff(CO.indptr) > 0] = 1.0 / rowmax
+            CO = sp.diags(scale) @ CO
+        # what the customer would buy from the category anyway is the scale for co-purchase evidence
+        CO = (CO * self.co_weight).tocsr()
+        due = self.due_[customers].tocsr()
+        rep = due.copy()
+        left = (rep.data - 1.0) - self.as_of_day_  # days until it runs out (negative: overdue)
+        rd = self.runout_days_[rep.indices]
+        rep.data = np.where((left <= 30) & (left >= -2 * rd), self.replenish_p, 0.02)
+        S = (P + CO + rep).tocsr()
+        # business rule: nothing bought in the last `recent_days` again, unless it is a consumable
+        recent = last.copy()
+        recent.data = ((self.as_of_day_ - (recent.data - 1.0)) <= self.recent_days).astype(np.float64)
+        recent = recent.multiply(self.runout_days_[None, :] == 0).tocsr()
+        S = (S - S.multiply(recent)).tocsr()
+        if allowed is not None:
+            S = (S @ sp.diags(allowed.astype(np.float64))).tocsr()
+        S.eliminate_zeros()
+        return S, {"affinity": aff, "co": CO, "replenish": rep}
+
+    def recommend(self, customers: np.ndarray, k: int = 10, *, allowed: np.ndarray | None = None,
+                  group: np.ndarray | None = None, max_per_group: int | None = 3
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(items, scores, reason index into REASONS), each (len(customers), k); -1 pads."""
+        S, parts = self.score(customers, allowed=allowed)
+        cols, vals = sparse_top_k(S, k, group=group, max_per_group=max_per_group)
+        rows = np.repeat(np.arange(len(customers)), k)
+        c = cols.ravel()
+        ok = c >= 0
+        cc = np.where(ok, c, 0)
+        p_aff = parts["affinity"][rows, self.category_[cc]] * self.share_in_category_[cc]
+        p_co = np.asarray(parts["co"][rows, cc]).ravel()
+        p_rep = np.asarray(parts["replenish"][rows, cc]).ravel()
+        reason = np.argmax(np.column_stack([np.zeros_like(p_aff) + 1e-12, p_aff, p_co, p_rep]), axis=1)
+        has_history = np.asarray(self.cat_counts_[customers].sum(axis=1)).ravel() > 0
+        reason = np.where((reason == 1) & ~has_history[rows], 0, reason)
+        reason = np.where(ok, reason, -1).reshape(cols.shape)
+        return cols, vals, reason
+
+    def popular(self, k: int, *, allowed: np.ndarray | None = None) -> np.ndarray:
+        """The k most popular items of the last `popularity_days` (the fallback for new customers)."""
+        s = self.popularity_.copy()
+        if allowed is not None:
+            s[~allowed] = -np.inf
+        order = np.argsort(-s, kind="stable")[:k]
+        return order[np.isfinite(s[order])]
+
+    def related(self, item: int, k: int = 10) -> list[tuple[int, float, int]]:
+        """Items bought with `item` or listed as its accessories: (item, score, reason index)."""
+        row = self.similarity_.getrow(item)
+        order = np.argsort(-row.data, kind="stable")[:k]
+        acc = set(self.accessory_.getrow(item).indices.tolist())
+        return [(int(row.indices[i]), float(row.data[i]), 4 if int(row.indices[i]) in acc else 2) for i in order]

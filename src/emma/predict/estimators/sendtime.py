@@ -8,13 +8,14 @@ import numpy as np
 class SendHourModel:
     """Dirichlet-multinomial over 24 hours; the prior strength is fitted to the population's spread."""
 
-    def __init__(self, *, prior_strength: float | None = None, smooth: bool = True) -> None:
+    def __init__(self, *, prior_strength: float | None = None, bandwidth: float = 1.5) -> None:
         self.prior_strength = prior_strength
-        self.smooth = smooth
+        self.bandwidth = bandwidth
 
-    def fit(self, customers: np.ndarray, hours: np.ndarray, *, n_customers: int) -> SendHourModel:
+    def fit(self, customers: np.ndarray, hours: np.ndarray, *, n_customers: int,
+            weights: np.ndarray | None = None) -> SendHourModel:
         counts = np.zeros((n_customers, 24))
-        np.add.at(counts, (customers, hours % 24), 1.0)
+        np.add.at(counts, (customers, hours % 24), 1.0 if weights is None else weights)
         pop = counts.sum(axis=0) + 1.0
         self.population_ = pop / pop.sum()
         self.strength_ = self.prior_strength if self.prior_strength is not None else _moment_strength(counts)
@@ -24,8 +25,10 @@ class SendHourModel:
     def posterior(self) -> np.ndarray:
         """Posterior mean hour distribution per customer (rows sum to one)."""
         post = self.counts_ + self.strength_ * self.population_
-        if self.smooth:  # engagement at 19:00 says something about 18:00 and 20:00 too
-            post = 0.5 * post + 0.25 * np.roll(post, 1, axis=1) + 0.25 * np.roll(post, -1, axis=1)
+        if self.bandwidth > 0:  # engagement at 19:00 says something about 18:00 and 20:00 too (circular kernel)
+            offsets = np.arange(-6, 7)
+            kernel = np.exp(-offsets ** 2 / (2 * self.bandwidth ** 2))
+            post = sum(w * np.roll(post, int(o), axis=1) for o, w in zip(offsets, kernel / kernel.sum(), strict=True))
         return post / post.sum(axis=1, keepdims=True)
 
     def best_hour(self) -> np.ndarray:
