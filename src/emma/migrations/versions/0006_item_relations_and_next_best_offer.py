@@ -1,7 +1,7 @@
 """item relations and next best offer
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-24 05:27:54.430800
 """
 
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 import emma.db
 
 
-revision = '0005'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
