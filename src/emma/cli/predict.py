@@ -84,7 +84,9 @@ models_app = typer.Typer(help="Models: versions, training windows, backtests.", 
 @models_app.command("report")
 def models_report(as_json: bool = typer.Option(False, "--json"),
                   truth: Path = typer.Option(None, "--truth", help="demo ground truth CSV (emma demo truth) to "
-                                                                   "measure the predictions against")) -> None:
+                                                                   "measure the predictions against"),
+                  cdnow: bool = typer.Option(False, "--cdnow", help="also the CDNOW reference fits and holdout "
+                                             "(needs the lifetimes package, which ships the data)")) -> None:
     """For each model of the latest scoring run: version, training window, backtest metrics and baseline."""
     import json
 
@@ -94,9 +96,23 @@ def models_report(as_json: bool = typer.Option(False, "--json"),
     with cli_session() as session:
         rows = predict.models_report(session=session)
         against = report.against_truth(session=session, path=truth) if truth else None
+    reference = None
+    if cdnow:
+        try:
+            reference = report.cdnow_figures()
+        except ImportError as exc:
+            err_console.print(f"[red]--cdnow: the CDNOW sample ships with the lifetimes package: {exc}[/red]")
+            raise typer.Exit(1) from exc
     if as_json:
-        typer.echo(json.dumps({"models": rows, "truth": against}, indent=2, default=str))
+        typer.echo(json.dumps({"models": rows, "truth": against, "cdnow": reference}, indent=2, default=str))
         return
+    if reference:
+        console.print("CDNOW (Fader, Hardie & Lee 2005): BG/NBD " + ", ".join(
+            f"{k}={v:.3f}" for k, v in reference["bgnbd"].items()) + "; Gamma-Gamma " + ", ".join(
+            f"{k}={v:.3f}" for k, v in reference["gammagamma"].items()))
+        console.print(f"CDNOW holdout weeks 40-78, RMSE per customer: BG/NBD {reference['rmse_bgnbd']:.4f}, "
+                      f"hybrid {reference['rmse_hybrid']:.4f}, chosen by the backtest ({reference['chosen']}) "
+                      f"{reference['rmse_chosen']:.4f}")
     if not rows:
         err_console.print("[yellow]no scoring run yet: run `emma score`[/yellow]")
         raise typer.Exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,7 +20,7 @@ class ValueChoice:
     """Which repeat-purchase model won the backtest, with the figures that decided it."""
 
     chosen: str
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
     hybrid: HybridRepeat | None = None
 
 
@@ -38,7 +39,7 @@ def _fit_hybrid(cust: np.ndarray, day: np.ndarray, rev: np.ndarray, cut: float, 
     r = F.rfm(cust[before], day[before], rev[before], as_of_day=cut)
     if len(r) < 50:
         return None
-    bg = BGNBD().fit(r.frequency, r.recency, r.T)
+    bg = fit_bgnbd(r)
     y, _ = F.future_purchase_days(*_window(cust, day, rev, cut, cut + window), customers=r.customer_id)
     X = HybridRepeat.features(bg, r.frequency, r.recency, r.T, r.monetary, window / 7.0)
     return HybridRepeat().fit(X, y / (window / 7.0))
@@ -56,7 +57,7 @@ def choose_value_model(cust: np.ndarray, day: np.ndarray, rev: np.ndarray, *, as
     before = day < t1
     r = F.rfm(cust[before], day[before], rev[before], as_of_day=t1)
     if hybrid_old is None or len(r) < 50:
-        return ValueChoice("bgnbd", {"reason": float("nan")})
+        return ValueChoice("bgnbd", {"evaluation": "too little history: the backtest needs two windows"})
     bg = BGNBD().fit(r.frequency, r.recency, r.T)
     y, _ = F.future_purchase_days(*_window(cust, day, rev, t1, as_of_day), customers=r.customer_id)
     w = window_days / 7.0
@@ -79,12 +80,23 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 # -- churn ------------------------------------------------------------------------------------------
 
 
+FIT_ROWS = 300_000
+
+
+def fit_bgnbd(r: F.RFM, *, max_rows: int = FIT_ROWS, seed: int = 0) -> BGNBD:
+    """BG/NBD on at most max_rows customers drawn at random: the four parameters need no more (helper fits)."""
+    idx = np.arange(len(r))
+    if len(r) > max_rows:
+        idx = np.sort(np.random.default_rng(seed).choice(len(r), max_rows, replace=False))
+    return BGNBD().fit(r.frequency[idx], r.recency[idx], r.T[idx])
+
+
 def churn_matrix(r: F.RFM, window_days: float) -> tuple[np.ndarray, np.ndarray]:
     """BG/NBD on an RFM summary, then the churn features and BG/NBD's own P(no purchase in the window)."""
     from emma.predict.estimators.churn import churn_features
     from emma.predict.lifecycle import bgnbd_no_purchase
 
-    bg = BGNBD().fit(r.frequency, r.recency, r.T)
+    bg = fit_bgnbd(r)
     w = window_days / 7.0
     pa = bg.p_alive(r.frequency, r.recency, r.T)
     rate = bg.expected_purchases(w, r.frequency, r.recency, r.T) / w
@@ -104,7 +116,7 @@ Extra = Callable[[float, np.ndarray], np.ndarray]  # (cut-off day, customer ids)
 
 
 def choose_churn_model(cust: np.ndarray, day: np.ndarray, rev: np.ndarray, *, as_of_day: float,
-                       window_days: float, extra: Extra | None = None, origins: int = 4,
+                       window_days: float, extra: Extra | None = None, origins: int = 3,
                        step_days: float = 30.0) -> ChurnChoice:
     """A classifier against BG/NBD's P(no purchase); kept if it ranks churners better.
 
@@ -135,7 +147,7 @@ def choose_churn_model(cust: np.ndarray, day: np.ndarray, rev: np.ndarray, *, as
         return ChurnChoice(None, {})
     r1, X1, nop1, y1 = latest
     stacked = [(t1, latest)]
-    for j in range(1, origins + 4):
+    for j in range(1, 2 * origins + 1):
         got = at(t1 - j * step_days)
         if got is None:
             break

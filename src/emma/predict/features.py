@@ -27,6 +27,25 @@ def _day_expr(session: Session, column):  # type: ignore[no-untyped-def]
     return cast(func.extract("epoch", column), Float) / 86400.0
 
 
+def fetch_array(session: Session, stmt, ncols: int, *, chunk: int = 500_000) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """All rows of a numeric query as one float64 array, read from the driver's cursor in chunks.
+
+    Going around the ORM's row objects makes reading ten million rows several times faster.
+    """
+    result = session.connection().execute(stmt.execution_options(stream_results=True, yield_per=chunk))
+    cursor = result.cursor
+    parts = []
+    try:
+        while True:
+            rows = cursor.fetchmany(chunk)
+            if not rows:
+                break
+            parts.append(np.array(rows, dtype=np.float64))
+    finally:
+        result.close()
+    return np.concatenate(parts) if parts else np.empty((0, ncols))
+
+
 def order_days(*, session: Session, before: dt.datetime, since: dt.datetime | None = None,
                chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(customer_id, day number, revenue) of every non-cancelled order in [since, before)."""
@@ -34,18 +53,8 @@ def order_days(*, session: Session, before: dt.datetime, since: dt.datetime | No
             .where(Order.ordered_at < before, Order.status.not_in(EXCLUDED_STATUSES)))
     if since is not None:
         stmt = stmt.where(Order.ordered_at >= since)
-    cids: list[np.ndarray] = []
-    days: list[np.ndarray] = []
-    revs: list[np.ndarray] = []
-    result = session.execute(stmt.execution_options(yield_per=chunk))
-    for part in result.partitions(chunk):
-        arr = np.array(part, dtype=np.float64) if part else np.empty((0, 3))
-        cids.append(arr[:, 0].astype(np.int64))
-        days.append(arr[:, 1])
-        revs.append(np.nan_to_num(arr[:, 2]))
-    if not cids:
-        return np.empty(0, np.int64), np.empty(0), np.empty(0)
-    return np.concatenate(cids), np.concatenate(days), np.concatenate(revs)
+    arr = fetch_array(session, stmt, 3, chunk=chunk)
+    return arr[:, 0].astype(np.int64), arr[:, 1], np.nan_to_num(arr[:, 2])
 
 
 @dataclass(frozen=True)
@@ -182,13 +191,9 @@ def order_lines(*, session: Session, before: dt.datetime, items: Items,
             .select_from(OrderLine).join(Order, Order.id == OrderLine.order_pk)
             .join(Product, Product.sku == OrderLine.sku)
             .where(Order.ordered_at < before, Order.status.not_in(EXCLUDED_STATUSES)))
-    parts = []
-    for part in session.execute(stmt.execution_options(yield_per=chunk)).partitions(chunk):
-        if part:
-            parts.append(np.array(part, dtype=np.float64))
-    if not parts:
+    arr = fetch_array(session, stmt, 4, chunk=chunk)
+    if not len(arr):
         return np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64), np.empty(0)
-    arr = np.concatenate(parts)
     pos = np.searchsorted(items.product_id, arr[:, 2].astype(np.int64))
     pos = np.minimum(pos, max(len(items) - 1, 0))
     ok = items.product_id[pos] == arr[:, 2].astype(np.int64) if len(items) else np.zeros(len(arr), bool)
@@ -267,9 +272,5 @@ def order_coupons(*, session: Session, before: dt.datetime) -> tuple[np.ndarray,
     """(customer_id, day number, used a coupon) of every non-cancelled order before `before`."""
     stmt = (select(Order.customer_id, _day_expr(session, Order.ordered_at), Order.coupon.is_not(None))
             .where(Order.ordered_at < before, Order.status.not_in(EXCLUDED_STATUSES)))
-    parts = [np.array(p, dtype=np.float64) for p in session.execute(stmt.execution_options(yield_per=500_000))
-             .partitions(500_000) if p]
-    if not parts:
-        return np.empty(0, np.int64), np.empty(0), np.empty(0, bool)
-    a = np.concatenate(parts)
+    a = fetch_array(session, stmt, 3)
     return a[:, 0].astype(np.int64), a[:, 1], a[:, 2] > 0

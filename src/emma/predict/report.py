@@ -132,3 +132,35 @@ def against_truth(*, session: Session, path: Path) -> list[tuple[str, str, str]]
                          f"{rec[name]['hit_rate_at_10']:.3f} / {rec[name]['recall_at_10']:.3f}",
                          "model beats both" if name == "model" else ""))
     return rows
+
+
+def cdnow_figures() -> dict[str, Any]:
+    """The published CDNOW fits and the holdout (weeks 40-78) RMSE of BG/NBD, the hybrid and the backtest's choice.
+
+    Needs the CDNOW sample inside the `lifetimes` wheel (a test dependency); raises ImportError without it.
+    """
+    from emma.predict.estimators import cdnow
+    from emma.predict.estimators.bgnbd import BGNBD
+    from emma.predict.estimators.gammagamma import GammaGamma
+    from emma.predict.estimators.hybrid import HybridRepeat
+
+    cust, day, amount = cdnow.transactions()
+    cal = day < cdnow.CALIBRATION_DAYS
+    hold = ~cal & (day < cdnow.CALIBRATION_DAYS + cdnow.HOLDOUT_DAYS)
+    r = F.rfm(cust[cal], day[cal], amount[cal], as_of_day=cdnow.CALIBRATION_DAYS)
+    actual, _ = F.future_purchase_days(cust[hold], day[hold], amount[hold], customers=r.customer_id)
+    s = cdnow.summary()
+    bg = BGNBD().fit(s["frequency"], s["recency"], s["T"])
+    spend = cdnow.calibration_holdout(cust, day, amount)
+    gg = GammaGamma().fit(spend["frequency"], spend["monetary"])
+    weeks = cdnow.HOLDOUT_DAYS / 7.0
+    bg_cal = BGNBD().fit(r.frequency, r.recency, r.T)
+    pred_bg = bg_cal.expected_purchases(weeks, r.frequency, r.recency, r.T)
+    choice = B.choose_value_model(cust[cal], day[cal], amount[cal], as_of_day=cdnow.CALIBRATION_DAYS, window_days=91)
+    hybrid = B._fit_hybrid(cust[cal], day[cal], amount[cal], cdnow.CALIBRATION_DAYS - 91, 91)
+    X = HybridRepeat.features(bg_cal, r.frequency, r.recency, r.T, r.monetary, 13.0)
+    pred_h = hybrid.predict_rate(X) * weeks if hybrid is not None else pred_bg
+    chosen = pred_h if choice.chosen == "hybrid" else pred_bg
+    return {"bgnbd": bg.params_, "gammagamma": gg.params_, "chosen": choice.chosen,
+            "rmse_bgnbd": B.rmse(pred_bg, actual), "rmse_hybrid": B.rmse(pred_h, actual),
+            "rmse_chosen": B.rmse(chosen, actual), "backtest": choice.metrics}

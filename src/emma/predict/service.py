@@ -198,8 +198,9 @@ def score(*, session: Session, as_of: dt.datetime, horizon_days: int = 365, chun
     done = 0
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
+        _prepare_affinities(ctx, np.arange(start, stop)[personal[start:stop]])
         rows = [_row(ctx, k, int(pop.ids[k]), int(index[k]), bool(personal[k])) for k in range(start, stop)]
-        session.execute(insert(Prediction), rows)
+        session.connection().execute(Prediction.__table__.insert(), rows)
         done += len(rows)
         run.customers_done, run.last_customer_id = done, int(pop.ids[stop - 1])
         if progress:
@@ -504,22 +505,35 @@ def _next_best_offer(ctx: _RowContext, recs: list[dict[str, Any]], propensity: f
     return best[1], f"next best offer {best[1]}: expected margin {best[0]:.2f} (P(buy) x margin)"
 
 
-def _affinities(ctx: _RowContext, k: int) -> tuple[list[dict[str, Any]], float | None]:
+def _prepare_affinities(ctx: _RowContext, ks: np.ndarray) -> None:
+    """Top affinities of a chunk of customers at once (one sparse slice instead of one per customer)."""
     model: NextOrderRecommender | None = ctx.recs.get("model")
-    if model is None or not ctx.recs["has_history"][k]:
-        return [], None
+    ctx.recs["aff_chunk"] = {}
+    if model is None:
+        return
     it: F.Items = ctx.recs["items"]
-    lift = model.affinity(np.array([k]))[0] / model.category_share_
-    out = [{"name": it.categories[c], "score": round(float(lift[c]), 3)} for c in np.argsort(-lift)[:3]
-           if lift[c] >= 1.2]
-    sus = ctx.recs.get("sustainability")
-    if sus is None:
-        sus = _attribute_lift(model, it.sustainable.astype(float))
-        ctx.recs["sustainability"] = sus
-    if sus[k] >= 1.2:
-        out.append({"name": "sustainability", "score": round(float(sus[k]), 3)})
+    if "sustainability" not in ctx.recs:
+        ctx.recs["sustainability"] = _attribute_lift(model, it.sustainable.astype(float))
+    sus = ctx.recs["sustainability"]
+    ks = ks[ctx.recs["has_history"][ks]]
+    if not len(ks):
+        return
+    lift = model.affinity(ks) / model.category_share_
+    top = np.argsort(-lift, axis=1)[:, :3]
+    names = it.categories
+    for row, k in enumerate(ks.tolist()):
+        out = [{"name": names[c], "score": round(float(lift[row, c]), 3)} for c in top[row].tolist()
+               if lift[row, c] >= 1.2]
+        if sus[k] >= 1.2:
+            out.append({"name": "sustainability", "score": round(float(sus[k]), 3)})
+        ctx.recs["aff_chunk"][k] = sorted(out, key=lambda x: -x["score"])
+
+
+def _affinities(ctx: _RowContext, k: int) -> tuple[list[dict[str, Any]], float | None]:
     early = ctx.recs.get("early")
-    return sorted(out, key=lambda x: -x["score"]), float(early[k]) if early is not None else None
+    if not ctx.recs.get("has_history", np.zeros(k + 1, bool))[k]:
+        return [], None
+    return ctx.recs["aff_chunk"].get(k, []), float(early[k]) if early is not None else None
 
 
 def _early_adopter(model: NextOrderRecommender, it: F.Items, first_day: float | None,
@@ -550,9 +564,13 @@ def _attribute_lift(model: NextOrderRecommender, flag: np.ndarray, strength: flo
     return (hits + strength * base) / (n + strength) / base
 
 
+_EMPTY_ROW = dict.fromkeys(c.name for c in Prediction.__table__.columns)
+
+
 def _row(ctx: _RowContext, k: int, cid: int, i: int, personal: bool) -> dict[str, Any]:
-    row: dict[str, Any] = {"customer_id": cid, "run_id": ctx.run.id, "as_of": ctx.as_of, "personalized": personal,
-                           "top_affinities": [], "recommendations": [], "reasons": {}}
+    # every key in every row: the rows go to one executemany
+    row: dict[str, Any] = {**_EMPTY_ROW, "customer_id": cid, "run_id": ctx.run.id, "as_of": ctx.as_of,
+                           "personalized": personal, "top_affinities": [], "recommendations": [], "reasons": {}}
     if not personal:
         # no profiling: the popular items everyone sees, nothing derived from this customer's data
         row["recommendations"] = _generic(ctx)
