@@ -1,7 +1,7 @@
 """item relations and next best offer
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-24 05:27:54.430800
 """
 
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 import emma.db
 
 
-revision = '0007'
-down_revision = '0006'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
