@@ -144,6 +144,16 @@ def _population(session: Session, as_of: dt.datetime) -> _Population:
 def score(*, session: Session, as_of: dt.datetime, horizon_days: int = 365, chunk: int = 50_000,
           progress: Progress | None = None) -> ScoreRun:
     """Compute and store every prediction for every customer from data strictly before as_of."""
+    from threadpoolctl import threadpool_limits
+
+    # One OpenMP thread for the boosted models: on a busy machine their spinning worker threads made the fits
+    # 15x slower (66 s instead of 4 s for 100,000 rows); scoring scales out by process, not by thread.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return _score(session=session, as_of=as_of, horizon_days=horizon_days, chunk=chunk, progress=progress)
+
+
+def _score(*, session: Session, as_of: dt.datetime, horizon_days: int, chunk: int,
+           progress: Progress | None) -> ScoreRun:
     run = ScoreRun(as_of=as_of, horizon_days=horizon_days, status="running", started_at=utcnow())
     session.add(run)
     session.flush()
