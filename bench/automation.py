@@ -64,7 +64,8 @@ def _only(sessions, definition: dict) -> None:
         s.merge(TacticSetting(id=t.id, enabled=True, definition=t.model_dump(mode="json", by_alias=True)))
 
 
-def _customers(sessions, n: int, *, birthdays: bool = False, consent: bool = True, chunk: int = 50_000) -> None:
+def _customers(sessions, n: int, *, birthdays: bool = False, consent: bool = True, identities: bool = True,
+               chunk: int = 50_000) -> None:
     rng = random.Random(1)
     now = utcnow()
     with session_scope(sessions) as s:
@@ -78,8 +79,9 @@ def _customers(sessions, n: int, *, birthdays: bool = False, consent: bool = Tru
                 for i in range(lo, hi)]
         with session_scope(sessions) as s:
             s.execute(insert(Customer), rows)
-            s.execute(insert(Identity), [{"customer_id": r["id"], "kind": "user_id", "value": r["external_id"],
-                                          "created_at": now} for r in rows])
+            if identities:
+                s.execute(insert(Identity), [{"customer_id": r["id"], "kind": "user_id", "value": r["external_id"],
+                                              "created_at": now} for r in rows])
             if consent:
                 s.execute(insert(Consent), [{"customer_id": r["id"], "purpose": "email_marketing",
                                              "status": "granted", "source": "bench", "recorded_at": now}
@@ -155,7 +157,7 @@ def birthdays(workdir: Path, customers: int) -> None:
     sessions = make_sessionmaker(eng)
     settings = _settings(url)
     t = time.perf_counter()
-    _customers(sessions, customers, birthdays=True)
+    _customers(sessions, customers, birthdays=True, identities=False)
     print(f"birthdays: {customers:,} customers created in {time.perf_counter() - t:.1f} s")
     tactic = library.library()["happy_birthday"]
     now = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
