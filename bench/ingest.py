@@ -4,9 +4,18 @@ Part `import`: `emma import` (ingest.jobs.run_import, the path the CLI takes) of
 products, customers, consents, order lines (CSV) and Segment events (JSONL), in that order, into a fresh
 database; then the order lines once more (a re-import, which must change nothing).
 
+Part `http-batch`: `emma serve` (uvicorn, one process) on 127.0.0.1 against a fresh database; a few
+concurrent clients POST /v1/batch with 100 events each (a shop-like mix of page views, product views, cart
+adds, identifies, orders) until --batch-events are sent; events/s accepted.
+
+Part `http-track`: the same server; single POST /v1/track at a fixed offered rate (--rate, default 500/s,
+open loop: requests start on schedule whether or not earlier ones have answered) for --seconds; latency is
+measured from the scheduled start, so queueing counts; p50/p95/p99 after a one-second warm-up.
+
     .venv/bin/python bench/ingest.py                                  # every part, both databases
     .venv/bin/python bench/ingest.py --part import --order-lines 500000 --events 50000
     .venv/bin/python bench/ingest.py --part import --db sqlite
+    .venv/bin/python bench/ingest.py --part http-batch --part http-track --db sqlite
     EMMA_BENCH_PG_URL=postgresql+psycopg://user@host/db .venv/bin/python bench/ingest.py --db postgres
 
 PostgreSQL: a throwaway server in a temp dir (as the test suite starts it), or the server of
@@ -241,15 +250,183 @@ def part_import(args: argparse.Namespace, databases: list[str]) -> None:
                     engine.dispose()
 
 
-PARTS: dict[str, Callable[[argparse.Namespace, list[str]], None]] = {"import": part_import}
+@contextlib.contextmanager
+def running_server(url: str) -> Iterator[tuple[str, str]]:
+    """`emma serve` on a free port of 127.0.0.1 in its own process; (base URL, write key)."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from emma.auth import service as auth
+
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as s:
+        key = auth.create_key(session=s, kind="write")
+        s.commit()
+    engine.dispose()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "EMMA_DATABASE_URL": url}
+    proc = subprocess.Popen([sys.executable, "-c", "from emma.cli.main import app; app()", "serve", "--port",
+                             str(port)], env=env, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("server did not start")
+            time.sleep(0.1)
+        yield base, key
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def shop_event(rng: random.Random, n: int, *, users: int = 5_000) -> dict[str, Any]:
+    """One Segment message of a shop-like mix, with a unique messageId."""
+    user = f"c-{rng.randrange(users)}"
+    sku = f"SKU-{rng.randrange(400):06d}"
+    price = round(10 + rng.randrange(2000) / 10, 2)
+    roll = rng.random()
+    msg: dict[str, Any]
+    if roll < 0.4:
+        msg = {"type": "page", "name": "Produkt", "properties": {"path": f"/p/{sku}"}}
+    elif roll < 0.7:
+        msg = {"type": "track", "event": "Product Viewed", "properties": {"sku": sku, "price": price}}
+    elif roll < 0.85:
+        msg = {"type": "track", "event": "Product Added",
+               "properties": {"sku": sku, "price": price, "quantity": 1, "cart_id": f"cart-{user}"}}
+    elif roll < 0.9:
+        msg = {"type": "identify", "traits": {"email": f"{user}@example.com", "firstName": "Anna"}}
+    elif roll < 0.95:
+        msg = {"type": "track", "event": "Order Completed",
+               "properties": {"order_id": f"o-{uuid.uuid4().hex[:12]}", "revenue": price, "currency": "EUR",
+                              "products": [{"sku": sku, "price": price, "quantity": 1}]}}
+    else:
+        msg = {"type": "track", "event": "Newsletter Opened", "properties": {"campaign": "nl-7"}}
+    msg["userId"] = user
+    if rng.random() < 0.2:
+        msg["anonymousId"] = f"anon-{rng.randrange(users * 2)}"
+    msg.update(messageId=f"b-{uuid.uuid4().hex}", timestamp=(T0 + dt.timedelta(seconds=n)).isoformat(),
+               context={"library": {"name": "analytics.js", "version": "4.1.0"},
+                        "page": {"url": f"https://shop.example/p/{sku}"}, "locale": "de-DE"})
+    return msg
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def part_http_batch(args: argparse.Namespace, databases: list[str]) -> None:
+    import asyncio
+
+    import httpx
+
+    per_request = 100
+    requests = max(1, args.batch_events // per_request)
+    rng = random.Random(args.seed)
+    bodies = [json.dumps({"batch": [shop_event(rng, i * per_request + j) for j in range(per_request)]}).encode()
+              for i in range(requests)]
+
+    async def drive(base: str, key: str) -> tuple[float, int, int, list[float]]:
+        queue = list(range(requests))
+        accepted, failed, latencies = 0, 0, []
+        async with httpx.AsyncClient(base_url=base, auth=(key, ""), timeout=60,
+                                     headers={"content-type": "application/json"}) as client:
+            async def worker() -> None:
+                nonlocal accepted, failed
+                while queue:
+                    body = bodies[queue.pop()]
+                    t = time.perf_counter()
+                    r = await client.post("/v1/batch", content=body)
+                    latencies.append(time.perf_counter() - t)
+                    if r.status_code == 200:
+                        accepted += r.json()["accepted"]
+                    else:
+                        failed += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(args.clients)))
+            return time.perf_counter() - started, accepted, failed, latencies
+
+    with tempfile.TemporaryDirectory(prefix="emma-bench-http-") as tmp:
+        for db in databases:
+            with fresh_database(db, Path(tmp)) as url, running_server(url) as (base, key):
+                secs, accepted, failed, lat = asyncio.run(drive(base, key))
+                print(f"http batch    {db:<9} {requests:,} requests x {per_request} events, {args.clients} clients: "
+                      f"{secs:6.1f} s {accepted / secs:>9,.0f} events/s accepted   request p50 "
+                      f"{_percentile(lat, 0.5) * 1000:.0f} ms p99 {_percentile(lat, 0.99) * 1000:.0f} ms   "
+                      f"accepted {accepted:,} failed requests {failed}   target >= 10,000 events/s", flush=True)
+
+
+def part_http_track(args: argparse.Namespace, databases: list[str]) -> None:
+    import asyncio
+
+    import httpx
+
+    total = int(args.rate * args.seconds)
+    rng = random.Random(args.seed)
+    bodies = [json.dumps(shop_event(rng, i) | {"type": "track", "event": "Product Viewed",
+                                               "properties": {"sku": "SKU-000001", "price": 9.5}}).encode()
+              for i in range(total)]
+
+    async def drive(base: str, key: str) -> tuple[list[float], int, float]:
+        latencies: list[float] = [float("nan")] * total
+        failed = 0
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        async with httpx.AsyncClient(base_url=base, auth=(key, ""), timeout=30, limits=limits,
+                                     headers={"content-type": "application/json"}) as client:
+            async def one(i: int, due: float) -> None:
+                nonlocal failed
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                r = await client.post("/v1/track", content=bodies[i])
+                latencies[i] = time.perf_counter() - due  # from the scheduled start: queueing counts
+                if r.status_code != 200:
+                    failed += 1
+
+            started = time.perf_counter() + 0.2
+            await asyncio.gather(*(one(i, started + i / args.rate) for i in range(total)))
+            return latencies, failed, time.perf_counter() - started
+
+    with tempfile.TemporaryDirectory(prefix="emma-bench-http-") as tmp:
+        for db in databases:
+            with fresh_database(db, Path(tmp)) as url, running_server(url) as (base, key):
+                lat, failed, secs = asyncio.run(drive(base, key))
+                measured = lat[int(args.rate):]  # the first second warms up
+                print(f"http track    {db:<9} {total:,} requests offered at {args.rate:,.0f}/s "
+                      f"for {args.seconds:.0f} s, "
+                      f"done in {secs:.1f} s: p50 {_percentile(measured, 0.5) * 1000:.1f} ms p95 "
+                      f"{_percentile(measured, 0.95) * 1000:.1f} ms p99 {_percentile(measured, 0.99) * 1000:.1f} ms "
+                      f"max {max(measured) * 1000:.0f} ms   failed {failed}   target p99 < 10 ms", flush=True)
+
+
+PARTS: dict[str, Callable[[argparse.Namespace, list[str]], None]] = {
+    "import": part_import, "http-batch": part_http_batch, "http-track": part_http_track}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=[*PARTS, "all"], default="all")
+    parser.add_argument("--part", choices=[*PARTS, "all"], action="append",
+                        help="a part to run (repeatable); all of them when not given")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--order-lines", type=int, default=200_000, help="order lines to import (import part)")
     parser.add_argument("--events", type=int, default=20_000, help="events to import (import part)")
+    parser.add_argument("--batch-events", type=int, default=50_000, help="events to send (http-batch part)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients (http-batch part)")
+    parser.add_argument("--rate", type=float, default=500, help="offered requests/s (http-track part)")
+    parser.add_argument("--seconds", type=float, default=10, help="duration (http-track part)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
                         help="what to import (import part); orders are imported twice (the second time a no-op)")
@@ -257,7 +434,7 @@ def main() -> None:
     databases = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     print(f"bench/ingest.py on {_machine()}")
     for name, part in PARTS.items():
-        if args.part in (name, "all"):
+        if not args.part or name in args.part or "all" in args.part:
             part(args, databases)
 
 

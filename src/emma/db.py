@@ -223,6 +223,17 @@ def update_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]], *,
     conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {q(key)} = ?{cond}", params)
 
 
+def for_update(session: Session, stmt: Any) -> Any:
+    """stmt locking the rows it reads until commit, on PostgreSQL (SQLite has one writer at a time anyway).
+
+    For read-modify-write of rows that concurrent transactions may change too (cart quantities, consent
+    history): the second transaction waits and then reads the first one's result instead of overwriting it.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return stmt.with_for_update()
+    return stmt
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded objects usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)

@@ -124,3 +124,81 @@ def test_concurrent_identifies_of_one_anonymous_id_make_one_customer(server, ses
         owner = s.scalar(select(Identity.customer_id).where(Identity.value == "shared-anon"))
         assert s.get(Customer, owner).external_id == "same-user"
     json.dumps(codes)
+
+
+def test_more_bad_bodies_get_field_and_reason(server):
+    base, write, _ = server
+    post = lambda path, **kw: httpx.post(f"{base}{path}", auth=(write, ""), **kw)  # noqa: E731
+    r = post("/v1/track", json=[{"userId": "u", "event": "X"}])
+    assert r.status_code == 400 and r.json()["errors"] == [{"field": "body", "reason": "must be a JSON object"}]
+    r = post("/v1/track", json={"type": "identify", "userId": "u"})
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "type"
+    r = post("/v1/track", content=b'{"userId": "\xff"}', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "malformed JSON" in r.json()["errors"][0]["reason"]
+    r = post("/v1/track", json={"userId": "u", "event": "X", "timestamp": "2999-01-01T00:00:00Z"})
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "timestamp"
+    r = post("/v1/identify", json={"userId": "u", "traits": {"birthday": "31.02.1990"}})
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "traits.birthday"
+    r = post("/v1/batch", json={"batch": []})
+    assert r.status_code == 200 and r.json()["accepted"] == 0
+    r = post("/v1/batch", json={"batch": ["x", {"type": "nope", "userId": "u"}]})
+    assert [x["index"] for x in r.json()["rejected"]] == [0, 1]
+
+
+def test_identify_merge_and_track_in_one_batch(server, session_factory):
+    base, write, _ = server
+    from emma.orders.models import Cart, Order
+    from emma.profiles.models import MergeLog
+
+    batch = [
+        {"type": "page", "anonymousId": "dev", "name": "Home", "messageId": "1"},
+        {"type": "track", "anonymousId": "dev", "event": "Product Added", "messageId": "2",
+         "properties": {"sku": "A", "price": 5, "cart_id": "c-dev"}},
+        {"type": "identify", "userId": "known", "traits": {"email": "k@x.de"}, "messageId": "3"},
+        {"type": "identify", "userId": "known", "anonymousId": "dev", "messageId": "4"},  # merges dev into known
+        {"type": "track", "anonymousId": "dev", "event": "Order Completed", "messageId": "5",
+         "properties": {"order_id": "o-1", "cart_id": "c-dev", "products": [{"sku": "A", "price": 5}]}},
+    ]
+    r = httpx.post(f"{base}/v1/batch", auth=(write, ""), json={"batch": batch})
+    assert r.status_code == 200 and r.json()["accepted"] == 5
+    with session_factory() as s:
+        known = s.scalar(select(Customer).where(Customer.external_id == "known"))
+        assert {e.message_id for e in s.scalars(select(Event).where(Event.customer_id == known.id))} == {
+            "1", "2", "3", "4", "5"}
+        assert s.scalar(select(Cart.customer_id)) == known.id and s.scalar(select(Cart.status)) == "ordered"
+        assert s.scalar(select(Order.customer_id)) == known.id
+        assert s.scalar(select(func.count()).select_from(MergeLog)) == 1
+        live = s.scalar(select(func.count()).select_from(Customer).where(Customer.merged_into_id.is_(None)))
+        assert live == 1
+
+
+def test_concurrent_batches_with_overlapping_message_ids(server, session_factory):
+    """Resends race each other (retrying clients): every message lands once, none is lost."""
+    base, write, _ = server
+
+    def batch(k: int) -> list[dict]:  # type: ignore[type-arg]
+        # batches k and k+1 share half their messages; users overlap, so customers are created concurrently
+        ids = range(k * 20, k * 20 + 40)
+        return [{"type": "track", "userId": f"u{i % 13}", "anonymousId": f"a{i % 7}", "event": "Product Added",
+                 "messageId": f"m{i}", "properties": {"sku": f"S{i % 5}", "price": 1, "cart_id": f"c{i % 13}"}}
+                for i in ids]
+
+    def send(k: int) -> tuple[int, int]:
+        with httpx.Client(auth=(write, ""), timeout=60) as c:
+            body = c.post(f"{base}/v1/batch", json={"batch": batch(k)}).json()
+            return body["accepted"], body["duplicates"]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(send, [k for k in range(8) for _ in range(2)]))
+    expected = {f"m{i}" for i in range(0, 8 * 20 + 20)}
+    with session_factory() as s:
+        stored = list(s.scalars(select(Event.message_id)))
+        assert len(stored) == len(set(stored)) and set(stored) == expected
+        assert sum(a for a, _ in results) == len(expected)
+        assert sum(a + d for a, d in results) == 16 * 40
+        known = s.scalar(select(func.count()).select_from(Customer).where(Customer.external_id.is_not(None)))
+        assert known == 13
+        from emma.orders.models import CartItem
+
+        # every Product Added landed exactly once: the cart quantities add up to the number of messages
+        assert s.scalar(select(func.sum(CartItem.quantity))) == len(expected)

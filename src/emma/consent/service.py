@@ -13,7 +13,7 @@ from emma import signing
 from emma.config import Settings
 from emma.consent.exceptions import InvalidConsent
 from emma.consent.models import PURPOSES, STATUSES, Consent, ConsentLog
-from emma.db import among, insert_rows, update_rows, utcnow
+from emma.db import among, for_update, insert_rows, update_rows, utcnow
 
 # Channel -> the purpose whose consent a marketing message on it needs.
 CHANNEL_PURPOSE = {"email": "email_marketing", "sms": "sms_marketing", "push": "push", "ads": "ads",
@@ -232,9 +232,9 @@ class Batch:
         t = Consent.__table__
         cids = sorted(set(customer_ids))
         for i in range(0, len(cids), 900):
-            for row in self.session.execute(select(t.c.id, t.c.customer_id, t.c.purpose, t.c.status, t.c.source,
-                                                   t.c.text_version, t.c.recorded_at)
-                                            .where(among(self.session, t.c.customer_id, cids[i:i + 900]))).mappings():
+            for row in self.session.execute(for_update(self.session, select(
+                    t.c.id, t.c.customer_id, t.c.purpose, t.c.status, t.c.source, t.c.text_version, t.c.recorded_at)
+                    .where(among(self.session, t.c.customer_id, cids[i:i + 900])).order_by(t.c.id))).mappings():
                 self._current[(row["customer_id"], row["purpose"])] = {**row, "dirty": False}
 
     def status(self, *, customer_id: int, purpose: str) -> str | None:

@@ -84,8 +84,25 @@ class Message(BaseModel):
         return self
 
 
+# What the tables hold (orders.models, profiles.models): longer ids and larger amounts are rejected here, with
+# the field, instead of failing the whole batch in the database (PostgreSQL enforces lengths, SQLite does not).
+ID_LENGTH = 128
+MAX_PRICE = 9_999_999_999.99  # Numeric(12, 2)
+MAX_AMOUNT = 999_999_999_999.99  # Numeric(14, 2)
+MAX_QUANTITY = 2**31 - 1
+TRAIT_LENGTHS = {"email": 320, "phone": 64, "firstName": 255, "first_name": 255, "lastName": 255,
+                 "last_name": 255, "locale": 16, "timezone": 64}
+ADDRESS_LENGTHS = {"postalCode": 32, "postal_code": 32, "city": 255}
+COORDINATES = ("lat", "lon", "latitude", "longitude")
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _id_errors(props: dict[str, Any], path: str, keys: tuple[str, ...]) -> list[FieldError]:
+    return [FieldError(field=f"{path}.{k}", reason=f"must be at most {ID_LENGTH} characters")
+            for k in keys if props.get(k) is not None and len(str(props[k])) > ID_LENGTH]
 
 
 def _product_errors(p: Any, path: str, *, need_price: bool = False) -> list[FieldError]:
@@ -94,11 +111,13 @@ def _product_errors(p: Any, path: str, *, need_price: bool = False) -> list[Fiel
     errs: list[FieldError] = []
     if not (p.get("sku") or p.get("product_id")):
         errs.append(FieldError(field=f"{path}.sku", reason="sku or product_id is required"))
+    elif len(str(p.get("sku") or p.get("product_id"))) > ID_LENGTH:
+        errs.append(FieldError(field=f"{path}.sku", reason=f"must be at most {ID_LENGTH} characters"))
     q = p.get("quantity", 1)
-    if not (isinstance(q, int) and not isinstance(q, bool) and q >= 1):
-        errs.append(FieldError(field=f"{path}.quantity", reason="must be a whole number >= 1"))
-    if "price" in p and p["price"] is not None and not (_is_number(p["price"]) and p["price"] >= 0):
-        errs.append(FieldError(field=f"{path}.price", reason="must be a number >= 0"))
+    if not (isinstance(q, int) and not isinstance(q, bool) and 1 <= q <= MAX_QUANTITY):
+        errs.append(FieldError(field=f"{path}.quantity", reason=f"must be a whole number from 1 to {MAX_QUANTITY}"))
+    if "price" in p and p["price"] is not None and not (_is_number(p["price"]) and 0 <= p["price"] <= MAX_PRICE):
+        errs.append(FieldError(field=f"{path}.price", reason=f"must be a number from 0 to {MAX_PRICE:.2f}"))
     if need_price and p.get("price") is None:
         errs.append(FieldError(field=f"{path}.price", reason="is required for order lines"))
     return errs
@@ -110,11 +129,16 @@ def ecommerce_errors(msg: Message) -> list[FieldError]:
         return []
     name, props = msg.event, msg.properties
     if name in PRODUCT_EVENTS:
-        return _product_errors(props, "properties")
+        return _product_errors(props, "properties") + _id_errors(props, "properties", ("cart_id",))
+    if name in ("Checkout Started", "Cart Viewed"):
+        return _id_errors(props, "properties", ("cart_id",))
     if name == "Order Completed":
-        errs: list[FieldError] = []
+        errs: list[FieldError] = _id_errors(props, "properties", ("order_id", "cart_id", "coupon"))
         if not props.get("order_id"):
             errs.append(FieldError(field="properties.order_id", reason="is required for Order Completed"))
+        currency = props.get("currency")
+        if currency is not None and not (isinstance(currency, str) and len(currency) == 3):
+            errs.append(FieldError(field="properties.currency", reason="must be a three-letter ISO 4217 code"))
         products = props.get("products", [])
         if not isinstance(products, list):
             errs.append(FieldError(field="properties.products", reason="must be a list"))
@@ -122,16 +146,53 @@ def ecommerce_errors(msg: Message) -> list[FieldError]:
             for i, p in enumerate(products):
                 errs += _product_errors(p, f"properties.products[{i}]", need_price=True)
         for key in ("revenue", "total", "discount", "shipping", "tax"):
-            if props.get(key) is not None and not _is_number(props[key]):
-                errs.append(FieldError(field=f"properties.{key}", reason="must be a number"))
+            if props.get(key) is not None and not (_is_number(props[key]) and abs(props[key]) <= MAX_AMOUNT):
+                errs.append(FieldError(field=f"properties.{key}",
+                                       reason=f"must be a number of at most {MAX_AMOUNT:.2f}"))
         return errs
     if name in ORDER_STATUS_EVENTS:
-        errs = [] if props.get("order_id") else [FieldError(field="properties.order_id",
-                                                            reason=f"is required for {name}")]
+        errs = _id_errors(props, "properties", ("order_id",))
+        if props.get("status") is not None and len(str(props["status"])) > 32:
+            errs.append(FieldError(field="properties.status", reason="must be at most 32 characters"))
+        if not props.get("order_id"):
+            errs.append(FieldError(field="properties.order_id", reason=f"is required for {name}"))
         if name == "Order Updated" and not props.get("status"):
             errs.append(FieldError(field="properties.status", reason="is required for Order Updated"))
         return errs
     return []
+
+
+def trait_errors(msg: Message) -> list[FieldError]:
+    """Traits that become profile fields must fit them: text lengths, a real date, numeric coordinates."""
+    if msg.type != "identify":
+        return []
+    errs: list[FieldError] = []
+    values = [(f"traits.{k}", k, v) for k, v in msg.traits.items()]
+    values += [(f"context.{k}", k, msg.context[k]) for k in ("locale", "timezone")
+               if k in msg.context and k not in msg.traits]
+    address = msg.traits.get("address")
+    if isinstance(address, dict):
+        values += [(f"traits.address.{k}", k, v) for k, v in address.items()]
+    for field, key, value in values:
+        if value is None:
+            continue
+        limit = TRAIT_LENGTHS.get(key) if not field.startswith("traits.address.") else ADDRESS_LENGTHS.get(key)
+        if limit is not None:
+            if key == "email" and not isinstance(value, str):
+                errs.append(FieldError(field=field, reason="must be a string"))
+            elif len(str(value)) > limit:
+                errs.append(FieldError(field=field, reason=f"must be at most {limit} characters"))
+        elif key == "birthday" and field == "traits.birthday":
+            try:
+                dt.date.fromisoformat(str(value)[:10])
+            except ValueError:
+                errs.append(FieldError(field=field, reason="must be a date (YYYY-MM-DD)"))
+        elif key in COORDINATES and field.startswith("traits.address."):
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                errs.append(FieldError(field=field, reason="must be a number"))
+    return errs
 
 
 def validation_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:

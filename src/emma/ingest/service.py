@@ -25,6 +25,7 @@ from emma.ingest.schemas import (
     Rejected,
     derived_message_id,
     ecommerce_errors,
+    trait_errors,
     validation_errors,
 )
 from emma.orders import service as orders
@@ -59,7 +60,7 @@ def parse(raw: Any, *, index: int | None = None, settings: Settings | None = Non
         msg = Message.model_validate(raw)
     except ValidationError as exc:
         return validation_errors(exc)
-    errs = ecommerce_errors(msg)
+    errs = ecommerce_errors(msg) or trait_errors(msg)
     if errs:
         return errs
     if msg.timestamp is None:

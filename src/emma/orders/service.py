@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from emma.db import among, insert_columns
+from emma.db import among, for_update, insert_columns
 from emma.orders.models import Cart, CartItem, Order, OrderLine, WishlistItem
 
 ORDER_STATUSES = ("completed", "processing", "produced", "shipped", "delivered", "cancelled", "returned",
@@ -236,10 +236,12 @@ class Batch:
                 carts.c.updated_at, carts.c.order_id)
         rows = []
         for part in _in_chunks(sorted(names)):
-            rows += self.session.execute(select(*cols).where(among(self.session, carts.c.cart_id, part))).all()
+            rows += self.session.execute(for_update(self.session, select(*cols).where(
+                among(self.session, carts.c.cart_id, part)).order_by(carts.c.id))).all()
         for part in _in_chunks(sorted(cids)):
-            rows += self.session.execute(select(*cols).where(among(self.session, carts.c.customer_id, part),
-                                                             carts.c.status != "ordered")).all()
+            rows += self.session.execute(for_update(self.session, select(*cols).where(
+                among(self.session, carts.c.customer_id, part), carts.c.status != "ordered")
+                .order_by(carts.c.id))).all()
         for pk, cart_id, cid, status, created, updated, order_id in rows:
             if cart_id not in self._carts:
                 self._remember(_Cart(pk, cart_id, cid, status, created, updated, order_id, age=pk))
@@ -255,9 +257,9 @@ class Batch:
                 select(Order.order_id).where(among(self.session, Order.order_id, part))))
         wl = WishlistItem.__table__
         for part in _in_chunks(sorted(cids)):
-            for pk, cid, sku, added, removed in self.session.execute(select(
+            for pk, cid, sku, added, removed in self.session.execute(for_update(self.session, select(
                     wl.c.id, wl.c.customer_id, wl.c.sku, wl.c.added_at, wl.c.removed_at)
-                    .where(among(self.session, wl.c.customer_id, part))):
+                    .where(among(self.session, wl.c.customer_id, part)).order_by(wl.c.id))):
                 self._wish[(cid, sku)] = _Wish(pk, added, removed)
 
     def _remember(self, cart: _Cart) -> None:
