@@ -234,6 +234,22 @@ def for_update(session: Session, stmt: Any) -> Any:
     return stmt
 
 
+def lock_keys(session: Session, keys: Any) -> None:
+    """Serialise transactions that name the same keys (PostgreSQL advisory locks until commit).
+
+    All keys are locked at once in one order, so two writers cannot deadlock on them; SQLite needs nothing
+    (one writer at a time).
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    from sqlalchemy import text
+
+    values = sorted(set(keys))
+    if values:
+        session.execute(text("SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h "
+                             "FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) AS locks"), {"keys": values})
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded objects usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)

@@ -15,7 +15,7 @@ from emma.catalog import service as catalog
 from emma.config import Settings, get_settings
 from emma.consent import service as consent
 from emma.consent.models import PURPOSES, Consent
-from emma.db import among, insert_ignoring_conflicts, utcnow
+from emma.db import among, insert_ignoring_conflicts, lock_keys, utcnow
 from emma.ingest.models import Event
 from emma.ingest.schemas import (
     ORDER_STATUS_EVENTS,
@@ -113,6 +113,9 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, resu
     if not fresh:
         return
     session.flush()
+    # Concurrent writers of the same customers, carts or orders take turns (PostgreSQL) instead of racing
+    # to create the same identities and retrying.
+    lock_keys(session, _keys(fresh))
     resolver = profiles.Resolver(session, now=received_at)
     resolver.preload([("user_id", m.userId) for m in fresh if m.userId] +
                      [("anonymous_id", m.anonymousId) for m in fresh if m.anonymousId] +
@@ -184,6 +187,18 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, resu
     _expire_stale(session)
     if resolver.conflicts:
         result.warnings.append(f"{len(resolver.conflicts)} identity conflict(s) recorded; profiles kept apart")
+
+
+def _keys(msgs: list[Message]) -> list[str]:
+    keys = []
+    for m in msgs:
+        keys += [f"{kind}:{v}" for kind, v in (("user_id", m.userId), ("anonymous_id", m.anonymousId),
+                                                ("anonymous_id", m.previousId)) if v]
+        if m.type == "track":
+            keys += [f"{k}:{m.properties[k]}" for k in ("cart_id", "order_id") if m.properties.get(k)]
+        elif m.type == "identify" and isinstance(email := m.traits.get("email"), str):
+            keys.append(f"email:{email.strip().lower()}")
+    return keys
 
 
 def _expire_stale(session: Session) -> None:
