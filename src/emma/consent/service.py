@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from emma import signing
@@ -288,14 +288,11 @@ class Batch:
         t = Consent.__table__
         cols = ("customer_id", "purpose", "status", "source", "text_version", "recorded_at")
         fresh = [{k: c[k] for k in cols} for c in self._current.values() if c["dirty"] and c["id"] is None]
-        changed = [{"b_id": c["id"], **{k: c[k] for k in cols[2:]}}
+        changed = [{"id": c["id"], **{k: c[k] for k in cols[2:]}}
                    for c in self._current.values() if c["dirty"] and c["id"] is not None]
-        if fresh:
-            self.session.execute(insert(t), fresh)
-        if changed:
-            self.session.execute(update(t).where(t.c.id == bindparam("b_id")), changed)
-        if self._log:
-            self.session.execute(insert(ConsentLog.__table__), self._log)
+        insert_rows(self.session, t, fresh)
+        update_rows(self.session, t, changed)
+        insert_rows(self.session, ConsentLog, self._log)
         for c in self._current.values():
             c["dirty"] = False
         self._log = []

@@ -15,7 +15,7 @@ from emma.catalog import service as catalog
 from emma.config import Settings, get_settings
 from emma.consent import service as consent
 from emma.consent.models import PURPOSES, Consent
-from emma.db import among, insert_ignoring_conflicts, lock_keys, utcnow
+from emma.db import among, insert_rows, lock_keys, utcnow
 from emma.ingest.models import Event
 from emma.ingest.schemas import (
     ORDER_STATUS_EVENTS,
@@ -211,8 +211,7 @@ def _expire_stale(session: Session) -> None:
 
 def _insert_events(session: Session, rows: list[dict[str, Any]]) -> set[str]:
     # ON CONFLICT DO NOTHING makes a concurrent resend of the same messageId a no-op, not an error.
-    stmt = insert_ignoring_conflicts(session, Event, ["message_id"]).returning(Event.__table__.c.message_id)
-    return set(session.execute(stmt, rows).scalars())
+    return {mid for (mid,) in insert_rows(session, Event, rows, on_conflict=["message_id"], returning=["message_id"])}
 
 
 def _identify(resolver: profiles.Resolver, traits_batch: profiles.TraitBatch, cid: int, m: Message) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from emma.db import among, for_update, insert_columns
+from emma.db import among, for_update, insert_columns, insert_rows, update_rows
 from emma.orders.models import Cart, CartItem, Order, OrderLine, WishlistItem
 
 ORDER_STATUSES = ("completed", "processing", "produced", "shipped", "delivered", "cancelled", "returned",
@@ -369,21 +369,19 @@ class Batch:
     def flush(self) -> None:
         """Write everything the batch changed."""
         s = self.session
-        carts, items = Cart.__table__, CartItem.__table__
+        items = CartItem.__table__
         fresh = [c for c in self._carts.values() if c.pk is None]
-        changed = [{"b_pk": c.pk, "customer_id": c.customer_id, "status": c.status, "updated_at": c.updated_at,
+        changed = [{"id": c.pk, "customer_id": c.customer_id, "status": c.status, "updated_at": c.updated_at,
                     "order_id": c.order_id} for c in self._carts.values() if c.dirty and c.pk is not None]
         if fresh:
             rows = [{"cart_id": c.cart_id, "customer_id": c.customer_id, "status": c.status,
                      "created_at": c.created_at, "updated_at": c.updated_at, "order_id": c.order_id} for c in fresh]
-            pks = dict(s.execute(insert(carts).returning(carts.c.cart_id, carts.c.id), rows).all())
+            pks = dict(insert_rows(s, Cart, rows, returning=["cart_id", "id"]))
             for c in fresh:
                 c.pk = pks[c.cart_id]
-        if changed:
-            s.execute(update(carts).where(carts.c.id == bindparam("b_pk")), changed)
-        if self._deleted_items:
-            for part in _in_chunks(self._deleted_items):
-                s.execute(delete(items).where(among(s, items.c.id, part)))
+        update_rows(s, Cart, changed)
+        for part in _in_chunks(self._deleted_items):
+            s.execute(delete(items).where(among(s, items.c.id, part)))
         new_items, changed_items = [], []
         for c in self._carts.values():
             for sku, i in c.items.items():
@@ -391,28 +389,21 @@ class Batch:
                     new_items.append({"cart_pk": c.pk, "sku": sku, "quantity": i.quantity, "price": i.price,
                                       "added_at": i.added_at})
                 elif i.dirty:
-                    changed_items.append({"b_pk": i.pk, "quantity": i.quantity, "price": i.price})
-        if new_items:
-            s.execute(insert(items), new_items)
-        if changed_items:
-            s.execute(update(items).where(items.c.id == bindparam("b_pk")), changed_items)
+                    changed_items.append({"id": i.pk, "quantity": i.quantity, "price": i.price})
+        insert_rows(s, CartItem, new_items)
+        update_rows(s, CartItem, changed_items)
         if self._new_orders:
             create_orders(session=s, orders=list(self._new_orders.values()), source="event")
         by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for oid, values in self._status.items():
-            by_columns.setdefault(tuple(sorted(values)), []).append({"b_oid": oid, **values})
-        orders_t = Order.__table__
+            by_columns.setdefault(tuple(sorted(values)), []).append({"order_id": oid, **values})
         for rows in by_columns.values():
-            s.execute(update(orders_t).where(orders_t.c.order_id == bindparam("b_oid")), rows)
-        wl = WishlistItem.__table__
-        new_wish = [{"customer_id": cid, "sku": sku, "added_at": w.added_at, "removed_at": w.removed_at}
-                    for (cid, sku), w in self._wish.items() if w.pk is None]
-        if new_wish:
-            s.execute(insert(wl), new_wish)
-        changed_wish = [{"b_pk": w.pk, "added_at": w.added_at, "removed_at": w.removed_at}
-                        for w in self._wish.values() if w.pk is not None and w.dirty]
-        if changed_wish:
-            s.execute(update(wl).where(wl.c.id == bindparam("b_pk")), changed_wish)
+            update_rows(s, Order, rows, key="order_id")
+        insert_rows(s, WishlistItem, [{"customer_id": cid, "sku": sku, "added_at": w.added_at,
+                                        "removed_at": w.removed_at}
+                                       for (cid, sku), w in self._wish.items() if w.pk is None])
+        update_rows(s, WishlistItem, [{"id": w.pk, "added_at": w.added_at, "removed_at": w.removed_at}
+                                      for w in self._wish.values() if w.pk is not None and w.dirty])
 
 
 def import_lines(*, session: Session, lines: Sequence[dict[str, Any]], at: dt.datetime,

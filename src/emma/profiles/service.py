@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from emma.db import among, insert_rows, update_rows, utcnow
@@ -87,7 +87,7 @@ class Resolver:
     def flush(self) -> None:
         """Write the identities resolution added (apply_merges does it too)."""
         if self._new_identities:
-            self.session.execute(insert(Identity.__table__), self._new_identities)
+            insert_rows(self.session, Identity, self._new_identities)
             self._new_identities = []
 
     def _create(self, *, user_id: str | None, first_seen: dt.datetime) -> int:
@@ -343,13 +343,12 @@ class TraitBatch:
         for cid, profile in self._profiles.items():
             changes = profile.changes()
             if changes:
-                by_columns.setdefault(tuple(sorted(changes)), []).append({"b_id": cid, **changes})
+                by_columns.setdefault(tuple(sorted(changes)), []).append({"id": cid, **changes})
                 profile.original.update(changes)
         for rows in by_columns.values():
-            self.session.execute(update(table).where(table.c.id == bindparam("b_id")), rows)
-        if self._history:
-            self.session.execute(insert(TraitChange.__table__), self._history)
-            self._history = []
+            update_rows(self.session, table, rows)
+        insert_rows(self.session, TraitChange, self._history)
+        self._history = []
 
 
 def _jsonable(value: Any) -> Any:
