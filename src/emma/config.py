@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     worker_batch_size: int = 500
     # PostgreSQL may commit event ids out of order: a gap in events.id is waited for this long before skipping it.
     event_gap_grace_seconds: float = 2.0
+    # Events older than this start no run (a worker catching up on history, e.g. the demo shop's year);
+    # they still end runs on their goal and wake waiting runs.
+    entry_max_event_age_hours: float = 24.0
 
 
 @lru_cache

@@ -246,3 +246,13 @@ def test_higher_priority_tactic_displaces_a_waiting_lower_one(world):
     world.track("c-1", "Low")
     world.tick()
     assert sum(1 for m in world.messages(cid) if m.status == "queued") == 1
+
+
+def test_old_events_start_no_runs(world):
+    world.tactic("abandoned_cart", holdout=0.0)
+    world.customer("c-1")
+    world.track("c-1", "Product Added", cart_id="old", sku="K-1")
+    world.clock.advance(2 * D)  # the worker sees the event two days late (catching up on history)
+    world.track("c-1", "Product Added", cart_id="new", sku="K-1")
+    world.tick()
+    assert [r.key for r in world.runs()] == ["new"]

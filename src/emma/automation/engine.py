@@ -884,6 +884,7 @@ def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S
     if not events:
         return 0
     starts = entry_events(tactics.values())
+    max_age = dt.timedelta(hours=settings.entry_max_event_age_hours)
     cids = {e.customer_id for e in events if e.customer_id is not None}
     # Anonymous profiles merged into these customers may hold live runs too.
     alias: dict[int, int] = {}
@@ -924,7 +925,7 @@ def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S
                 run.wait = {**w, "matched": {"event": name, "id": ev.id}}
                 run.status, run.due_at = "active", now
                 touched += 1
-        if name in starts:
+        if name in starts and now - ev.timestamp <= max_age:
             for tactic in tactics.values():
                 hit = _entry_matches(tactic, ev)
                 if hit is None:
