@@ -95,7 +95,7 @@ def run_import(*, sessions: Callable[[], Session], kind: str, path: Path, fmt: s
             summary.add(result)
             if progress is not None:
                 progress(source.position(), source.size)
-            gc.collect(1)
+            gc.collect(2 if chunks % 50 == 0 else 1)  # now and then a full pass, so old garbage cannot pile up
     finally:
         if collecting:
             gc.enable()
