@@ -180,7 +180,7 @@ def _populate(shop: Any, customers: list[dict[str, Any]]) -> None:
 
 
 @settings(max_examples=100, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+          suppress_health_check=list(HealthCheck))
 @given(customers=st.lists(customer_st, min_size=1, max_size=5), rule_list=st.lists(rule_st, min_size=1, max_size=6),
        shift=st.sampled_from([dt.timedelta(0), dt.timedelta(0), dt.timedelta(hours=13, minutes=30)]))
 def test_sql_and_predicate_agree(session, shop, both, customers, rule_list, shift):

@@ -16,12 +16,14 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
-from sqlalchemy import select
+from sqlalchemy import Integer, String, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import FunctionElement
 
 from emma.catalog.models import Product
 from emma.consent.models import Consent
-from emma.db import among
 from emma.ingest.models import Event
 from emma.orders.models import Cart, CartItem, Order, OrderLine, WishlistItem
 from emma.predict.models import Prediction
@@ -97,63 +99,101 @@ def load_facts(*, session: Session, customer_ids: Iterable[int], needs: Needs) -
     return out
 
 
+def _among_ids(dialect: str, column: Any) -> Any:
+    """column IN :ids with a named parameter, so each statement is built once per dialect (see db.among)."""
+    if dialect == "postgresql":
+        return column.in_(select(func.unnest(bindparam("ids", type_=ARRAY(Integer)))))
+    return column.in_(bindparam("ids", expanding=True))
+
+
+class unindexed(FunctionElement):
+    """The expression as is, but not usable as an index key on SQLite (unary +).
+
+    Without statistics SQLite prefers the (name, timestamp) index over the customer index for
+    `customer_id IN (...) AND name IN (...)`, and then reads every event of that name."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(unindexed)
+def _unindexed(element: Any, compiler: Any, **kw: Any) -> str:
+    return compiler.process(next(iter(element.clauses)), **kw)
+
+
+@compiles(unindexed, "sqlite")
+def _unindexed_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return f"+{compiler.process(next(iter(element.clauses)), **kw)}"
+
+
+@functools.cache
+def _statements(dialect: str) -> dict[str, Any]:
+    """The fact queries, built once; parameters: ids (customer ids), names (event names), skus."""
+    of = functools.partial(_among_ids, dialect)
+    c = Customer.__table__
+    return {
+        "customers": select(c).where(of(c.c.id), c.c.merged_into_id.is_(None)),
+        "consents": select(Consent.customer_id, Consent.purpose, Consent.status).where(of(Consent.customer_id)),
+        "prediction": select(Prediction.__table__).where(of(Prediction.customer_id)),
+        "events": select(Event.customer_id, Event.name, Event.timestamp, Event.properties)
+        .where(of(Event.customer_id), unindexed(Event.name).in_(bindparam("names", expanding=True))),
+        "orders": select(Order.id, Order.customer_id, Order.ordered_at, Order.status, Order.revenue, OrderLine.sku)
+        .outerjoin(OrderLine, OrderLine.order_pk == Order.id).where(of(Order.customer_id)),
+        "carts": select(Cart.id, Cart.customer_id, Cart.status, Cart.updated_at, CartItem.sku, CartItem.quantity,
+                        CartItem.price).outerjoin(CartItem, CartItem.cart_pk == Cart.id).where(of(Cart.customer_id)),
+        "wishlist": select(WishlistItem.customer_id, WishlistItem.sku).where(
+            of(WishlistItem.customer_id), WishlistItem.removed_at.is_(None)),
+        "categories": select(Product.sku, Product.category).where(Product.sku.in_(bindparam("skus", expanding=True))),
+    }
+
+
 def _load_chunk(session: Session, ids: list[int], needs: Needs) -> dict[int, Facts]:
-    cols = Customer.__table__.columns
+    q = _statements(session.get_bind().dialect.name)
+    cols = [col.name for col in Customer.__table__.columns]
     facts: dict[int, Facts] = {}
-
-    def of(column: Any) -> Any:
-        return among(session, column, ids)
-
-    for row in session.execute(select(Customer.__table__).where(of(Customer.id),
-                                                                Customer.merged_into_id.is_(None))):
-        m = row._mapping
-        facts[m["id"]] = Facts(customer={c.name: m[c.name] for c in cols})
-    ids = list(facts)
-    if not ids:
+    for row in session.execute(q["customers"], {"ids": ids}):
+        facts[row.id] = Facts(customer=dict(zip(cols, row, strict=True)))
+    found = {"ids": list(facts)}
+    if not facts:
         return facts
     if needs.consents:
-        for cid, purpose, status in session.execute(
-                select(Consent.customer_id, Consent.purpose, Consent.status).where(of(Consent.customer_id))):
+        for cid, purpose, status in session.execute(q["consents"], found):
             facts[cid].consents[purpose] = status
     if needs.prediction:
-        pcols = Prediction.__table__.columns
-        for row in session.execute(select(Prediction.__table__).where(of(Prediction.customer_id))):
-            facts[row.customer_id].prediction = {c.name: row._mapping[c.name] for c in pcols}
+        pcols = [col.name for col in Prediction.__table__.columns]
+        for row in session.execute(q["prediction"], found):
+            facts[row.customer_id].prediction = dict(zip(pcols, row, strict=True))
     if needs.event_names:
-        for cid, name, ts, props in session.execute(
-                select(Event.customer_id, Event.name, Event.timestamp, Event.properties)
-                .where(of(Event.customer_id), Event.name.in_(sorted(needs.event_names)))):
+        for cid, name, ts, props in session.execute(q["events"], {**found, "names": sorted(needs.event_names)}):
             facts[cid].events.append((name, ts, props if isinstance(props, dict) else {}))
     skus: set[str] = set()
     if needs.orders:
-        lines: dict[int, list[str]] = defaultdict(list)
-        orders = session.execute(select(Order.id, Order.customer_id, Order.ordered_at, Order.status, Order.revenue)
-                                 .where(of(Order.customer_id))).all()
-        for pk, sku in session.execute(select(OrderLine.order_pk, OrderLine.sku)
-                                       .join(Order, Order.id == OrderLine.order_pk).where(of(Order.customer_id))):
-            lines[pk].append(sku)
-        for pk, cid, at, status, revenue in orders:
-            facts[cid].orders.append((at, status, Decimal(str(revenue or 0)), lines[pk]))
-            skus.update(lines[pk])
+        orders: dict[int, tuple[dt.datetime, str, Decimal, list[str]]] = {}
+        for pk, cid, at, status, revenue, sku in session.execute(q["orders"], found):
+            order = orders.get(pk)
+            if order is None:
+                order = orders[pk] = (at, status, Decimal(str(revenue or 0)), [])
+                facts[cid].orders.append(order)
+            if sku is not None:
+                order[3].append(sku)
+                skus.add(sku)
     if needs.carts:
-        items: dict[int, list[tuple[str, int, Decimal | None]]] = defaultdict(list)
-        carts = session.execute(select(Cart.id, Cart.customer_id, Cart.status, Cart.updated_at)
-                                .where(of(Cart.customer_id))).all()
-        for pk, sku, qty, price in session.execute(
-                select(CartItem.cart_pk, CartItem.sku, CartItem.quantity, CartItem.price)
-                .join(Cart, Cart.id == CartItem.cart_pk).where(of(Cart.customer_id))):
-            items[pk].append((sku, qty, None if price is None else Decimal(str(price))))
-        for pk, cid, status, updated in carts:
-            facts[cid].carts.append((status, updated, items[pk]))
+        carts: dict[int, tuple[str, dt.datetime, list[tuple[str, int, Decimal | None]]]] = {}
+        for pk, cid, status, updated, sku, qty, price in session.execute(q["carts"], found):
+            cart = carts.get(pk)
+            if cart is None:
+                cart = carts[pk] = (status, updated, [])
+                facts[cid].carts.append(cart)
+            if sku is not None:
+                cart[2].append((sku, qty, None if price is None else Decimal(str(price))))
     if needs.wishlist:
-        for cid, sku in session.execute(select(WishlistItem.customer_id, WishlistItem.sku).where(
-                of(WishlistItem.customer_id), WishlistItem.removed_at.is_(None))):
+        for cid, sku in session.execute(q["wishlist"], found):
             facts[cid].wishlist.append(sku)
             skus.add(sku)
     if needs.categories and skus:
-        found = dict(session.execute(select(Product.sku, Product.category).where(Product.sku.in_(sorted(skus)))).all())
+        categories = dict(session.execute(q["categories"], {"skus": sorted(skus)}).all())
         for f in facts.values():
-            f.categories = found
+            f.categories = categories
     return facts
 
 
