@@ -47,7 +47,9 @@ def test_consent_and_predictions(shop, members):
     shop.consent(b, "sms_marketing", "pending")
     shop.prediction(a, clv=820.5, churn_probability=0.1, p_alive=0.9, lifecycle_stage="loyal",
                     top_affinities=["Garten", "Küche"])
-    shop.prediction(b, clv=40.0, churn_probability=0.75, p_alive=0.2, lifecycle_stage="at_risk", propensity_30d=0.05)
+    shop.prediction(b, clv=40.0, churn_probability=0.75, p_alive=0.2, lifecycle_stage="at_risk", propensity_30d=0.05,
+                    next_order_date=dt.date(2026, 5, 24))
+    shop.prediction(c, next_order_date=dt.date(2026, 5, 25))
 
     assert members({"consent.email_marketing": "granted"}) == {a}
     assert members({"consent.email_marketing": {"ne": "granted"}}) == {b}
@@ -57,6 +59,10 @@ def test_consent_and_predictions(shop, members):
     assert members({"prediction.clv": {"between": [100, 1000]}}) == {a}
     assert members({"prediction.lifecycle_stage": {"in": ["at_risk", "lapsed"]}}) == {b}
     assert members({"prediction.propensity_30d": {"exists": False}}) == {a, c}
+    # Dates count whole days: 17 May + 7 days is 24 May, included; 25 May is not.
+    assert members({"prediction.next_order_date": {"within_next_days": 7}}) == {b}
+    assert members({"prediction.next_order_date": {"within_next_days": 8}}) == {b, c}
+    assert members({"prediction.next_order_date": {"within_days": 30}}) == set()
     assert members({"prediction.top_affinities": {"contains": "Garten"}}) == {a}
     assert members({"all": [{"prediction.clv": {"gte": 500}}, {"consent.email_marketing": "granted"}]}) == {a}
 

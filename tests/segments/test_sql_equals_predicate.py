@@ -38,6 +38,7 @@ customer_st = st.fixed_dictionaries({
     "prediction": st.one_of(st.none(), st.fixed_dictionaries({
         "clv": st.one_of(st.none(), NUMBERS), "churn_probability": st.sampled_from([None, 0.1, 0.6, 0.9]),
         "lifecycle_stage": st.sampled_from([None, "new", "loyal", "at_risk"]),
+        "next_order_date": st.sampled_from([None, dt.date(2026, 5, 17), dt.date(2026, 5, 24), dt.date(2026, 5, 10)]),
         "top_affinities": st.lists(TEXTS, max_size=2)})),
     "events": st.lists(st.tuples(st.sampled_from(["View", "Buy"]), DAYS,
                                  st.dictionaries(st.sampled_from(["a", "b"]), JSON_VALUES, max_size=2)), max_size=4),
@@ -106,7 +107,8 @@ def leaf(draw: Any) -> dict[str, Any]:
             st.builds(lambda t: {"birthday": t}, _ops(st.sampled_from(["1980-05-17", "1990-01-01"]))
                       .filter(lambda d: "in" not in d and "not_in" not in d)),
             st.builds(lambda t: {"anonymous": t}, st.booleans()),
-            st.builds(lambda op, n: {"created_at": {op: n}}, st.sampled_from(["within_days", "older_than_days"]),
+            st.builds(lambda op, n: {"created_at": {op: n}},
+                      st.sampled_from(["within_days", "older_than_days", "within_next_days"]),
                       st.sampled_from([1, 2, 7, 30, 90])),
         ))
     if family == "attribute":
@@ -119,6 +121,9 @@ def leaf(draw: Any) -> dict[str, Any]:
             st.builds(lambda t: {"prediction.churn_probability": t}, _ops(st.sampled_from([0.1, 0.5, 0.6]))),
             st.builds(lambda t: {"prediction.lifecycle_stage": t}, _ops(st.sampled_from(["new", "loyal"]))),
             st.builds(lambda t: {"prediction.top_affinities": {"contains": t}}, TEXTS),
+            st.builds(lambda op, n: {"prediction.next_order_date": {op: n}},
+                      st.sampled_from(["within_days", "older_than_days", "within_next_days"]),
+                      st.sampled_from([1, 7])),
         ))
     if family == "event":
         rule: dict[str, Any] = {"event": draw(st.sampled_from(["View", "Buy"])), **_window(draw)}

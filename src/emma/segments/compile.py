@@ -207,8 +207,8 @@ def _bw_pg(element: Any, compiler: Any, **kw: Any) -> str:
 
 # --- tests on values ---------------------------------------------------------------------------------------
 
-def _compare(expr: Any, op: str, arg: Any, text: bool, now: dt.datetime) -> ColumnElement[bool]:
-    ordered = bytewise(expr) if text else expr
+def _compare(expr: Any, op: str, arg: Any, kind: str, now: dt.datetime) -> ColumnElement[bool]:
+    ordered = bytewise(expr) if kind in (r.STR, r.ENUM) else expr
     if op == "eq":
         return expr == arg
     if op == "ne":
@@ -229,10 +229,10 @@ def _compare(expr: Any, op: str, arg: Any, text: bool, now: dt.datetime) -> Colu
         return and_(ordered >= arg[0], ordered <= arg[1])
     if op == "contains":
         return has_substring(expr, literal(arg, String))
-    if op == "within_days":
-        return and_(expr >= now - dt.timedelta(days=arg), expr <= now)
-    if op == "older_than_days":
-        return expr < now - dt.timedelta(days=arg)
+    if op in r.RELATIVE:
+        lo, hi, inclusive = r.relative_range(op, arg, kind, now)
+        upper = expr <= hi if inclusive else expr < hi
+        return and_(expr >= lo, upper) if lo is not None else upper
     raise AssertionError(op)
 
 
@@ -243,7 +243,7 @@ def check(expr: Any, test: r.Test, kind: str, now: dt.datetime) -> ColumnElement
         if op == "exists":
             conds.append(expr.is_not(None) if arg else expr.is_(None))
         else:
-            conds.append(and_(expr.is_not(None), _compare(expr, op, arg, kind in (r.STR, r.ENUM), now)))
+            conds.append(and_(expr.is_not(None), _compare(expr, op, arg, kind, now)))
     return and_(true(), *conds)
 
 
@@ -266,7 +266,7 @@ def check_json(col: Any, keys: tuple[str, ...], test: r.Test, now: dt.datetime) 
         cls = predicate._class(literal_)
         element = json_text if cls == r.STR else json_number if cls == r.NUM else json_bool
         value = element(*_json_args(col, keys))
-        conds.append(and_(value.is_not(None), _compare(value, op, arg, cls == r.STR, now)))
+        conds.append(and_(value.is_not(None), _compare(value, op, arg, cls, now)))
     return and_(true(), *conds)
 
 

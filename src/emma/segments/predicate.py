@@ -29,6 +29,7 @@ from emma.orders.models import Cart, CartItem, Order, OrderLine, WishlistItem
 from emma.predict.models import Prediction
 from emma.profiles.models import Customer
 from emma.segments import rules as r
+from emma.segments.rules import in_window
 
 DEFAULT_TIMEZONE = "Europe/Berlin"
 _CHUNK = 500
@@ -323,10 +324,8 @@ def _op(op: str, arg: Any, v: Any, kind: str, now: dt.datetime) -> bool:
         literal = arg[0] if op in ("in", "not_in", "between") else arg
         if _class(v) != _class(literal):
             return False
-    if op == "within_days":
-        return now - dt.timedelta(days=arg) <= v <= now
-    if op == "older_than_days":
-        return v < now - dt.timedelta(days=arg)
+    if op in r.RELATIVE:
+        return in_window(v, r.relative_range(op, arg, kind, now))
     if op == "eq":
         return v == arg
     if op == "ne":

@@ -53,13 +53,15 @@ OPS_BY_KIND: dict[str, tuple[str, ...]] = {
     NUM: ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "between", "exists"),
     INT: ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "between", "exists"),
     BOOL: ("eq", "ne", "exists"),
-    DATE: ("eq", "ne", "lt", "lte", "gt", "gte", "between", "exists"),
-    DATETIME: ("lt", "lte", "gt", "gte", "between", "within_days", "older_than_days", "exists"),
+    DATE: ("eq", "ne", "lt", "lte", "gt", "gte", "between", "within_days", "older_than_days", "within_next_days",
+           "exists"),
+    DATETIME: ("lt", "lte", "gt", "gte", "between", "within_days", "older_than_days", "within_next_days", "exists"),
     JSON: ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "between", "contains", "exists"),
     ENUM: ("eq", "ne", "in", "not_in", "exists"),
 }
 ALL_OPS = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "between", "contains", "exists",
-           "within_days", "older_than_days")
+           "within_days", "older_than_days", "within_next_days")
+RELATIVE = ("within_days", "older_than_days", "within_next_days")
 _KEY = re.compile(r"^[^\W\d]\w{0,63}$")  # starts with a letter or _, so never an array index
 CART_STATUSES = ("open", "checkout")  # a cart not yet ordered
 ORDER_EXCLUDED = ("cancelled", "refunded")
@@ -530,8 +532,8 @@ def _test(value: Any, kind: str, path: str, errors: _Errors, *, allowed: tuple[s
                 errors.add(p, "must be true or false")
                 continue
             ops.append((op, arg))
-        elif op in ("within_days", "older_than_days"):
-            n = _positive_int(arg, p, errors, zero=op == "older_than_days")
+        elif op in RELATIVE:
+            n = _positive_int(arg, p, errors, zero=op != "within_days")
             if n is not None:
                 ops.append((op, n))
         elif op in ("in", "not_in", "between"):
@@ -579,6 +581,21 @@ def window_bounds(window: Window, now: dt.datetime) -> tuple[dt.datetime | None,
     if window.older_than_days is not None:
         return lo, now - dt.timedelta(days=window.older_than_days), False
     return lo, now, True
+
+
+def relative_range(op: str, days: int, kind: str, now: dt.datetime) -> tuple[Any, Any, bool]:
+    """(lowest value included or None, upper bound, whether it is included) of a relative operator.
+
+    Dates count whole days of now's UTC date: `within_days: 7` on a date is today and the 7 days before."""
+    origin: Any = now.date() if kind == DATE else now
+    span = dt.timedelta(days=days)
+    if op == "within_days":
+        return origin - span, origin, True
+    if op == "older_than_days":
+        return None, origin - span, False
+    if op == "within_next_days":
+        return origin, origin + span, True
+    raise AssertionError(op)
 
 
 def in_window(ts: dt.datetime, bounds: tuple[dt.datetime | None, dt.datetime, bool]) -> bool:
