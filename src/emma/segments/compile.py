@@ -270,12 +270,17 @@ def check_json(col: Any, keys: tuple[str, ...], test: r.Test, now: dt.datetime) 
     return and_(true(), *conds)
 
 
+def _none_of(base: Select, key: Any) -> ColumnElement[bool]:
+    """No row of base belongs to the customer: NOT EXISTS, which PostgreSQL runs as an anti-join at any size
+    (NOT IN over a subquery falls back to a nested scan once the id set outgrows work_mem)."""
+    return not_(base.where(key == Customer.id).exists())
+
+
 def _grouped(base: Select, agg: Any, test: r.Test, kind: str, empty: Any, now: dt.datetime,
              key: Any) -> ColumnElement[bool]:
     """Customers whose aggregate over base's rows passes test; those without rows count as `empty`."""
     if predicate.check(test, empty, kind, now):
-        failing = base.group_by(key).having(not_(check(agg, test, kind, now)))
-        return Customer.id.not_in(failing)
+        return _none_of(base.group_by(key).having(not_(check(agg, test, kind, now))), key)
     return Customer.id.in_(base.group_by(key).having(check(agg, test, kind, now)))
 
 
@@ -321,7 +326,7 @@ def condition(node: r.Node, *, now: dt.datetime,
         if node.count.ops == (("gte", 1),):
             return Customer.id.in_(base)
         if node.count.ops == (("eq", 0),):
-            return Customer.id.not_in(base)
+            return _none_of(base, Event.customer_id)
         return _grouped(base, func.count(), node.count, r.INT, 0, now, Event.customer_id)
     if isinstance(node, r.OrdersCond):
         base = select(Order.customer_id).where(Order.status.not_in(r.ORDER_EXCLUDED),
@@ -354,16 +359,17 @@ def _field(node: r.Field, now: dt.datetime) -> ColumnElement[bool]:
         return check_json(Customer.attributes, node.keys, node.test, now)
     if node.source == "consent":
         status = Consent.status
-        return _single_row(select(Consent.customer_id).where(Consent.purpose == node.name), status, node, now)
+        return _single_row(select(Consent.customer_id).where(Consent.purpose == node.name), status, node, now,
+                           Consent.customer_id)
     if node.source == "prediction":
         col = Prediction.__table__.c[node.name]
         base = select(Prediction.customer_id)
         if node.kind == r.JSON:
             inner = check_json(col, node.keys, node.test, now)
             if predicate.check(node.test, None, r.JSON, now):
-                return Customer.id.not_in(base.where(not_(inner)))
+                return _none_of(base.where(not_(inner)), Prediction.customer_id)
             return Customer.id.in_(base.where(inner))
-        return _single_row(base, col, node, now)
+        return _single_row(base, col, node, now, Prediction.customer_id)
     if node.source == "order_date":
         base = select(Order.customer_id).where(Order.status.not_in(r.ORDER_EXCLUDED), Order.ordered_at <= now)
         agg = func.min(Order.ordered_at) if node.name == "first_order" else func.max(Order.ordered_at)
@@ -371,10 +377,10 @@ def _field(node: r.Field, now: dt.datetime) -> ColumnElement[bool]:
     raise AssertionError(node.source)
 
 
-def _single_row(base: Select, col: Any, node: r.Field, now: dt.datetime) -> ColumnElement[bool]:
+def _single_row(base: Select, col: Any, node: r.Field, now: dt.datetime, key: Any) -> ColumnElement[bool]:
     """A value from a table with at most one row per customer (consent per purpose, predictions)."""
     if predicate.check(node.test, None, node.kind, now):
-        return Customer.id.not_in(base.where(not_(check(col, node.test, node.kind, now))))
+        return _none_of(base.where(not_(check(col, node.test, node.kind, now))), key)
     return Customer.id.in_(base.where(check(col, node.test, node.kind, now)))
 
 
