@@ -88,3 +88,17 @@ def test_changed_rule_raises_version_and_delete_keeps_events(shop, session):
     again = service.create(session=session, key="de", rule={"country": "DE"})
     assert again.id != seg.id
     assert [t.message_id for t in service.refresh_all(session=session, now=NOW)] == [f"seg:{again.id}:{a}:enter:1"]
+
+
+def test_engine_entry_points(shop, session):
+    a, b = shop.customer(country="DE"), shop.customer(country="AT")
+    service.create(session=session, key="de", rule={"country": "DE"})
+    # By key with the session (recurring schedules), and as a subquery the engine pages through.
+    query = service.members_query(session=session, segment="de", now=NOW)
+    assert list(session.scalars(query)) == [a]
+    # Real time at `now` without a refresh; the stored membership only after one.
+    assert service.is_member(session=session, segment="de", customer_id=a, now=NOW)
+    assert not service.is_member(session=session, segment="de", customer_id=b, now=NOW)
+    assert not service.is_member(session=session, segment="de", customer_id=a)
+    service.refresh_all(session=session, now=NOW)
+    assert service.is_member(session=session, segment="de", customer_id=a)

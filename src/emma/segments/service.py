@@ -150,8 +150,13 @@ def _resolve(session: Session, segment: Segment | str) -> Segment:
 
 # --- batch (SQL) -------------------------------------------------------------------------------------------
 
-def members_query(*, segment: Segment | r.Node | dict[str, Any], now: dt.datetime) -> Select:
-    """SELECT customers.id of the members at time now, in id order (for the engine's recurring schedules)."""
+def members_query(*, segment: Segment | str | r.Node | dict[str, Any], now: dt.datetime,
+                  session: Session | None = None) -> Select:
+    """SELECT customers.id of the members at time now, in id order (a segment key needs the session)."""
+    if isinstance(segment, str):
+        if session is None:
+            raise TypeError("members_query: a segment given by key needs session=")
+        segment = get(session=session, key=segment)
     return sql.members_query(parsed(segment), now=now)
 
 
@@ -187,9 +192,11 @@ def matches(*, session: Session, segment: Segment | str | dict[str, Any], custom
     return customer_id in matching(session=session, rule=seg, customer_ids=[customer_id], now=now)
 
 
-def is_member(*, session: Session, segment: Segment | str, customer_id: int) -> bool:
-    """Whether the stored membership (as of the last refresh) says the customer is in the segment."""
+def is_member(*, session: Session, segment: Segment | str, customer_id: int, now: dt.datetime | None = None) -> bool:
+    """In the segment: evaluated in real time at `now` if given, else as stored by the last refresh."""
     seg = _resolve(session, segment)
+    if now is not None:
+        return matches(session=session, segment=seg, customer_id=customer_id, now=now)
     return bool(session.scalar(select(SegmentMembership.member).where(
         SegmentMembership.segment_id == seg.id, SegmentMembership.customer_id == customer_id)))
 
