@@ -241,3 +241,64 @@ def test_snippet_is_served_and_only_shop_origins_pass_the_preflight(sqlite_templ
     with TestClient(create_app(Settings(database_url=url))) as c:  # no origins configured: no CORS at all
         r = c.options("/v1/batch", headers={"Origin": "https://shop.example.com", **preflight})
         assert "access-control-allow-origin" not in r.headers
+
+
+def test_stale_snapshot_is_rebuilt_in_the_background(shop):
+    import time
+
+    runtime = shop.client.app.state.onsite
+    runtime.settings = runtime.settings.model_copy(update={"onsite_cache_seconds": 0.05})
+    first = runtime.snapshot
+    with shop.session_factory() as s:
+        orders.create_orders(session=s, source="import", orders=[
+            {"order_id": f"cup-{i}", "customer_id": shop.ids[f"buyer-{i}"], "ordered_at": dt.datetime.now(dt.UTC),
+             "status": "completed", "lines": [{"sku": "CUP-6", "quantity": 1, "unit_price": 4}] * 4}
+            for i in range(12)])
+        s.commit()
+    time.sleep(0.1)
+    deadline = time.time() + 10
+    top = None
+    while time.time() < deadline and top != "CUP-6":
+        top = _skus(shop.decide(placement="home", anonymousId="a").json()["blocks"][0])[0]
+        time.sleep(0.05)
+    assert top == "CUP-6" and runtime.snapshot is not first
+
+
+def test_report_joins_impressions_clicks_and_redeemed_coupons(shop, db_url, monkeypatch):
+    from typer.testing import CliRunner
+
+    from emma.cli.main import app as cli
+    from emma.config import get_settings
+
+    page = shop.decide(placement="product_page", userId="c-consent", context={"sku": "PAN-1"}).json()
+    shop.decide(placement="product_page", anonymousId="a-9", context={"sku": "PAN-1"})
+    exit_ = shop.decide(placement="exit_intent", userId="c-consent").json()
+    shop.decide(placement="exit_intent", userId="c-lowuplift")
+    shop.flush()
+    sku = page["blocks"][0]["items"][0]["sku"]
+    for n, (event, props) in enumerate([
+            ("Product Clicked", {"sku": sku, "decision_id": page["decision_id"], "position": 1}),
+            ("Product Clicked", {"sku": sku, "decision_id": page["decision_id"], "position": 1}),
+            ("Promotion Clicked", {"coupon": exit_["coupon"]["code"], "decision_id": exit_["decision_id"]}),
+            ("Product Clicked", {"sku": sku, "decision_id": "not-a-decision"})]):
+        r = shop.client.post("/v1/track", auth=(shop.key, ""), json={
+            "userId": "c-consent", "event": event, "properties": props, "messageId": f"click-{n}"})
+        assert r.status_code == 200, r.text
+    with shop.session_factory() as s:
+        s.scalar(select(Coupon).where(Coupon.code == exit_["coupon"]["code"])).redeemed_at = dt.datetime.now(dt.UTC)
+        s.commit()
+        rows = {r["placement"]: r for r in service.report(session=s, since=dt.datetime.now(dt.UTC)
+                                                           - dt.timedelta(days=1))}
+    assert rows["product_page"] == {"placement": "product_page", "impressions": 2, "personalized": 1, "clicked": 1,
+                                    "clicks": 2, "coupons_shown": 0, "coupons_redeemed": 0, "click_rate": 0.5}
+    assert rows["exit_intent"]["impressions"] == 2 and rows["exit_intent"]["coupons_shown"] == 1
+    assert rows["exit_intent"]["clicked"] == 1 and rows["exit_intent"]["coupons_redeemed"] == 1
+    monkeypatch.setenv("EMMA_DATABASE_URL", db_url)
+    monkeypatch.setenv("COLUMNS", "200")
+    get_settings.cache_clear()
+    try:
+        out = CliRunner().invoke(cli, ["onsite", "report", "--days", "7"])
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 0, out.output
+    assert "product_page" in out.output and "50.0%" in out.output

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,7 @@ from emma.consent.models import Consent
 from emma.coupons import service as coupons
 from emma.coupons.models import Coupon
 from emma.db import utcnow
+from emma.ingest.models import Event
 from emma.onsite.models import Decision
 from emma.onsite.schemas import DecideRequest
 from emma.orders.models import Cart, CartItem, Order, OrderLine
@@ -447,3 +448,36 @@ def impressions(*, session: Session, customer_id: int | None = None, limit: int 
     if customer_id is not None:
         stmt = stmt.where(Decision.customer_id == customer_id)
     return list(session.scalars(stmt))
+
+
+CLICK_EVENTS = ("Product Clicked", "Promotion Clicked")
+
+
+def report(*, session: Session, since: dt.datetime) -> list[dict[str, Any]]:
+    """Per placement since a time: impressions, personalised share, decisions clicked, coupons shown and redeemed."""
+    out: dict[str, dict[str, Any]] = {}
+    for placement, n, personal, coupons_shown in session.execute(
+            select(Decision.placement, func.count(), func.sum(case((Decision.personalized.is_(True), 1), else_=0)),
+                   func.count(Decision.coupon_id))
+            .where(Decision.created_at >= since).group_by(Decision.placement)):
+        out[placement] = {"placement": placement, "impressions": n, "personalized": int(personal or 0),
+                          "clicked": 0, "clicks": 0, "coupons_shown": coupons_shown, "coupons_redeemed": 0}
+    # The snippet sends the decision's id with every click; clicks cannot precede their decision.
+    decision_of = Event.properties["decision_id"].as_string()
+    for placement, clicked, clicks in session.execute(
+            select(Decision.placement, func.count(func.distinct(Decision.id)), func.count(Event.id))
+            .join(Event, decision_of == Decision.decision_id)
+            .where(Event.type == "track", Event.name.in_(CLICK_EVENTS), Event.timestamp >= since,
+                   Decision.created_at >= since)
+            .group_by(Decision.placement)):
+        if placement in out:
+            out[placement].update(clicked=clicked, clicks=clicks)
+    for placement, redeemed in session.execute(
+            select(Decision.placement, func.count(func.distinct(Coupon.id)))
+            .join(Coupon, Coupon.id == Decision.coupon_id)
+            .where(Decision.created_at >= since, Coupon.redeemed_at.is_not(None)).group_by(Decision.placement)):
+        if placement in out:
+            out[placement]["coupons_redeemed"] = redeemed
+    for row in out.values():
+        row["click_rate"] = row["clicked"] / row["impressions"] if row["impressions"] else 0.0
+    return sorted(out.values(), key=lambda r: r["placement"])
