@@ -62,7 +62,8 @@ def browser() -> Iterator[Any]:
 
 PAGE = """<!doctype html>
 <html lang="de"><head><meta charset="utf-8"><title>{title}</title>
-<script>window.emmaSettings = {settings};</script>
+<script>window.emmaSettings = {settings};
+window.emma = window.emma || []; emma.push(["track", "Teaser Viewed", {{teaser: "sommer"}}]);</script>
 <script src="{api}/static/emma.js" data-write-key="{key}" async></script></head>
 <body><main data-emma-product="{sku}" data-emma-name="{name}" data-emma-price="39.90">
 <h1>{name}</h1><button id="add">In den Warenkorb</button>
@@ -213,6 +214,8 @@ def test_known_customer_events_widget_exit_overlay_and_clicks(browser, shop):
     depths = [e.properties["depth"] for e in _tracked(shop, "Scroll Depth Reached", cid)]
     assert sorted(depths) == [25, 50, 75, 100]  # each once
     assert len(_tracked(shop, "Exit Intent", cid)) == 1
+    teasers = _tracked(shop, "Teaser Viewed", cid)  # queued before the snippet had loaded
+    assert len(teasers) == 2 and teasers[0].properties == {"teaser": "sommer"}  # two page loads
     assert _tracked(shop, "Promotion Viewed", cid)[0].properties["coupon"] == coupon.code
     assert _tracked(shop, "Promotion Clicked", cid)[0].properties["decision_id"]
     for e in shop.events(customer_id=cid):

@@ -6,6 +6,7 @@
  *   <script src="https://emma.example.com/static/emma.js" data-write-key="emma_w_..." async></script>
  *   <script>window.emmaSettings = {userId: "c-1"}</script>   (optional, before the snippet)
  *
+ * Calls before it has loaded: window.emma = window.emma || []; emma.push(["track", "Event", {...}]).
  * Markup: data-emma-product="SKU" (product view), data-emma-placement="home|product_page|cart" with
  * data-emma-sku / data-emma-cart="SKU,SKU" (a widget is rendered inside). See docs/onsite.md.
  */
@@ -309,6 +310,9 @@
     return api;
   }
 
+  // Calls made before the snippet loaded: window.emma = window.emma || []; emma.push(["track", "...", {...}])
+  var queued = Array.isArray(window.emma) ? window.emma : [];
+
   var api = { version: VERSION, init: init, track: track, page: page, identify: identify,
               productViewed: productViewed, decide: decide, flush: flush, reset: reset,
               renderWidget: renderWidget, renderOverlay: renderOverlay,
@@ -325,4 +329,7 @@
   }
   for (var key in settings) { if (Object.prototype.hasOwnProperty.call(settings, key)) { auto[key] = settings[key]; } }
   if (auto.writeKey) { init(auto); }
+  queued.forEach(function (call) {
+    if (call && typeof api[call[0]] === "function") { api[call[0]].apply(api, call.slice(1)); }
+  });
 })(window, document);
