@@ -35,9 +35,11 @@ from sqlalchemy import func, insert, select
 
 from emma.auth import service as auth
 from emma.catalog import service as catalog
+from emma.config import Settings
 from emma.consent.models import Consent
 from emma.db import make_engine, make_sessionmaker, upgrade
 from emma.demo.simulate import DemoConfig, Simulation
+from emma.onsite import service as onsite
 from emma.onsite.models import Decision
 from emma.orders import service as orders
 from emma.predict.estimators.recommend import CoPurchaseRecommender, top_k
@@ -269,6 +271,7 @@ def main() -> None:
         engine = make_engine(url)
         with make_sessionmaker(engine)() as s:
             logged = s.scalar(select(func.count()).select_from(Decision))
+            snap = onsite.build_snapshot(session=s, settings=Settings(database_url=url))
         engine.dispose()
     ms = lat * 1000
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
@@ -279,6 +282,8 @@ def main() -> None:
     print(f"server CPU per request {cpu * 1000:.3f} ms (user + system)  load average during the run "
           f"{load_avg[0]:.1f} (1 min)")
     print(f"impressions logged {logged:,} of {len(bodies):,} requests")
+    print(f"catalog snapshot: {len(snap.cards)} products, {len(snap.neighbours)} with co-purchase neighbours, "
+          f"{len(snap.accessories)} with accessories, built in {snap.build_seconds * 1000:.0f} ms")
 
 
 if __name__ == "__main__":
