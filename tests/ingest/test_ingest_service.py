@@ -96,6 +96,32 @@ def test_anonymous_activity_merges_into_known_customer_on_identify(session):
     assert anon.merged_into_id == known.id
 
 
+def test_merge_keeps_the_known_customers_wishlist_entry_for_a_sku_both_have(session):
+    wish = [{"type": "track", "userId": "u-1", "event": "Product Added to Wishlist", "timestamp": ts(0),
+             "messageId": "w-known", "properties": {"sku": "K-1"}},
+            {"type": "track", "anonymousId": "anon-1", "event": "Product Added to Wishlist", "timestamp": ts(1),
+             "messageId": "w-anon-1", "properties": {"sku": "K-1"}},
+            {"type": "track", "anonymousId": "anon-1", "event": "Product Added to Wishlist", "timestamp": ts(2),
+             "messageId": "w-anon-2", "properties": {"sku": "K-2"}}]
+    ingest.ingest(session=session, raw_messages=wish)
+    session.commit()
+    result = ingest.ingest(session=session, raw_messages=[
+        {"type": "identify", "userId": "u-1", "anonymousId": "anon-1", "timestamp": ts(3), "messageId": "i1"},
+        {"type": "track", "userId": "u-1", "event": "Product Viewed", "timestamp": ts(4), "messageId": "v1",
+         "properties": {"sku": "K-3"}}])
+    session.commit()
+    assert result.accepted == 2 and not result.rejected
+    known = session.scalar(select(Customer).where(Customer.external_id == "u-1"))
+    anon = session.scalar(select(Customer).where(Customer.is_anonymous.is_(True)))
+    assert anon.merged_into_id == known.id
+    mine = session.execute(select(WishlistItem.sku, WishlistItem.added_at)
+                           .where(WishlistItem.customer_id == known.id)).all()
+    assert sorted(mine) == [("K-1", T0), ("K-2", T0 + dt.timedelta(minutes=2))]
+    # the anonymous duplicate stays behind, so reverting the merge gives the visitor back both entries
+    left = session.scalars(select(WishlistItem.sku).where(WishlistItem.customer_id == anon.id)).all()
+    assert left == ["K-1"]
+
+
 def test_two_known_customers_are_never_merged(session):
     ingest.ingest(session=session, raw_messages=[
         {"type": "identify", "userId": "u-1", "anonymousId": "dev-1", "traits": {"email": "a@x.de"},

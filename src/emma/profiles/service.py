@@ -26,6 +26,8 @@ ADDRESS_COLUMNS: dict[str, str] = {
 }
 # Tables whose customer_id follows an anonymous profile into the known one on merge.
 _MOVABLE = ("events", "carts", "wishlist_items", "orders", "consents", "consent_log", "trait_history")
+# Tables with one row per customer and this column: a merge moves only the rows the target lacks.
+_UNIQUE_PER_CUSTOMER = {"consents": "purpose", "wishlist_items": "sku"}
 
 
 def _table(name: str) -> Any:
@@ -187,11 +189,13 @@ class Resolver:
             ids = list(self.session.scalars(select(table.c.id).where(table.c.customer_id == source_id)))
             if not ids:
                 continue
-            if name == "consents":
-                # The known customer's own consent decisions win over the anonymous visitor's.
-                own = set(self.session.scalars(select(table.c.purpose).where(table.c.customer_id == target_id)))
+            if name in _UNIQUE_PER_CUSTOMER:
+                # The known customer's own rows (consent decisions, wishlist entries) win over the
+                # anonymous visitor's; those stay with the anonymous profile, so the merge stays reversible.
+                col = table.c[_UNIQUE_PER_CUSTOMER[name]]
+                own = set(self.session.scalars(select(col).where(table.c.customer_id == target_id)))
                 ids = list(self.session.scalars(select(table.c.id).where(
-                    table.c.customer_id == source_id, table.c.purpose.not_in(own or {""}))))
+                    table.c.customer_id == source_id, col.not_in(own or {""}))))
             if ids:
                 self.session.execute(update(table).where(table.c.id.in_(ids)).values(customer_id=target_id))
                 moved[name] = ids
