@@ -244,10 +244,18 @@ def _audience(session: Session, entry: S.CatalogEntry, skus: list[str], now: dt.
     return out
 
 
+def _catalog_cursor(session: Session, name: str, id_column: Any) -> Any:
+    """The tactic's cursor over a catalog change table; None on first use, which starts at the present."""
+    cur = _cursor(session, name)
+    if cur.position == 0 and cur.value is None:  # a newly enabled tactic does not replay old changes
+        cur.position, cur.value = session.scalar(select(func.coalesce(func.max(id_column), 0))), "start"
+        return None
+    return cur
+
+
 def _price_drops(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, now: dt.datetime) -> int:
-    cur = _cursor(session, f"catalog:{tactic.id}:price")
-    if cur.position == 0 and cur.value is None:  # a newly enabled tactic starts at the present
-        cur.position, cur.value = session.scalar(select(func.coalesce(func.max(PriceChange.id), 0))), "start"
+    cur = _catalog_cursor(session, f"catalog:{tactic.id}:price", PriceChange.id)
+    if cur is None:
         return 0
     changes = list(session.scalars(select(PriceChange).where(PriceChange.id > cur.position)
                                    .order_by(PriceChange.id).limit(CHUNK)))
@@ -275,9 +283,8 @@ def _price_drops(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, now:
 
 
 def _back_in_stock(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, now: dt.datetime) -> int:
-    cur = _cursor(session, f"catalog:{tactic.id}:stock")
-    if cur.position == 0 and cur.value is None:
-        cur.position, cur.value = session.scalar(select(func.coalesce(func.max(StockChange.id), 0))), "start"
+    cur = _catalog_cursor(session, f"catalog:{tactic.id}:stock", StockChange.id)
+    if cur is None:
         return 0
     n = 0
     for ch in session.scalars(select(StockChange).where(StockChange.id > cur.position)
@@ -293,9 +300,8 @@ def _back_in_stock(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, no
 
 
 def _new_products(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, now: dt.datetime) -> int:
-    cur = _cursor(session, f"catalog:{tactic.id}:products")
-    if cur.position == 0 and cur.value is None:
-        cur.position, cur.value = session.scalar(select(func.coalesce(func.max(Product.id), 0))), "start"
+    cur = _catalog_cursor(session, f"catalog:{tactic.id}:products", Product.id)
+    if cur is None:
         return 0
     n = 0
     for p in session.scalars(select(Product).where(Product.id > cur.position).order_by(Product.id).limit(CHUNK)):
