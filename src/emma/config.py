@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     # Events older than this start no run (a worker catching up on history, e.g. the demo shop's year);
     # they still end runs on their goal and wake waiting runs.
     entry_max_event_age_hours: float = 24.0
+    # Stores (emma.stores): "nearby" is within this many km of the customer's address coordinates; customers
+    # without coordinates count as nearby when their postal code shares this many leading characters.
+    store_radius_km: float = 25.0
+    store_postal_prefix: int = 2
 
 
 @lru_cache

@@ -274,7 +274,19 @@ class Ctx:
         if root == "segment":
             return segment_member(session=self.session, segment=rest, customer_id=self.run.customer_id,
                                   now=self.now)
+        if root in ("order", "store"):
+            return _path(self.context(root), rest)
         return None
+
+    def context(self, name: str) -> dict[str, Any] | None:
+        """The keyed order ('order') or the nearby store ('store') as condition and template data."""
+        if name not in self._cache:
+            from emma.automation import context
+
+            fn = context.order_data if name == "order" else context.store_data
+            self._cache[name] = fn(session=self.session, run=self.run, customer=self.customer,
+                                   settings=self.settings, now=self.now)
+        return self._cache[name]
 
     def evaluate(self, cond: S.Condition, used: dict[str, Any]) -> bool:
         """Evaluate a condition tree, noting each field's value in used (for the journal)."""
@@ -418,6 +430,14 @@ def _wait(node: S.WaitNode, ctx: Ctx) -> Step:
     elif node.until_local:
         until = next_local_time(now, S.parse_clock(node.until_local), ctx.tz)
         why = f"wait until {node.until_local} in {ctx.tz.key}"
+    elif node.until_entry:
+        raw = _path((run.state or {}).get("entry", {}), node.until_entry)
+        at = _moment(raw, ctx.tz)
+        if at is None:
+            ctx.journal(node.id, "wait", "next", f"no date in the entry's {node.until_entry} ({raw!r}): no wait")
+            return Step(next=node.next)
+        until = at - S.parse_duration(node.before or "0s")
+        why = f"wait until {node.before + ' before ' if node.before else ''}{node.until_entry} {raw}"
     else:
         p = ctx.prediction()
         hour = p.best_send_hour if p is not None and p.best_send_hour is not None else node.fallback_hour
@@ -432,6 +452,20 @@ def _wait(node: S.WaitNode, ctx: Ctx) -> Step:
     run.due_at, run.status = until, "active"
     ctx.journal(node.id, "wait", "waiting", f"{why}, until {until:%Y-%m-%d %H:%M} UTC", inputs)
     return Step(stop=True)
+
+
+def _moment(value: Any, tz: zoneinfo.ZoneInfo) -> dt.datetime | None:
+    """An ISO date-time (UTC when naive) or date (its start in tz) as a UTC moment; None when it is neither."""
+    if isinstance(value, str) and len(value) == 10:
+        try:
+            return dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), tzinfo=tz).astimezone(dt.UTC)
+        except ValueError:
+            return None
+    try:
+        moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
 
 
 def _matching_events(session: Session, customer_ids: list[int], names: list[str], match: dict[str, Any],
@@ -667,8 +701,11 @@ def _payload(data: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     for k, v in data.items():
         if v == "$entry":
             out[k] = dict((ctx.run.state or {}).get("entry", {}))
+        elif v in ("$order", "$store"):
+            data = ctx.context(v[1:])
+            out[k] = {kk: _plain(vv) for kk, vv in data.items()} if data else None
         elif v == "$product":
-            sku = ctx.run.key or (ctx.run.state or {}).get("entry", {}).get("sku")
+            sku = (ctx.run.state or {}).get("entry", {}).get("sku") or ctx.run.key
             found = channels.products_by_sku(session=ctx.session, skus=[str(sku)]) if sku else {}
             out[k] = {kk: _plain(vv) for kk, vv in found.get(str(sku), {}).items()} or None
         elif isinstance(v, dict):
@@ -740,8 +777,10 @@ def _goal(node: S.GoalNode, ctx: Ctx) -> Step:
     goal = ctx.tactic.goal
     if goal is not None:
         where = resolve_where(goal.where, ctx.run)
-        found = _matching_events(ctx.session, profile_ids(ctx.session, ctx.run.customer_id), [goal.event], where, 0,
-                                 ctx.run.entered_at)
+        # The event that started the run is not its own goal (an order entering a post-purchase tactic).
+        after = int((ctx.run.state or {}).get("entry_event_id") or 0)
+        found = _matching_events(ctx.session, profile_ids(ctx.session, ctx.run.customer_id), [goal.event], where,
+                                 after, ctx.run.entered_at)
         if found is not None and found.timestamp >= ctx.run.entered_at:
             return Step(end="converted", reason=f"goal reached: {goal.event} ({_brief(found.properties)})")
     ctx.journal(node.id, "goal", "not_reached", "goal not reached yet" + (f" -> {node.next}" if node.next else ""))

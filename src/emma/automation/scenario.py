@@ -62,6 +62,7 @@ def _setup(session: Session, scenario: S.Scenario, now: dt.datetime) -> int:
     c = scenario.customer
     customer = Customer(external_id=c.external_id, email=c.email, phone=c.phone, first_name=c.first_name,
                         last_name=c.last_name, locale=c.locale, timezone=c.timezone, birthday=c.birthday,
+                        postal_code=c.postal_code, city=c.city, country=c.country, lat=c.lat, lon=c.lon,
                         attributes=dict(c.attributes), is_anonymous=False, created_at=now, last_seen_at=now)
     session.add(customer)
     session.flush()
@@ -73,7 +74,21 @@ def _setup(session: Session, scenario: S.Scenario, now: dt.datetime) -> int:
         _predict(session, customer.id, c.prediction, now)
     if scenario.catalog:
         catalog.upsert_products(session=session, products=[dict(p) for p in scenario.catalog], at=now)
+    if scenario.stores:
+        _stores(session, "stores", scenario.stores, now)
     return customer.id
+
+
+def _stores(session: Session, what: str, rows: list[dict[str, Any]], now: dt.datetime) -> str:
+    from emma.stores import service as stores
+
+    fn = stores.upsert_stores if what == "stores" else stores.upsert_events
+    res = fn(session=session, rows=[dict(r) for r in rows], at=now)
+    if res.rejected:
+        first = res.rejected[0]
+        raise ValueError(f"scenario {what}: row {first.index}: {first.field}: {first.reason}")
+    return f"{what}: " + "; ".join(", ".join(f"{k} {v}" for k, v in r.items() if not isinstance(v, dict | list))
+                                   for r in rows)
 
 
 def _predict(session: Session, customer_id: int, values: dict[str, Any], now: dt.datetime) -> None:
@@ -101,8 +116,10 @@ def _apply(session: Session, step: S.ScenarioStep, index: int, customer_id: int,
 
     if step.track is not None:
         props = dict(step.track.get("properties") or {})
+        ts = step.track.get("timestamp")  # a backdated event, e.g. an order two years ago
+        stamp = ts.isoformat() if isinstance(ts, dt.datetime | dt.date) else str(ts or now.isoformat())
         msg = {"type": "track", "userId": external_id, "event": step.track["event"], "properties": props,
-               "timestamp": now.isoformat(), "messageId": f"scenario-{index}"}
+               "timestamp": stamp, "messageId": f"scenario-{index}"}
         res = ingest.ingest(session=session, raw_messages=[msg], received_at=now, settings=settings)
         if res.rejected:
             raise ValueError(f"timeline.{index}: event rejected: {res.rejected[0].errors}")
@@ -116,6 +133,10 @@ def _apply(session: Session, step: S.ScenarioStep, index: int, customer_id: int,
     if step.catalog is not None:
         catalog.upsert_products(session=session, products=[dict(p) for p in step.catalog], at=now)
         return "catalog: " + "; ".join(", ".join(f"{k} {v}" for k, v in p.items()) for p in step.catalog)
+    if step.stores is not None:
+        return _stores(session, "stores", step.stores, now)
+    if step.store_events is not None:
+        return _stores(session, "store_events", step.store_events, now)
     if step.consent is not None:
         for purpose, status in step.consent.items():
             consent.record(session=session, customer_id=customer_id, purpose=purpose, status=status,
@@ -154,7 +175,7 @@ def _play(tactic: S.Tactic, scenario: S.Scenario, sessions: sessionmaker[Session
                    key=lambda x: (x[0], x[1]))
     end = (steps[-1][0] if steps else start) + S.parse_duration(scenario.run_for)
     tactics = {tactic.id: tactic}
-    hourly = tactic.entry.kind in ("schedule", "date", "catalog", "prediction")
+    hourly = tactic.entry.kind in ("schedule", "date", "catalog", "prediction", "store")
     pending = list(steps)
     for _ in range(100_000):
         now = clock.now()
@@ -176,12 +197,33 @@ def _play(tactic: S.Tactic, scenario: S.Scenario, sessions: sessionmaker[Session
             break
         clock.set(nxt)
     result.elapsed_virtual = clock.now() - start
-    _collect(sessions, result, tactic, start)
+    _collect(sessions, result, tactic, start, settings)
     _check(result, scenario.expect, start)
     return result
 
 
-def _collect(sessions: sessionmaker[Session], result: Result, tactic: S.Tactic, start: dt.datetime) -> None:
+def _render(session: Session, m: OutboxMessage, settings: Settings, result: Result) -> str | None:
+    """Render the message as delivery would (a template error fails the scenario); returns its subject."""
+    from emma.channels import content
+    from emma.channels import service as channels
+    from emma.channels.exceptions import RenderError
+    from emma.profiles.models import Customer
+
+    if m.template is None or m.status == "suppressed":
+        return None
+    customer = session.get(Customer, m.customer_id) if m.customer_id else None
+    try:
+        ctx = channels.context_for(session=session, message=m, customer=customer, settings=settings)
+        out = content.render(channel=m.channel, template=m.template, locale=m.locale or settings.default_locale,
+                             context=ctx, settings=settings)
+    except RenderError as exc:
+        result.failures.append(f"{m.channel} {m.template} ({m.locale}) does not render: {exc}")
+        return None
+    return out.subject
+
+
+def _collect(sessions: sessionmaker[Session], result: Result, tactic: S.Tactic, start: dt.datetime,
+             settings: Settings) -> None:
     with session_scope(sessions) as s:
         runs = list(s.scalars(select(Run).where(Run.tactic_id == tactic.id).order_by(Run.id)))
         result.runs = [{"id": r.id, "status": r.status, "key": r.key, "holdout": r.holdout, "outcome": r.outcome}
@@ -194,12 +236,15 @@ def _collect(sessions: sessionmaker[Session], result: Result, tactic: S.Tactic, 
                            .order_by(OutboxMessage.due_at, OutboxMessage.id)):
             result.messages.append({"channel": m.channel, "template": m.template, "due_at": m.due_at,
                                     "offset": m.due_at - start, "transactional": m.transactional,
-                                    "status": m.status, "locale": m.locale, "payload": m.payload})
+                                    "status": m.status, "locale": m.locale, "payload": m.payload,
+                                    "subject": _render(s, m, settings, result)})
             if m.status != "suppressed":
                 result.lines.append(Line(at=m.due_at, offset=m.due_at - start, kind="message", channel=m.channel,
                                          text=f"{m.channel} {m.template} ({m.locale})"
                                          + (" [transactional]" if m.transactional else "")
-                                         + f" goes out: {(m.payload or {}).get('reason', '')}"))
+                                         + f" goes out: {(m.payload or {}).get('reason', '')}"
+                                         + (f" – “{result.messages[-1]['subject']}”"
+                                            if result.messages[-1]["subject"] else "")))
     order = {"input": 0, "step": 1, "suppressed": 1, "message": 2}
     result.lines.sort(key=lambda ln: (ln.at, order[ln.kind]))
 

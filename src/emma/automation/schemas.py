@@ -90,7 +90,7 @@ class Condition(_Strict):
         return self
 
 
-FIELD_ROOTS = ("customer", "prediction", "cart", "consent", "event", "run", "orders", "segment")
+FIELD_ROOTS = ("customer", "prediction", "cart", "consent", "event", "run", "orders", "segment", "order", "store")
 
 
 # Entry triggers
@@ -136,12 +136,22 @@ class DateEntry(_Strict):
 
 class CatalogEntry(_Strict):
     kind: Literal["catalog"]
-    change: Literal["price_drop", "back_in_stock", "new_product", "successor_launched"]
+    change: Literal["price_drop", "back_in_stock", "new_product", "successor_launched", "upcoming_launch"]
     min_drop_percent: float = Field(default=10.0, gt=0, lt=100)
+    min_score: float = Field(default=1.5, gt=0)  # upcoming_launch: the early-adopter score (1 = average) invited
     category: str | None = None  # new_product: category path prefix
     audience: Literal["viewed", "wishlisted", "viewed_or_wishlisted", "bought", "affinity"] = "viewed_or_wishlisted"
     within: DurationStr = "30d"  # how far back a view counts
     max_per_day: int | None = Field(default=None, ge=1)  # entries per customer and day
+
+
+class StoreEntry(_Strict):
+    """A store opening or a scheduled event (emma.stores): customers within radius_km enter lead_days before."""
+
+    kind: Literal["store"]
+    change: Literal["opening", "event"]
+    lead_days: int = Field(default=14, ge=0, le=365)  # start this many days before (at once if scheduled later)
+    radius_km: float | None = Field(default=None, gt=0, le=1000)  # absent: the setting EMMA_STORE_RADIUS_KM
 
 
 class PredictionEntry(_Strict):
@@ -161,7 +171,7 @@ class PredictionEntry(_Strict):
 PREDICTION_FIELDS = ("p_alive", "expected_orders", "expected_revenue", "clv", "churn_probability",
                      "propensity_30d", "incentive_uplift", "early_adopter")
 
-Entry = Annotated[EventEntry | SegmentEntry | ScheduleEntry | DateEntry | CatalogEntry | PredictionEntry,
+Entry = Annotated[EventEntry | SegmentEntry | ScheduleEntry | DateEntry | CatalogEntry | StoreEntry | PredictionEntry,
                   Field(discriminator="kind")]
 
 
@@ -181,14 +191,18 @@ class WaitNode(_Node):
     until_local: str | None = None  # HH:MM in the customer's time zone
     until_send_hour: bool = False  # the customer's predicted best send hour
     fallback_hour: int = Field(default=10, ge=0, le=23)
+    until_entry: str | None = None  # an entry property holding an ISO date or date-time (an event's start)
+    before: DurationStr | None = None  # with until_entry: this long before that moment
     next: str
 
     @model_validator(mode="after")
     def _one(self) -> WaitNode:
-        given = [k for k in ("duration", "until_local") if getattr(self, k)] + (
+        given = [k for k in ("duration", "until_local", "until_entry") if getattr(self, k)] + (
             ["until_send_hour"] if self.until_send_hour else [])
         if len(given) != 1:
-            raise ValueError("a wait has exactly one of: duration, until_local, until_send_hour")
+            raise ValueError("a wait has exactly one of: duration, until_local, until_send_hour, until_entry")
+        if self.before and not self.until_entry:
+            raise ValueError("before goes with until_entry")
         if self.duration:
             _duration(self.duration)
         if self.until_local:
@@ -346,6 +360,11 @@ class ScenarioCustomer(_Strict):
     locale: str | None = "de"
     timezone: str | None = "Europe/Berlin"
     birthday: dt.date | None = None
+    postal_code: str | None = None
+    city: str | None = None
+    country: str | None = None
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
     attributes: dict[str, Any] = {}
     consent: dict[str, Literal["granted", "revoked", "pending"]] = {"email_marketing": "granted"}
     prediction: dict[str, Any] | None = None
@@ -353,17 +372,20 @@ class ScenarioCustomer(_Strict):
 
 class ScenarioStep(_Strict):
     at: DurationStr  # offset from the scenario start: '0m', '1h 30m', '3d'
-    track: dict[str, Any] | None = None  # {event, properties}
+    track: dict[str, Any] | None = None  # {event, properties[, timestamp]}; a timestamp in the past backdates it
     identify: dict[str, Any] | None = None  # traits
     catalog: list[dict[str, Any]] | None = None  # product rows (sku, price, stock, ...)
     consent: dict[str, Literal["granted", "revoked", "pending"]] | None = None
     prediction: dict[str, Any] | None = None
+    stores: list[dict[str, Any]] | None = None  # store rows (emma.stores), with their stock
+    store_events: list[dict[str, Any]] | None = None  # scheduled events (emma.stores)
 
     @model_validator(mode="after")
     def _one(self) -> ScenarioStep:
-        given = [k for k in ("track", "identify", "catalog", "consent", "prediction") if getattr(self, k) is not None]
+        kinds = ("track", "identify", "catalog", "consent", "prediction", "stores", "store_events")
+        given = [k for k in kinds if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("a timeline step has exactly one of: track, identify, catalog, consent, prediction")
+            raise ValueError(f"a timeline step has exactly one of: {', '.join(kinds)}")
         if self.track is not None and not isinstance(self.track.get("event"), str):
             raise ValueError("track needs an event name")
         return self
@@ -390,6 +412,7 @@ class Scenario(_Strict):
     customer: ScenarioCustomer = ScenarioCustomer()
     group: Literal["treatment", "control"] = "treatment"  # the test customer's holdout group
     catalog: list[dict[str, Any]] = []
+    stores: list[dict[str, Any]] = []  # stores present from the start (emma.stores rows)
     timeline: list[ScenarioStep] = []
     run_for: DurationStr = "30d"  # how long the clock runs after the last step
     expect: Expectations

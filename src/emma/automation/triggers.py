@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from emma.automation import engine
@@ -41,7 +41,9 @@ def scan(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, 
     """Check every non-event trigger of the enabled tactics; returns how many runs were started."""
     entered = 0
     scanners = {"schedule": _schedule, "date": _date, "catalog": _catalog, "prediction": _prediction}
-    for t in tactics.values():
+    # Higher priorities first: when two tactics start on the same change, the more important one's message is
+    # created first and the frequency cap holds back the other.
+    for t in sorted(tactics.values(), key=lambda t: -t.priority):
         fn = scanners.get(t.entry.kind)
         if fn is None:
             continue
@@ -226,10 +228,14 @@ def _catalog(session: Session, tactic: S.Tactic, settings: Settings, now: dt.dat
     return _new_products(session, tactic, entry, now)
 
 
-def _audience(session: Session, entry: S.CatalogEntry, skus: list[str], now: dt.datetime) -> set[int]:
-    """Customers who viewed, wishlisted or bought one of skus (as the trigger asks)."""
+def _audience(session: Session, entry: S.CatalogEntry, skus: list[str], now: dt.datetime,
+              viewed_since: dt.datetime | None = None) -> set[int]:
+    """Customers who viewed, wishlisted or bought one of skus (as the trigger asks); views count from
+    viewed_since when that is later than the trigger's `within`."""
     out: set[int] = set()
     since = now - S.parse_duration(entry.within)
+    if viewed_since is not None and viewed_since > since:
+        since = viewed_since
     if entry.audience in ("viewed", "viewed_or_wishlisted"):
         for sku in skus:
             out.update(c for c in session.scalars(
@@ -292,7 +298,10 @@ def _back_in_stock(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, no
         cur.position = ch.id
         if ch.previous_stock is None or ch.previous_stock > 0 or not ch.stock or ch.stock <= 0:
             continue
-        who = _audience(session, entry, [ch.sku], now)
+        # Only views while the product was out of stock: the customer wanted it and could not have it.
+        gone = session.scalar(select(func.max(StockChange.changed_at)).where(
+            StockChange.sku == ch.sku, StockChange.id < ch.id, StockChange.stock <= 0))
+        who = _audience(session, entry, [ch.sku], now, viewed_since=gone)
         n += _enter_many(session, tactic, sorted(who), now, f"stock:{ch.id}",
                          f"{ch.sku} is back in stock ({ch.stock} available)", key=ch.sku,
                          entry={"sku": ch.sku, "stock": ch.stock}, max_per_day=entry.max_per_day)
@@ -307,39 +316,88 @@ def _new_products(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, now
     for p in session.scalars(select(Product).where(Product.id > cur.position).order_by(Product.id).limit(CHUNK)):
         cur.position = p.id
         attrs = p.attributes or {}
+        info: dict[str, Any] = {"sku": p.sku, "name": p.name, "category": p.category}
+        if entry.category and not (p.category or "").startswith(entry.category):
+            continue
         if entry.change == "successor_launched":
-            pred = attrs.get("predecessor_sku") or attrs.get("successor_of")
-            if not pred:
+            preds = _predecessors(session, p)
+            if not preds:
                 continue
-            who = _audience(session, entry.model_copy(update={"audience": "bought"}), [str(pred)], now)
-            reason = f"{p.sku} ({p.name}) succeeds {pred}, which the customer bought"
+            who = _audience(session, entry.model_copy(update={"audience": "bought"}), sorted(preds), now)
+            who -= _audience(session, entry.model_copy(update={"audience": "bought"}), [p.sku], now)
+            first = min(preds)
+            info.update(predecessor_sku=first, predecessor_name=preds[first])
+            reason = f"{p.sku} ({p.name}) succeeds {', '.join(sorted(preds))}, which the customer bought"
+        elif entry.change == "upcoming_launch":
+            launch = _iso_date(attrs.get("launch_date"))
+            if launch is None or launch <= now.astimezone(dt.UTC).date():
+                continue
+            who = _early_adopters(session, entry.min_score)
+            info["launch_date"] = launch.isoformat()
+            reason = f"{p.sku} ({p.name}) launches on {launch.isoformat()}"
         else:
-            if entry.category and not (p.category or "").startswith(entry.category):
-                continue
-            who = _category_audience(session, entry, p.category, now)
+            who = _category_audience(session, entry, p, now)
             reason = f"new product {p.sku} ({p.name}) in {p.category}"
         n += _enter_many(session, tactic, sorted(who), now, f"product:{p.id}", reason, key=p.sku,
-                         entry={"sku": p.sku, "name": p.name, "category": p.category},
-                         max_per_day=entry.max_per_day)
+                         entry=info, max_per_day=entry.max_per_day)
     return n
 
 
-def _category_audience(session: Session, entry: S.CatalogEntry, category: str | None,
-                       now: dt.datetime) -> set[int]:
-    """Customers with an affinity for the category (predictions), or who bought in it."""
-    if not category:
-        return set()
-    top = category.split(" > ")[0]
+def _predecessors(session: Session, p: Product) -> dict[str, str]:
+    """sku -> name of the products p succeeds: its own predecessor_sku, or products naming it as successor_sku."""
+    attrs = p.attributes or {}
+    out: dict[str, str] = {}
+    named = attrs.get("predecessor_sku") or attrs.get("successor_of")
+    if named:
+        out[str(named)] = str(session.scalar(select(Product.name).where(Product.sku == str(named))) or named)
+    for sku, name in session.execute(select(Product.sku, Product.name).where(
+            Product.attributes["successor_sku"].as_string() == p.sku, Product.sku != p.sku)):
+        out[sku] = name
+    return out
+
+
+def _iso_date(value: Any) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(str(value)[:10]) if value else None
+    except ValueError:
+        return None
+
+
+def _early_adopters(session: Session, min_score: float) -> set[int]:
+    """Customers whose predicted early-adopter score (new products bought soon after launch, 1 = average) is at
+    least min_score; nobody before the first scoring run."""
+    return set(session.scalars(select(Prediction.customer_id).where(Prediction.early_adopter >= min_score)))
+
+
+def _category_audience(session: Session, entry: S.CatalogEntry, product: Product, now: dt.datetime) -> set[int]:
+    """Customers with a predicted affinity for the product's category or one of its attributes (e.g.
+    sustainability), and (unless audience is affinity) who bought in its top-level category."""
+    category = product.category or ""
+    attrs = product.attributes or {}
+    flags = {k for k, v in attrs.items() if v is True or v in ("true", "yes", 1)}
+    if "sustainable" in flags:
+        flags.add("sustainability")  # the affinity the predictive layer reports for sustainable products
+    top = category.split(" > ")[0] if category else None
     out: set[int] = set()
     for cid, aff in session.execute(select(Prediction.customer_id, Prediction.top_affinities)):
-        names = [a.get("category") if isinstance(a, dict) else a for a in (aff or [])]
-        if any(isinstance(n, str) and (category.startswith(n) or n.startswith(top)) for n in names):
-            out.add(cid)
-    if entry.audience in ("bought", "viewed_or_wishlisted", "viewed"):
+        for a in aff or []:
+            name = (a.get("name") or a.get("category")) if isinstance(a, dict) else a
+            if not isinstance(name, str) or not name:
+                continue
+            if name in flags or _under(category, name) or (top and _under(name, top)):
+                out.add(cid)
+                break
+    if top and entry.audience != "affinity":
         out.update(session.scalars(select(Order.customer_id).join(OrderLine, OrderLine.order_pk == Order.id)
                                    .join(Product, Product.sku == OrderLine.sku)
-                                   .where(Product.category.startswith(top)).distinct()))
+                                   .where(or_(Product.category == top, Product.category.startswith(f"{top} > ")),
+                                          Product.sku != product.sku).distinct()))
     return out
+
+
+def _under(category: str, name: str) -> bool:
+    """Whether the category path is name or lies below it ("Garten > Grills" is under "Garten")."""
+    return bool(category) and (category == name or category.startswith(f"{name} > "))
 
 
 # Prediction thresholds

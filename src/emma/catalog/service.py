@@ -97,3 +97,29 @@ def stock_history(*, session: Session, sku: str) -> list[StockChange]:
     """Every stock change of a product, oldest first."""
     return list(session.scalars(select(StockChange).where(StockChange.sku == sku)
                                 .order_by(StockChange.changed_at, StockChange.id)))
+
+
+def better_versions(*, session: Session, skus: Iterable[str], exclude: Iterable[str] = ()) -> dict[str, Product]:
+    """sku -> the better version of it on offer: the product its attribute upgrade_sku names, else the next step
+    up in the same category (15 % to 150 % dearer, in stock, the cheapest such); skus in exclude are skipped."""
+    wanted = list(dict.fromkeys(skus))
+    skip = set(exclude) | set(wanted)
+    base = {p.sku: p for p in session.scalars(select(Product).where(among(session, Product.sku, wanted)))}
+    out: dict[str, Product] = {}
+    for sku, p in base.items():
+        named = (p.attributes or {}).get("upgrade_sku")
+        if named and str(named) not in skip:
+            up = session.scalar(select(Product).where(Product.sku == str(named), Product.active.is_(True)))
+            if up is not None and (up.stock is None or up.stock > 0):
+                out[sku] = up
+                continue
+        if p.price is None or not p.category:
+            continue
+        lo, hi = p.price * Decimal("1.15"), p.price * Decimal("2.5")
+        for cand in session.scalars(select(Product).where(
+                Product.category == p.category, Product.active.is_(True), Product.price >= lo, Product.price <= hi,
+                (Product.stock.is_(None)) | (Product.stock > 0)).order_by(Product.price, Product.sku)):
+            if cand.sku not in skip:
+                out[sku] = cand
+                break
+    return out

@@ -7,6 +7,7 @@ settings.template_dir override the packaged defaults of the same path.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import re
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ def _money(value: Any, currency: str = "EUR", locale: str = "de") -> str:
 
 
 def _date(value: Any, locale: str = "de") -> str:
+    if isinstance(value, str):  # ISO dates from payloads (JSON has no date type)
+        try:
+            value = dt.date.fromisoformat(value[:10])
+        except ValueError:
+            return value
     if not hasattr(value, "strftime"):
         return str(value)
     return value.strftime("%d.%m.%Y" if locale == "de" else "%B %-d, %Y")
