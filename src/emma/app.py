@@ -85,6 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(automation_router)
 
+    from emma.stores.router import router as stores_router
+
+    app.include_router(stores_router)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "reason": e["msg"]}

@@ -304,3 +304,4 @@ def import_all_models() -> None:
     from emma.predict import models as _predict  # noqa: F401
     from emma.profiles import models as _profiles  # noqa: F401
     from emma.segments import models as _segments  # noqa: F401
+    from emma.stores import models as _stores  # noqa: F401

@@ -40,7 +40,8 @@ def _cursor(session: Session, name: str) -> Any:
 def scan(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, now: dt.datetime) -> int:
     """Check every non-event trigger of the enabled tactics; returns how many runs were started."""
     entered = 0
-    scanners = {"schedule": _schedule, "date": _date, "catalog": _catalog, "prediction": _prediction}
+    scanners = {"schedule": _schedule, "date": _date, "catalog": _catalog, "prediction": _prediction,
+                "store": _store}
     # Higher priorities first: when two tactics start on the same change, the more important one's message is
     # created first and the frequency cap holds back the other.
     for t in sorted(tactics.values(), key=lambda t: -t.priority):
@@ -186,19 +187,21 @@ def _add_months(d: dt.date, months: int) -> dt.date:
 
 
 def _warranty(session: Session, tactic: S.Tactic, entry: S.DateEntry, now: dt.datetime) -> int:
-    """Order lines whose warranty (product attribute warranty_months) ends offset_days from today."""
+    """Order lines whose warranty (product attribute warranty_months, from delivery, else from the order date)
+    ends offset_days from today."""
     today = now.astimezone(dt.UTC).date()
     n = 0
     products = [(p.sku, int(p.attributes["warranty_months"])) for p in session.scalars(select(Product))
                 if isinstance(p.attributes, dict) and str(p.attributes.get("warranty_months", "")).isdigit()]
+    since = func.coalesce(Order.delivered_at, Order.ordered_at)
     for sku, months in products:
-        # warranty end = order date + months; the trigger date = end + offset (offset -90: 90 days before)
+        # warranty end = delivery date + months; the trigger date = end + offset (offset -90: 90 days before)
         end = today - dt.timedelta(days=entry.offset_days)
         bought_on = _add_months(end, -months)
         lo = dt.datetime.combine(bought_on, dt.time(), tzinfo=dt.UTC)
         rows = session.execute(select(Order.customer_id, Order.order_id).join(OrderLine, OrderLine.order_pk == Order.id)
-                               .where(OrderLine.sku == sku, Order.ordered_at >= lo,
-                                      Order.ordered_at < lo + dt.timedelta(days=1))).all()
+                               .where(OrderLine.sku == sku, since >= lo, since < lo + dt.timedelta(days=1),
+                                      Order.status.not_in(("cancelled", "returned", "refunded")))).all()
         for cid, order_id in rows:
             n += _enter_many(session, tactic, [cid], now, f"warranty:{order_id}:{sku}",
                              f"warranty of {sku} (order {order_id}) ends {end.isoformat()}",
@@ -398,6 +401,52 @@ def _category_audience(session: Session, entry: S.CatalogEntry, product: Product
 def _under(category: str, name: str) -> bool:
     """Whether the category path is name or lies below it ("Garten > Grills" is under "Garten")."""
     return bool(category) and (category == name or category.startswith(f"{name} > "))
+
+
+# Store openings and scheduled events (emma.stores)
+
+def _store(session: Session, tactic: S.Tactic, settings: Settings, now: dt.datetime) -> int:
+    """Customers living near a store that opens, or an event that starts, within lead_days enter once per
+    opening or event (an opening or event already past when the tactic is enabled starts nothing)."""
+    from emma.stores import service as stores
+
+    entry = tactic.entry
+    assert isinstance(entry, S.StoreEntry)
+    cur = _cursor(session, f"store:{tactic.id}")
+    hour = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H")
+    if cur.value == hour:
+        return 0
+    cur.value = hour
+    radius = entry.radius_km or settings.store_radius_km
+    n = 0
+    for occ in stores.upcoming(session=session, kind=entry.change, now=now, lead_days=entry.lead_days):
+        done = _cursor(session, f"store:{tactic.id}:{entry.change}:{occ['id']}")
+        if done.value == "entered":
+            continue
+        near = stores.customers_near(session=session, lat=occ["lat"], lon=occ["lon"], postal_code=occ["postal_code"],
+                                     country=occ["country"], radius_km=radius,
+                                     postal_prefix=settings.store_postal_prefix)
+        zones: dict[int, str | None] = {}
+        ids = sorted(near) if entry.change == "event" else []
+        for i in range(0, len(ids), 900):
+            zones.update(session.execute(select(Customer.id, Customer.timezone)
+                                         .where(Customer.id.in_(ids[i:i + 900]))).all())
+        what = "opens" if entry.change == "opening" else "takes place"
+        for cid in sorted(near):
+            km = near[cid]
+            data = {**occ["entry"], "distance_km": km, "matched_by": "coordinates" if km is not None else "postal_code"}
+            if entry.change == "event":  # the start in the customer's own time for the invitation
+                tz = engine.timezone_of(Customer(timezone=zones.get(cid)), settings)
+                local = dt.datetime.fromisoformat(data["starts_at"]).astimezone(tz)
+                data.update(starts_date=local.date().isoformat(), starts_time=local.strftime("%H:%M"))
+            where = f"{km:.1f} km away" if km is not None else "in the same postal area"
+            when = data.get("opens_on") or data.get("starts_at", "")[:16].replace("T", " ") + " UTC"
+            if engine.enter(session=session, tactic=tactic, customer_id=cid, now=now, key=occ["key"],
+                            dedupe=f"{entry.change}:{occ['key']}", entry=data, inputs={"distance_km": km},
+                            reason=f"{occ['name']} {what} {when}, {where}") is not None:
+                n += 1
+        done.value = "entered"
+    return n
 
 
 # Prediction thresholds

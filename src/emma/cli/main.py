@@ -150,7 +150,7 @@ def _register_optional() -> None:
     for module, name in (("emma.cli.importer", "import"), ("emma.cli.demo", "demo"),
                          ("emma.cli.channels", "channels"), ("emma.cli.templates", "templates"),
                          ("emma.cli.gdpr", "gdpr"), ("emma.cli.segments", "segments"),
-                         ("emma.cli.onsite", "onsite")):
+                         ("emma.cli.onsite", "onsite"), ("emma.cli.stores", "stores")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

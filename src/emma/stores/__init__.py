@@ -1,0 +1,1 @@
+"""Physical stores, their stock, and the events they host (store openings and events start tactics)."""
