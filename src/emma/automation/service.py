@@ -54,7 +54,14 @@ def describe_entry(t: S.Tactic) -> str:
     if isinstance(e, S.DateEntry):
         return f"date {e.attribute}" + (f" {e.offset_days:+d} days" if e.offset_days else "")
     if isinstance(e, S.CatalogEntry):
-        return f"catalog {e.change}" + (f" >= {e.min_drop_percent:g} %" if e.change == "price_drop" else "")
+        return f"catalog {e.change}" + (f" >= {e.min_drop_percent:g} %" if e.change == "price_drop" else "") + (
+            f" to early adopters >= {e.min_score:g}" if e.change == "upcoming_launch" else "") + (
+            f" ({e.audience})" if e.change in ("price_drop", "back_in_stock") and e.audience != "viewed_or_wishlisted"
+            else "")
+    if isinstance(e, S.StoreEntry):
+        return (f"store {'opening' if e.change == 'opening' else 'event'} within {e.lead_days} days, customers "
+                f"within {e.radius_km:g} km" if e.radius_km else
+                f"store {'opening' if e.change == 'opening' else 'event'} within {e.lead_days} days, customers nearby")
     return f"prediction {e.field} {e.op} {e.value:g}"
 
 

@@ -312,10 +312,13 @@ def _back_in_stock(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, no
 
 
 def _new_products(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, now: dt.datetime) -> int:
+    from emma.predict import service as predict  # lazily: the scoring stack is heavy to import
+
     cur = _catalog_cursor(session, f"catalog:{tactic.id}:products", Product.id)
     if cur is None:
         return 0
     n = 0
+    affinities: dict[str, Any] | None = None  # built once per scan, on the first product that needs it
     for p in session.scalars(select(Product).where(Product.id > cur.position).order_by(Product.id).limit(CHUNK)):
         cur.position = p.id
         attrs = p.attributes or {}
@@ -335,11 +338,13 @@ def _new_products(session: Session, tactic: S.Tactic, entry: S.CatalogEntry, now
             launch = _iso_date(attrs.get("launch_date"))
             if launch is None or launch <= now.astimezone(dt.UTC).date():
                 continue
-            who = _early_adopters(session, entry.min_score)
+            who = predict.early_adopters(session=session, min_score=entry.min_score)
             info["launch_date"] = launch.isoformat()
             reason = f"{p.sku} ({p.name}) launches on {launch.isoformat()}"
         else:
-            who = _category_audience(session, entry, p, now)
+            if affinities is None:
+                affinities = predict.affinity_index(session=session)
+            who = _category_audience(session, entry, p, affinities)
             reason = f"new product {p.sku} ({p.name}) in {p.category}"
         n += _enter_many(session, tactic, sorted(who), now, f"product:{p.id}", reason, key=p.sku,
                          entry=info, max_per_day=entry.max_per_day)
@@ -366,13 +371,8 @@ def _iso_date(value: Any) -> dt.date | None:
         return None
 
 
-def _early_adopters(session: Session, min_score: float) -> set[int]:
-    """Customers whose predicted early-adopter score (new products bought soon after launch, 1 = average) is at
-    least min_score; nobody before the first scoring run."""
-    return set(session.scalars(select(Prediction.customer_id).where(Prediction.early_adopter >= min_score)))
-
-
-def _category_audience(session: Session, entry: S.CatalogEntry, product: Product, now: dt.datetime) -> set[int]:
+def _category_audience(session: Session, entry: S.CatalogEntry, product: Product,
+                       affinities: dict[str, Any]) -> set[int]:
     """Customers with a predicted affinity for the product's category or one of its attributes (e.g.
     sustainability), and (unless audience is affinity) who bought in its top-level category."""
     category = product.category or ""
@@ -382,14 +382,9 @@ def _category_audience(session: Session, entry: S.CatalogEntry, product: Product
         flags.add("sustainability")  # the affinity the predictive layer reports for sustainable products
     top = category.split(" > ")[0] if category else None
     out: set[int] = set()
-    for cid, aff in session.execute(select(Prediction.customer_id, Prediction.top_affinities)):
-        for a in aff or []:
-            name = (a.get("name") or a.get("category")) if isinstance(a, dict) else a
-            if not isinstance(name, str) or not name:
-                continue
-            if name in flags or _under(category, name) or (top and _under(name, top)):
-                out.add(cid)
-                break
+    for name, ids in affinities.items():
+        if name in flags or _under(category, name) or (top and _under(name, top)):
+            out.update(ids.tolist())
     if top and entry.audience != "affinity":
         out.update(session.scalars(select(Order.customer_id).join(OrderLine, OrderLine.order_pk == Order.id)
                                    .join(Product, Product.sku == OrderLine.sku)

@@ -800,3 +800,29 @@ def summary(*, session: Session) -> dict[str, Any] | None:
     return {"as_of": run.as_of.date().isoformat(), "customers": n, "personalized": int(personal or 0),
             "stages": {str(k): v for k, v in stages.items() if k}, "mean_churn": churn, "total_clv": clv or 0.0,
             "models": run.models}
+
+
+def affinity_index(*, session: Session, chunk: int = 50_000) -> dict[str, np.ndarray]:
+    """Affinity name (top-level category, or an attribute such as sustainability) -> ids of the customers whose
+    latest predictions name it; one pass over the predictions, for audiences of many products at once."""
+    lists: dict[str, list[int]] = {}
+    after = 0
+    while True:
+        rows = session.execute(select(Prediction.customer_id, Prediction.top_affinities)
+                               .where(Prediction.customer_id > after).order_by(Prediction.customer_id)
+                               .limit(chunk)).all()
+        for cid, affinities in rows:
+            for a in affinities or []:
+                name = (a.get("name") or a.get("category")) if isinstance(a, dict) else a
+                if isinstance(name, str) and name:
+                    lists.setdefault(name, []).append(cid)
+        if len(rows) < chunk:
+            break
+        after = rows[-1][0]
+    return {name: np.array(ids, dtype=np.int64) for name, ids in lists.items()}
+
+
+def early_adopters(*, session: Session, min_score: float) -> set[int]:
+    """Customers whose early-adopter score (their share of new products bought within 30 days of launch over the
+    population's; 1 = average) is at least min_score; empty before the first scoring run."""
+    return set(session.scalars(select(Prediction.customer_id).where(Prediction.early_adopter >= min_score)))
