@@ -250,9 +250,14 @@ def part_import(args: argparse.Namespace, databases: list[str]) -> None:
                     engine.dispose()
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process used so far."""
+    return sum(int(x) for x in _proc_stat(pid)[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def running_server(url: str) -> Iterator[tuple[str, str]]:
-    """`emma serve` on a free port of 127.0.0.1 in its own process; (base URL, write key)."""
+def running_server(url: str) -> Iterator[tuple[str, str, int]]:
+    """`emma serve` on a free port of 127.0.0.1 in its own process; (base URL, write key, its pid)."""
     import socket
     import subprocess
     import sys
@@ -284,7 +289,7 @@ def running_server(url: str) -> Iterator[tuple[str, str]]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("server did not start")
             time.sleep(0.1)
-        yield base, key
+        yield base, key, proc.pid
     finally:
         proc.terminate()
         try:
@@ -363,11 +368,16 @@ def part_http_batch(args: argparse.Namespace, databases: list[str]) -> None:
 
     with tempfile.TemporaryDirectory(prefix="emma-bench-http-") as tmp:
         for db in databases:
-            with fresh_database(db, Path(tmp)) as url, running_server(url) as (base, key):
+            with fresh_database(db, Path(tmp)) as url, running_server(url) as (base, key, pid):
+                cpu, server = process_cpu_seconds(pid), server_cpu_seconds()
                 secs, accepted, failed, lat = asyncio.run(drive(base, key))
+                cpu = process_cpu_seconds(pid) - cpu
+                if server is not None:
+                    cpu += server_cpu_seconds() - server  # type: ignore[operator]
                 print(f"http batch    {db:<9} {requests:,} requests x {per_request} events, {args.clients} clients: "
                       f"{secs:6.1f} s {accepted / secs:>9,.0f} events/s accepted   request p50 "
                       f"{_percentile(lat, 0.5) * 1000:.0f} ms p99 {_percentile(lat, 0.99) * 1000:.0f} ms   "
+                      f"server CPU {cpu:.1f} s {accepted / cpu:>7,.0f} events/CPU-s   "
                       f"accepted {accepted:,} failed requests {failed}   target >= 10,000 events/s", flush=True)
 
 
@@ -408,14 +418,19 @@ def part_http_track(args: argparse.Namespace, databases: list[str]) -> None:
 
     with tempfile.TemporaryDirectory(prefix="emma-bench-http-") as tmp:
         for db in databases:
-            with fresh_database(db, Path(tmp)) as url, running_server(url) as (base, key):
+            with fresh_database(db, Path(tmp)) as url, running_server(url) as (base, key, pid):
+                cpu, server = process_cpu_seconds(pid), server_cpu_seconds()
                 lat, failed, secs = asyncio.run(drive(base, key))
+                cpu = process_cpu_seconds(pid) - cpu
+                if server is not None:
+                    cpu += server_cpu_seconds() - server  # type: ignore[operator]
                 measured = lat[int(args.rate):]  # the first second warms up
                 print(f"http track    {db:<9} {total:,} requests offered at {args.rate:,.0f}/s "
                       f"for {args.seconds:.0f} s, "
                       f"done in {secs:.1f} s: p50 {_percentile(measured, 0.5) * 1000:.1f} ms p95 "
                       f"{_percentile(measured, 0.95) * 1000:.1f} ms p99 {_percentile(measured, 0.99) * 1000:.1f} ms "
-                      f"max {max(measured) * 1000:.0f} ms   failed {failed}   target p99 < 10 ms", flush=True)
+                      f"max {max(measured) * 1000:.0f} ms   server CPU {cpu / total * 1000:.2f} ms per request   "
+                      f"failed {failed}   target p99 < 10 ms", flush=True)
 
 
 PARTS: dict[str, Callable[[argparse.Namespace, list[str]], None]] = {

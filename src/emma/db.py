@@ -193,6 +193,25 @@ def insert_columns(session: Session, table: Any, columns: dict[str, list[Any]], 
     return out
 
 
+def allocate_ids(session: Session, table: Any, n: int) -> list[int]:
+    """n fresh primary keys for table, so a batch of new rows and the rows that refer to them can be written
+    in one statement each.
+
+    PostgreSQL draws them from the column's sequence. SQLite continues after the largest id; a concurrent
+    writer that took the same ids makes the insert fail on the primary key, and the transaction is retried.
+    """
+    table = getattr(table, "__table__", table)
+    if n <= 0:
+        return []
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        return list(conn.exec_driver_sql(
+            f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, %s)",
+            (n,)).scalars())
+    start = conn.exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {table.name}").scalar_one()
+    return list(range(start + 1, start + n + 1))
+
+
 def update_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]], *, key: str = "id",
                 only_newer: str | None = None) -> None:
     """UPDATE many rows by key; every row sets the same columns. only_newer names a column that is only

@@ -202,3 +202,42 @@ def test_concurrent_batches_with_overlapping_message_ids(server, session_factory
 
         # every Product Added landed exactly once: the cart quantities add up to the number of messages
         assert s.scalar(select(func.sum(CartItem.quantity))) == len(expected)
+
+
+def test_concurrent_single_tracks_are_committed_together_each_exactly_once(server, session_factory):
+    # Many /v1/track requests at once share transactions (group commit); each is answered for itself.
+    import asyncio
+
+    base, write, _ = server
+    good = [{"userId": f"g{i % 7}", "event": "Product Viewed", "properties": {"sku": f"S{i}"}, "messageId": f"gc-{i}"}
+            for i in range(60)]
+    resent = [dict(m) for m in good[:10]]  # the same messageIds again, in the same burst
+    new_visitors = [{"anonymousId": f"anon-gc-{i}", "event": "Page Shown", "messageId": f"gc-anon-{i}"}
+                    for i in range(20)]
+    bad = [{"userId": "g1", "messageId": "gc-bad"}, {"userId": "g1", "event": "X", "timestamp": "3000-01-01T00:00:00Z",
+                                                     "messageId": "gc-future"}]
+    bodies = good + resent + new_visitors + bad
+
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, auth=(write, ""), timeout=30) as client:
+            return await asyncio.gather(*(client.post("/v1/track", json=b) for b in bodies))
+
+    answers = asyncio.run(send())
+    by_id = {b["messageId"]: r for b, r in zip(bodies, answers, strict=True)}
+    assert answers[-2].status_code == 400 and answers[-2].json()["errors"][0]["field"] == "event"
+    assert answers[-1].status_code == 400 and answers[-1].json()["errors"][0]["field"] == "timestamp"
+    assert all(r.status_code == 200 and r.json()["success"] for r in answers[:-2]), [r.text for r in answers]
+    # Of each resent pair exactly one landed and the other was answered as a duplicate.
+    for m in good[:10]:
+        pair = [r.json()["duplicate"] for b, r in zip(bodies, answers, strict=True) if b["messageId"] == m["messageId"]]
+        assert sorted(pair) == [False, True]
+    assert all(by_id[m["messageId"]].json()["duplicate"] is False for m in good[10:] + new_visitors)
+    with session_factory() as s:
+        rows = s.execute(select(Event.message_id, Event.customer_id)).all()
+        assert sorted(mid for mid, _ in rows) == sorted({b["messageId"] for b in good + new_visitors})
+        # seven known customers and twenty new anonymous ones, each created once
+        assert s.scalar(select(func.count()).select_from(Customer)) == 27
+        assert len({cid for mid, cid in rows if mid.startswith("gc-anon-")}) == 20
+        assert s.scalar(select(func.count()).select_from(Identity).where(Identity.kind == "anonymous_id")) == 20
+    again = httpx.post(f"{base}/v1/track", auth=(write, ""), json=good[0])
+    assert again.status_code == 200 and again.json()["duplicate"] is True

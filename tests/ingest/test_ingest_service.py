@@ -208,3 +208,51 @@ def test_clock_skew_is_corrected_from_sent_at(session):
          "originalTimestamp": (device - dt.timedelta(seconds=10)).isoformat(), "sentAt": device.isoformat()}])
     session.commit()
     assert session.scalar(select(Event.timestamp)) == received - dt.timedelta(seconds=10)
+
+
+def test_ingest_many_answers_each_request_as_if_it_came_alone(session):
+    from emma.ingest.service import ingest_many
+
+    first = [{"type": "track", "userId": "m1", "event": "Product Viewed", "properties": {"sku": "NOPE-1"},
+              "messageId": "im-1"},
+             {"type": "track", "userId": "m1", "messageId": "im-bad"}]
+    second = [{"type": "track", "userId": "m2", "event": "Product Viewed", "properties": {"sku": "NOPE-2"},
+               "messageId": "im-2"},
+              {"type": "track", "userId": "m2", "event": "Product Viewed", "properties": {"sku": "NOPE-1"},
+               "messageId": "im-1"},  # sent by first
+              {"type": "page", "anonymousId": "a-im", "name": "Home", "messageId": "im-3"}]
+    a, b = ingest_many(session=session, requests=[first, second])
+    session.commit()
+    assert (a.accepted, a.duplicates, [r.index for r in a.rejected], a.success) == (1, 0, [1], False)
+    assert (b.accepted, b.duplicates, b.rejected, b.success) == (2, 1, [], True)
+    # each request hears only of its own unknown skus
+    assert a.warnings == ["unknown skus kept (add them to the catalog): NOPE-1"]
+    assert b.warnings == ["unknown skus kept (add them to the catalog): NOPE-2"]
+    assert session.scalar(select(func.count()).select_from(Event)) == 3
+    again = ingest_many(session=session, requests=[second])[0]
+    assert (again.accepted, again.duplicates) == (0, 3)
+
+
+def test_new_customers_of_a_chunk_are_created_together_and_resolve_as_one_by_one(session):
+    # An anonymous visitor who identifies, a device shared with another known customer, and new users:
+    # all new in one chunk, so the customers are written together after resolution.
+    msgs = [{"type": "page", "anonymousId": "nc-a", "name": "Home", "messageId": "nc-1"},
+            {"type": "identify", "anonymousId": "nc-a", "userId": "nc-u", "traits": {"email": "NC-U@x.de"},
+             "messageId": "nc-2"},
+            {"type": "track", "userId": "nc-w", "anonymousId": "nc-a", "event": "Signed Up", "messageId": "nc-3"},
+            {"type": "track", "userId": "nc-v", "anonymousId": "nc-b", "event": "Signed Up", "messageId": "nc-4"},
+            {"type": "page", "anonymousId": "nc-b", "name": "Home", "messageId": "nc-5"}]
+    res = ingest.ingest(session=session, raw_messages=msgs)
+    session.commit()
+    assert res.accepted == 5 and any("conflict" in w for w in res.warnings)
+    ids = dict(session.execute(select(Identity.value, Identity.customer_id)).all())
+    events = dict(session.execute(select(Event.message_id, Event.customer_id)).all())
+    u, w, v = ids["nc-u"], ids["nc-w"], ids["nc-v"]
+    assert len({u, w, v}) == 3 and ids["nc-a"] == u and ids["nc-b"] == v and ids["nc-u@x.de"] == u
+    assert [events[f"nc-{i}"] for i in range(1, 6)] == [u, u, w, v, v]
+    customers = {c.id: c for c in session.scalars(select(Customer))}
+    assert sorted(customers) == sorted({u, w, v})
+    assert (customers[u].external_id, customers[u].is_anonymous, customers[u].email) == ("nc-u", False, "nc-u@x.de")
+    conflict = session.scalars(select(IdentityConflict)).one()
+    assert (conflict.customer_id, conflict.other_customer_id, conflict.value, conflict.message_id) == (
+        w, u, "nc-a", "nc-3")

@@ -8,6 +8,7 @@ import gc
 import itertools
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +51,78 @@ async def run_with_retry(app: Any, work: Callable[[Session], T]) -> T:
         return await asyncio.to_thread(run_in_transaction, app.state.sessions, work)
     async with lock:  # SQLite has one writer: queue in the loop instead of spinning on busy_timeout
         return await asyncio.to_thread(run_in_transaction, app.state.sessions, work)
+
+
+class GroupWriter:
+    """Group commit for ingestion requests: what arrives while a transaction runs goes into the next one.
+
+    Concurrent requests are coalesced into one ingest_many call and one commit. A request's future is
+    resolved only after the transaction holding its messages committed, with the result the request
+    would have had alone. If a group's transaction fails for good, each of its requests is retried in its
+    own transaction, so one request's failure is never another's.
+    """
+
+    def __init__(self, app: Any, *, max_messages: int = 2000) -> None:
+        self.app = app
+        self.max_messages = max_messages
+        self._queue: deque[tuple[list[Any], asyncio.Future[Any]]] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, raw_messages: list[Any]) -> Any:
+        """Ingest one request's messages with whatever else is waiting; its IngestResult after the commit."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((raw_messages, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        # A client that goes away does not cancel the write: its messages still land.
+        return await asyncio.shield(future)
+
+    def _next_group(self) -> list[tuple[list[Any], asyncio.Future[Any]]]:
+        group, size = [], 0
+        while self._queue and (not group or size + len(self._queue[0][0]) <= self.max_messages):
+            item = self._queue.popleft()
+            group.append(item)
+            size += len(item[0])
+        return group
+
+    async def _drain(self) -> None:
+        from emma.ingest import service
+
+        settings = self.app.state.settings
+        while self._queue:
+            group = self._next_group()
+            try:
+                results = await run_with_retry(self.app, lambda s, group=group: service.ingest_many(
+                    session=s, requests=[messages for messages, _ in group], settings=settings))
+            except Exception as exc:
+                if len(group) == 1:
+                    _resolve(group[0][1], exc)
+                    continue
+                for messages, future in group:
+                    try:
+                        result = await run_with_retry(self.app, lambda s, messages=messages: service.ingest(
+                            session=s, raw_messages=messages, settings=settings))
+                    except Exception as one:
+                        _resolve(future, one)
+                    else:
+                        _resolve(future, result)
+                continue
+            except BaseException as exc:  # cancelled (shutdown): nobody may wait for an answer forever
+                for _, future in (*group, *self._queue):
+                    _resolve(future, exc)
+                self._queue.clear()
+                raise
+            for (_, future), result in zip(group, results, strict=True):
+                _resolve(future, result)
+
+
+def _resolve(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def run_import(*, sessions: Callable[[], Session], kind: str, path: Path, fmt: str | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -80,38 +81,88 @@ def parse(raw: Any, *, index: int | None = None, settings: Settings | None = Non
 def ingest(*, session: Session, raw_messages: Sequence[Any], received_at: dt.datetime | None = None,
            settings: Settings | None = None, index_offset: int = 0) -> IngestResult:
     """Store a batch: valid messages land, invalid ones are reported by index, resends are no-ops."""
+    return ingest_many(session=session, requests=[raw_messages], received_at=received_at, settings=settings,
+                       index_offset=index_offset)[0]
+
+
+def ingest_many(*, session: Session, requests: Sequence[Sequence[Any]], received_at: dt.datetime | None = None,
+                settings: Settings | None = None, index_offset: int = 0) -> list[IngestResult]:
+    """Store the messages of several requests with one set of statements; each request gets its own result.
+
+    The outcome is the one of ingesting the requests one after another in this order: a messageId sent by
+    two of them lands once, for the first, and is a duplicate for the second.
+    """
     settings = settings or get_settings()
     received_at = received_at or utcnow()
-    result = IngestResult()
-    valid: list[tuple[int, Message]] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(raw_messages):
-        parsed = parse(raw, settings=settings, received_at=received_at)
-        if isinstance(parsed, list):
-            result.rejected.append(Rejected(index=i + index_offset, errors=parsed))
-            continue
-        if parsed.messageId in seen:
-            result.duplicates += 1
-            continue
-        seen.add(parsed.messageId)  # type: ignore[arg-type]
-        valid.append((i, parsed))
+    results = [IngestResult() for _ in requests]
+    valid: list[Message] = []
+    owner: dict[str, int] = {}  # messageId -> the request that sent it
+    for r, raw_messages in enumerate(requests):
+        result = results[r]
+        for i, raw in enumerate(raw_messages):
+            parsed = parse(raw, settings=settings, received_at=received_at)
+            if isinstance(parsed, list):
+                result.rejected.append(Rejected(index=i + index_offset, errors=parsed))
+                continue
+            if parsed.messageId in owner:
+                result.duplicates += 1
+                continue
+            owner[parsed.messageId] = r  # type: ignore[index]
+            valid.append(parsed)
     for start in range(0, len(valid), _CHUNK):
-        _store(session, [m for _, m in valid[start:start + _CHUNK]], received_at, result, settings)
-    result.success = not result.rejected
-    return result
+        chunk = valid[start:start + _CHUNK]
+        stored = _store(session, chunk, received_at, settings)
+        unknown: dict[int, set[str]] = {}
+        conflicts: dict[int, int] = {}
+        for m in chunk:
+            r = owner[m.messageId]  # type: ignore[index]
+            if m.messageId in stored.inserted:
+                results[r].accepted += 1
+                if stored.unknown_skus and (named := stored.skus.get(m.messageId)):  # type: ignore[arg-type]
+                    unknown.setdefault(r, set()).update(named & stored.unknown_skus)
+            else:
+                results[r].duplicates += 1
+        for mid in stored.conflicts:
+            r = owner.get(mid, 0) if mid is not None else 0
+            conflicts[r] = conflicts.get(r, 0) + 1
+        for r, result in enumerate(results):
+            if unknown.get(r):
+                shown = sorted(unknown[r])
+                result.warnings.append("unknown skus kept (add them to the catalog): "
+                                       + ", ".join(shown[:10]) + (" ..." if len(shown) > 10 else ""))
+            if conflicts.get(r):
+                result.warnings.append(f"{conflicts[r]} identity conflict(s) recorded; profiles kept apart")
+    for result in results:
+        result.success = not result.rejected
+    return results
 
 
-def _store(session: Session, msgs: list[Message], received_at: dt.datetime, result: IngestResult,
-           settings: Settings) -> None:
+@dataclass
+class _Stored:
+    """What _store did with a chunk: the messageIds it stored, the skus each named, the unknown ones, and the
+    messageIds that caused identity conflicts."""
+
+    inserted: set[str] = field(default_factory=set)
+    skus: dict[str, set[str]] = field(default_factory=dict)
+    unknown_skus: set[str] = field(default_factory=set)
+    conflicts: list[str | None] = field(default_factory=list)
+
+
+# Track events that change carts, orders or wishlists; a chunk without them loads none of that state.
+_SHOP_EVENTS = frozenset({"Product Added", "Product Removed", "Checkout Started", "Order Completed",
+                          "Product Added to Wishlist", "Product Removed from Wishlist", *ORDER_STATUS_EVENTS})
+
+
+def _store(session: Session, msgs: list[Message], received_at: dt.datetime, settings: Settings) -> _Stored:
+    out = _Stored()
     existing: set[str] = set()
     ids = [m.messageId for m in msgs]
     for i in range(0, len(ids), 900):
         existing.update(session.scalars(select(Event.message_id)
                                         .where(among(session, Event.message_id, ids[i:i + 900]))))
     fresh = [m for m in msgs if m.messageId not in existing]
-    result.duplicates += len(msgs) - len(fresh)
     if not fresh:
-        return
+        return out
     session.flush()
     # Concurrent writers of the same customers, carts or orders take turns (PostgreSQL) instead of racing
     # to create the same identities and retrying.
@@ -136,30 +187,37 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, resu
                      "user_id": m.userId, "anonymous_id": m.anonymousId, "properties": props,
                      "context": m.context, "timestamp": m.timestamp, "received_at": received_at})
     resolver.flush()
+    for row in rows:
+        if row["customer_id"] < 0:
+            row["customer_id"] = customer_of[row["message_id"]] = resolver.real_id(row["customer_id"])
     session.flush()
-    inserted = _insert_events(session, rows)
-    result.duplicates += len(rows) - len(inserted)
-    result.accepted += len(inserted)
+    out.inserted = inserted = _insert_events(session, rows)
     stored = [m for m in fresh if m.messageId in inserted]
     if not stored:
-        return
+        return out
     # Derived state: load what the chunk touches, apply the messages in order in memory, write once.
-    cids = {customer_of[m.messageId] for m in stored}  # type: ignore[index]
     identifies = [m for m in stored if m.type == "identify"]
+    resolver.preload([("email", e.strip().lower()) for m in identifies
+                      if isinstance(e := m.traits.get("email"), str) and e.strip()])
     traits = profiles.TraitBatch(session)
-    traits.preload(customer_ids={customer_of[m.messageId] for m in identifies})  # type: ignore[index]
+    if identifies:
+        traits.preload(customer_ids={customer_of[m.messageId] for m in identifies})  # type: ignore[index]
+    shopping = [m for m in stored if m.type == "track" and m.event in _SHOP_EVENTS]
     shop = orders.Batch(session)
-    cart_ids: set[str] = set()
-    order_ids: set[str] = set()
-    for m in stored:
-        if m.type == "track" and isinstance(m.properties, dict):
+    if shopping:
+        cart_ids: set[str] = set()
+        order_ids: set[str] = set()
+        for m in shopping:
             if m.properties.get("cart_id"):
                 cart_ids.add(str(m.properties["cart_id"]))
             if m.properties.get("order_id"):
                 order_ids.add(str(m.properties["order_id"]))
-    shop.preload(customer_ids=cids, cart_ids=cart_ids, order_ids=order_ids)
+        shop.preload(customer_ids={customer_of[m.messageId] for m in shopping},  # type: ignore[index]
+                     cart_ids=cart_ids, order_ids=order_ids)
+    consenting = {customer_of[m.messageId] for m in stored if _consent_prefs(m)}  # type: ignore[index]
     consents = consent.Batch(session, settings=settings)
-    consents.preload(customer_ids={customer_of[m.messageId] for m in stored if _consent_prefs(m)})  # type: ignore[index]
+    if consenting:
+        consents.preload(customer_ids=consenting)
     skus: set[str] = set()
     last_seen: dict[int, dt.datetime] = {}
     for m in stored:
@@ -171,22 +229,26 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, resu
         if m.type == "identify":
             _identify(resolver, traits, cid, m)
         elif m.type == "track":
-            skus.update(_track(shop, cid, m))
-        _consent_from_context(consents, cid, m)
-    traits.flush()
-    shop.flush()
-    consents.flush()
+            named = _track(shop, cid, m)
+            if named:
+                out.skus[m.messageId] = named  # type: ignore[index]
+                skus |= named
+        if consenting:
+            _consent_from_context(consents, cid, m)
+    if identifies:
+        traits.flush()
+    if shopping:
+        shop.flush()
+    if consenting:
+        consents.flush()
     session.flush()
     if skus:
-        unknown = sorted(skus - catalog.known_skus(session=session, skus=skus))
-        if unknown:
-            shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-            result.warnings.append(f"unknown skus kept (add them to the catalog): {shown}")
+        out.unknown_skus = skus - catalog.known_skus(session=session, skus=skus)
     profiles.mark_seen(session=session, seen=last_seen)
     resolver.apply_merges()
     _expire_stale(session)
-    if resolver.conflicts:
-        result.warnings.append(f"{len(resolver.conflicts)} identity conflict(s) recorded; profiles kept apart")
+    out.conflicts = [c.message_id for c in resolver.conflicts]
+    return out
 
 
 def _keys(msgs: list[Message]) -> list[str]:

@@ -6,10 +6,10 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from emma.db import among, insert_rows, update_rows, utcnow
+from emma.db import allocate_ids, among, insert_columns, insert_rows, update_rows, utcnow
 from emma.profiles.exceptions import CustomerNotFound, MergeNotRevertible
 from emma.profiles.models import Customer, Identity, IdentityConflict, MergeLog, TraitChange
 
@@ -49,6 +49,12 @@ class Resolver:
         self.merges: list[MergeLog] = []
         self._pending: list[tuple[int, int, str]] = []
         self._new_identities: list[dict[str, Any]] = []
+        # Customers created by resolution get a provisional (negative) id until flush writes them all with
+        # one INSERT; real_id maps a provisional id to the stored one.
+        self._new_customers: dict[int, dict[str, Any]] = {}
+        self._promoted: dict[int, str] = {}  # stored anonymous profile -> the userId it now carries
+        self._real: dict[int, int] = {}
+        self._unsaved_conflicts: list[IdentityConflict] = []
 
     def preload(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Load the customers of many identities with one query per kind."""
@@ -86,26 +92,61 @@ class Resolver:
                                      "created_at": self.now})
         self._cache[(kind, value)] = customer_id
 
+    def real_id(self, customer_id: int) -> int:
+        """The stored id of a customer resolve returned (the same id unless it was provisional)."""
+        return self._real.get(customer_id, customer_id)
+
     def flush(self) -> None:
-        """Write the identities resolution added (apply_merges does it too)."""
+        """Write the customers and identities resolution added (apply_merges does it too)."""
+        if self._new_customers:
+            self._store_new_customers()
+        if self._promoted:
+            update_rows(self.session, Customer, [{"id": cid, "external_id": user_id, "is_anonymous": False}
+                                                 for cid, user_id in self._promoted.items()])
+            self._promoted = {}
         if self._new_identities:
             insert_rows(self.session, Identity, self._new_identities)
             self._new_identities = []
+        if self._unsaved_conflicts:
+            self.session.add_all(self._unsaved_conflicts)
+            self._unsaved_conflicts = []
+
+    def _store_new_customers(self) -> None:
+        provisional = list(self._new_customers)
+        ids = allocate_ids(self.session, Customer, len(provisional))
+        real = dict(zip(provisional, ids, strict=True))
+        rows = self._new_customers.values()
+        insert_columns(self.session, Customer, {
+            "id": ids, "external_id": [r["external_id"] for r in rows],
+            "is_anonymous": [r["external_id"] is None for r in rows], "attributes": [{} for _ in ids],
+            "created_at": [r["first_seen"] for r in rows], "last_seen_at": [r["first_seen"] for r in rows]})
+        self._new_customers = {}
+        self._real.update(real)
+        for key, cid in self._cache.items():
+            if cid < 0:
+                self._cache[key] = real[cid]
+        for cid in provisional:
+            self._anonymous[real[cid]] = self._anonymous.pop(cid)
+        for row in self._new_identities:
+            row["customer_id"] = real.get(row["customer_id"], row["customer_id"])
+        self._pending = [(real.get(s, s), real.get(t, t), r) for s, t, r in self._pending]
+        for c in self._unsaved_conflicts:
+            c.customer_id = real.get(c.customer_id, c.customer_id)
+            c.other_customer_id = real.get(c.other_customer_id, c.other_customer_id)
 
     def _create(self, *, user_id: str | None, first_seen: dt.datetime) -> int:
-        table = Customer.__table__
-        cid = self.session.execute(insert(table).returning(table.c.id), {
-            "external_id": user_id, "is_anonymous": user_id is None, "attributes": {}, "created_at": first_seen,
-            "last_seen_at": first_seen}).scalar_one()
+        cid = -len(self._real) - len(self._new_customers) - 1
+        self._new_customers[cid] = {"external_id": user_id, "first_seen": first_seen}
         self._anonymous[cid] = user_id is None
         if user_id is not None:
             self._add_identity(cid, "user_id", user_id)
         return cid
 
     def _conflict(self, a: int, b: int, kind: str, value: str, message_id: str | None) -> None:
+        # Added to the session by flush, once provisional ids are real (an autoflush must not see them).
         conflict = IdentityConflict(customer_id=a, other_customer_id=b, kind=kind, value=value,
                                     message_id=message_id, created_at=self.now)
-        self.session.add(conflict)
+        self._unsaved_conflicts.append(conflict)
         self.conflicts.append(conflict)
 
     def resolve(self, *, user_id: str | None, anonymous_id: str | None, at: dt.datetime | None = None,
@@ -125,9 +166,10 @@ class Resolver:
         if user_cid is None:
             if anon_cid is not None and self.is_anonymous(anon_cid):
                 # The anonymous visitor identifies: the same profile becomes the known customer.
-                table = Customer.__table__
-                self.session.execute(update(table).where(table.c.id == anon_cid)
-                                     .values(external_id=user_id, is_anonymous=False))
+                if anon_cid in self._new_customers:
+                    self._new_customers[anon_cid]["external_id"] = user_id
+                else:
+                    self._promoted[anon_cid] = user_id
                 self._anonymous[anon_cid] = False
                 self._add_identity(anon_cid, "user_id", user_id)
                 return anon_cid

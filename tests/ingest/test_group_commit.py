@@ -1,0 +1,95 @@
+"""Group commit: concurrent ingestion requests share one transaction, each keeps its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import func, select
+
+from emma.config import Settings
+from emma.ingest import service
+from emma.ingest.jobs import GroupWriter
+from emma.ingest.models import Event
+
+
+def _writer(db_url, session_factory, opened: list[int], **kw) -> GroupWriter:  # type: ignore[no-untyped-def]
+    def sessions():  # type: ignore[no-untyped-def]
+        opened.append(1)
+        return session_factory()
+
+    lock = asyncio.Lock() if db_url.startswith("sqlite") else None
+    app = SimpleNamespace(state=SimpleNamespace(settings=Settings(database_url=db_url), sessions=sessions,
+                                                write_lock=lock))
+    return GroupWriter(app, **kw)
+
+
+def _track(i: int) -> dict[str, object]:
+    return {"type": "track", "userId": f"u{i % 5}", "event": "Product Viewed", "properties": {"sku": "A"},
+            "messageId": f"gw-{i}"}
+
+
+def test_requests_waiting_together_share_one_transaction(db_url, session_factory):
+    opened: list[int] = []
+
+    async def run() -> list[object]:
+        writer = _writer(db_url, session_factory, opened)
+        return await asyncio.gather(*(writer.submit([_track(i)]) for i in range(30)))
+
+    results = asyncio.run(run())
+    assert [(r.accepted, r.duplicates) for r in results] == [(1, 0)] * 30  # type: ignore[attr-defined]
+    # All 30 were waiting when the writer started: one transaction, one commit.
+    assert len(opened) == 1
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(Event)) == 30
+
+
+def test_a_group_is_split_by_its_message_limit(db_url, session_factory):
+    opened: list[int] = []
+
+    async def run() -> list[object]:
+        writer = _writer(db_url, session_factory, opened, max_messages=10)
+        return await asyncio.gather(*(writer.submit([_track(i * 4 + j) for j in range(4)]) for i in range(6)))
+
+    results = asyncio.run(run())
+    assert all(r.accepted == 4 for r in results)  # type: ignore[attr-defined]
+    assert len(opened) == 3  # two requests (8 messages) per transaction
+
+
+def test_a_failing_request_does_not_fail_the_others(db_url, session_factory, monkeypatch):
+    store = service._store
+
+    def failing(session, msgs, *args):  # type: ignore[no-untyped-def]
+        if any(m.messageId == "gw-boom" for m in msgs):
+            raise RuntimeError("boom")
+        return store(session, msgs, *args)
+
+    monkeypatch.setattr(service, "_store", failing)
+    opened: list[int] = []
+
+    async def run() -> list[object]:
+        writer = _writer(db_url, session_factory, opened)
+        boom = {**_track(99), "messageId": "gw-boom"}
+        return await asyncio.gather(*(writer.submit([m]) for m in [_track(0), _track(1), boom, _track(2)]),
+                                    return_exceptions=True)
+
+    results = asyncio.run(run())
+    assert isinstance(results[2], RuntimeError)
+    assert [r.accepted for i, r in enumerate(results) if i != 2] == [1, 1, 1]  # type: ignore[attr-defined]
+    with session_factory() as s:
+        assert sorted(s.scalars(select(Event.message_id))) == ["gw-0", "gw-1", "gw-2"]
+
+
+@pytest.mark.parametrize("resend", [1, 3])
+def test_the_same_message_in_concurrent_requests_lands_once(db_url, session_factory, resend):
+    opened: list[int] = []
+
+    async def run() -> list[object]:
+        writer = _writer(db_url, session_factory, opened)
+        return await asyncio.gather(*(writer.submit([_track(7)]) for _ in range(resend + 1)))
+
+    results = asyncio.run(run())
+    assert sorted(r.duplicates for r in results) == [0] + [1] * resend  # type: ignore[attr-defined]
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(Event)) == 1
