@@ -128,10 +128,31 @@ def _raw_values(column: Any, rows: Sequence[dict[str, Any]]) -> list[Any]:
 def _to_driver(dialect: Any, column: Any, values: list[Any]) -> list[Any]:
     """Values as the driver takes them, by SQLAlchemy's own bind processing of the column type."""
     if isinstance(column.type, UTCDateTime) and dialect.name == "sqlite":
-        # The text SQLAlchemy's SQLite DATETIME writes, without its per-value strftime.
-        return [None if v is None else _utc_naive(v).isoformat(" ", "microseconds") for v in values]
+        return _sqlite_datetimes(values)
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
     return [None if v is None else process(v) for v in values] if process else values
+
+
+_ZERO = dt.timedelta(0)
+
+
+def _sqlite_datetimes(values: list[Any]) -> list[Any]:
+    """The text SQLAlchemy's SQLite DATETIME writes, without its per-value strftime."""
+    out: list[Any] = []
+    last, text = None, None
+    for v in values:
+        if v is None:
+            out.append(None)
+            continue
+        if v is not last:  # a batch often repeats one object (received_at, now)
+            offset = v.utcoffset()
+            if offset == _ZERO:  # UTC already: cut the "+00:00" off instead of converting
+                text = v.isoformat(" ", "microseconds")[:26]
+            else:
+                text = _utc_naive(v).isoformat(" ", "microseconds")
+            last = v
+        out.append(text)
+    return out
 
 
 def _utc_naive(value: dt.datetime) -> dt.datetime:

@@ -446,6 +446,9 @@ class ImportState:
     lines_of_order: dict[str, int] = field(default_factory=dict)
     header: list[str] = field(default_factory=list)
     _getter: Any = None
+    # Timestamp and price texts of clean order lines, parsed
+    _times: dict[str, dt.datetime] = field(default_factory=dict)
+    _prices: dict[str, Decimal] = field(default_factory=dict)
 
     def set_header(self, header: list[str]) -> None:
         """The CSV columns; orders get a getter that picks their fields out of a row in one call."""
@@ -474,14 +477,33 @@ def _fast_order(values: list[str], state: ImportState) -> dict[str, Any] | None:
     if oid.strip() != oid or cid.strip() != cid or sku.strip() != sku:
         return None
     quantity = int(q)
-    try:
-        at = dt.datetime.fromisoformat(ts)
-        price = Decimal(p).quantize(_CENT)
-    except (ValueError, InvalidOperation):
-        return None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=dt.UTC)
-    if quantity < 1 or at - now > FUTURE_SKEW or not price.is_finite() or price < 0 or price >= _MAX_MONEY:
+    # An order's lines repeat its timestamp and a catalog repeats its prices: parse each text once.
+    times, prices = state._times, state._prices
+    at = times.get(ts)
+    if at is None:
+        try:
+            at = dt.datetime.fromisoformat(ts)
+        except ValueError:
+            return None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=dt.UTC)
+        if at - now > FUTURE_SKEW:
+            return None
+        if len(times) > 100_000:
+            times.clear()
+        times[ts] = at
+    price = prices.get(p)
+    if price is None:
+        try:
+            price = Decimal(p).quantize(_CENT)
+        except (ValueError, InvalidOperation):
+            return None
+        if not price.is_finite() or price < 0 or price >= _MAX_MONEY:
+            return None
+        if len(prices) > 100_000:
+            prices.clear()
+        prices[p] = price
+    if quantity < 1:
         return None
     currency = (currency or None) if has_currency else None
     status = (status or None) if has_status else None
