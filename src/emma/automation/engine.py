@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,10 +27,11 @@ from emma.channels.models import OutboxMessage
 from emma.config import Settings
 from emma.consent import service as consent
 from emma.consent.models import Consent
+from emma.db import among, insert_rows
 from emma.ingest.models import Event
 from emma.orders.models import Cart, CartItem, Order
 from emma.predict.models import Prediction
-from emma.profiles.models import Customer, MergeLog
+from emma.profiles.models import Customer, MergeLog, TraitChange
 
 MAX_STEPS_PER_ADVANCE = 50
 CAP_EXEMPT_STATUSES = ("suppressed", "failed", "bounced", "held")
@@ -190,20 +191,22 @@ class Step:
 
 class Ctx:
     def __init__(self, *, session: Session, run: Run, tactic: S.Tactic, settings: Settings, now: dt.datetime,
-                 priorities: dict[str, int]) -> None:
+                 priorities: dict[str, int], batch: Batch | None = None) -> None:
         self.session, self.run, self.tactic, self.settings, self.now = session, run, tactic, settings, now
         self.priorities = priorities
+        self.batch = batch
         self._cache: dict[str, Any] = {}
 
     def journal(self, node_id: str | None, kind: str, outcome: str, reason: str,
-                inputs: dict[str, Any] | None = None) -> None:
-        journal(session=self.session, run=self.run, node_id=node_id, kind=kind, outcome=outcome, reason=reason,
-                inputs=inputs, at=self.now)
+                inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        return journal(session=self.session, run=self.run, node_id=node_id, kind=kind, outcome=outcome,
+                       reason=reason, inputs=inputs, at=self.now)
 
     @property
     def customer(self) -> Customer | None:
         if "customer" not in self._cache:
-            self._cache["customer"] = self.session.get(Customer, self.run.customer_id)
+            self._cache["customer"] = (self.batch.customer(self.run.customer_id) if self.batch is not None
+                                       else self.session.get(Customer, self.run.customer_id))
         return self._cache["customer"]
 
     @property
@@ -212,7 +215,8 @@ class Ctx:
 
     def prediction(self) -> Prediction | None:
         if "prediction" not in self._cache:
-            self._cache["prediction"] = self.session.get(Prediction, self.run.customer_id)
+            self._cache["prediction"] = (self.batch.prediction(self.run.customer_id) if self.batch is not None
+                                         else self.session.get(Prediction, self.run.customer_id))
         return self._cache["prediction"]
 
     def cart(self) -> dict[str, Any] | None:
@@ -243,6 +247,14 @@ class Ctx:
                                      "days_since_last": (self.now - last).days if last else None}
         return self._cache["orders"]
 
+    def matching_events(self, names: list[str], match: dict[str, Any], after_id: int,
+                        since: dt.datetime | None) -> Event | None:
+        """The first of the customer's events (any merged profile) named names that matches, after after_id."""
+        cid = self.run.customer_id
+        if self.batch is not None:
+            return self.batch.matching_events(cid, names, match, after_id, since)
+        return _matching_events(self.session, profile_ids(self.session, cid), names, match, after_id, since)
+
     def value(self, field: str) -> Any:
         """The current value of a condition field (customer.*, prediction.*, cart.*, consent.*, ...)."""
         root, _, rest = field.partition(".")
@@ -261,6 +273,8 @@ class Ctx:
         if root == "cart":
             return _path(self.cart() or {}, rest)
         if root == "consent":
+            if self.batch is not None:
+                return self.batch.consents(self.run.customer_id).get(rest)
             return self.session.scalar(select(Consent.status).where(Consent.customer_id == self.run.customer_id,
                                                                     Consent.purpose == rest))
         if root == "event":
@@ -272,6 +286,8 @@ class Ctx:
         if root == "orders":
             return self.orders().get(rest)
         if root == "segment":
+            if self.batch is not None:
+                self.session.flush()  # the real-time predicate reads the database: let it see this batch's changes
             return segment_member(session=self.session, segment=rest, customer_id=self.run.customer_id,
                                   now=self.now)
         if root in ("order", "store"):
@@ -302,6 +318,203 @@ class Ctx:
         return compare(cond.op, actual, substitute(cond.value, self.run))
 
 
+_CHUNK = 5000
+
+
+def _chunks(values: list[Any], n: int = _CHUNK) -> Iterable[list[Any]]:
+    for i in range(0, len(values), n):
+        yield values[i:i + n]
+
+
+@dataclass
+class CapRow:
+    """A marketing message that counts against its customer's frequency caps (id None until written)."""
+
+    id: int | None
+    due_at: dt.datetime
+    tactic_id: str | None
+    status: str
+    run_id: int | None
+
+
+class Batch:
+    """The inputs of a batch of due runs, read for all their customers with a few queries (profiles, consent,
+    predictions, merged profiles, messages that count against frequency caps, awaited events), and their
+    outbox messages and trait history, written with a few statements when the batch is done.
+
+    A customer outside the batch (a run that followed a profile merge) is loaded on its own when asked for.
+    """
+
+    def __init__(self, *, session: Session, runs: list[Run], settings: Settings, now: dt.datetime,
+                 tactics: Iterable[S.Tactic]) -> None:
+        self.session, self.settings, self.now = session, settings, now
+        self.cids = sorted({r.customer_id for r in runs})
+        self._customers: dict[int, Customer] = {}
+        for part in _chunks(self.cids):
+            for c in session.scalars(select(Customer).where(among(session, Customer.id, part))):
+                self._customers[c.id] = c
+        self._tables: dict[str, dict[int, Any]] = {}
+        self._loaded: dict[str, set[int]] = {}
+        self._traits = sorted({n.attribute for t in tactics for n in t.nodes
+                               if isinstance(n, S.AddPointsNode | S.UpdateAttributeNode)})
+        # Events a run may still await or count as its goal: after its entry or after the last event it saw.
+        self._since = min((r.entered_at for r in runs), default=now)
+        afters = [int((r.state or {}).get(k) or 0) for r in runs for k in ("last_event_id", "entry_event_id")]
+        self._after = min((a for a in afters if a > 0), default=None)
+        self.history: list[dict[str, Any]] = []
+        self._outbox: list[dict[str, Any]] = []
+        self._pending_caps: dict[str, list[tuple[int, CapRow]]] = {}
+        self._patch: list[tuple[str, dict[str, Any] | None, CapRow | None]] = []
+
+    def _lookup(self, name: str, cid: int, load: Any, default: Any) -> Any:
+        """The value of cid in the per-customer table name, loaded for the whole batch on first use."""
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = {}
+            for part in _chunks(self.cids):
+                table.update(load(part))
+            self._loaded[name] = set(self.cids)
+        if cid not in self._loaded[name]:
+            table.update(load([cid]))
+            self._loaded[name].add(cid)
+        if cid not in table:
+            table[cid] = default
+        return table[cid]
+
+    def customer(self, cid: int) -> Customer | None:
+        """The customer (a profile row of this session)."""
+        c = self._customers.get(cid)
+        return c if c is not None else self.session.get(Customer, cid)
+
+    def consents(self, cid: int) -> dict[str, str]:
+        """purpose -> status of the customer's current consent."""
+        def load(part: list[int]) -> dict[int, dict[str, str]]:
+            out: dict[int, dict[str, str]] = {}
+            for c, purpose, status in self.session.execute(
+                    select(Consent.customer_id, Consent.purpose, Consent.status)
+                    .where(among(self.session, Consent.customer_id, part))):
+                out.setdefault(c, {})[purpose] = status
+            return out
+        return self._lookup("consents", cid, load, {})
+
+    def prediction(self, cid: int) -> Prediction | None:
+        """The customer's stored predictions."""
+        def load(part: list[int]) -> dict[int, Prediction]:
+            return {p.customer_id: p for p in self.session.scalars(
+                select(Prediction).where(among(self.session, Prediction.customer_id, part)))}
+        return self._lookup("predictions", cid, load, None)
+
+    def profile_ids(self, cid: int) -> list[int]:
+        """As profile_ids()."""
+        def load(part: list[int]) -> dict[int, list[int]]:
+            out: dict[int, list[int]] = {}
+            for src, tgt in self.session.execute(
+                    select(MergeLog.source_customer_id, MergeLog.target_customer_id)
+                    .where(among(self.session, MergeLog.target_customer_id, part), MergeLog.reverted_at.is_(None))):
+                out.setdefault(tgt, []).append(src)
+            return out
+        return [cid, *self._lookup("merged", cid, load, [])]
+
+    def matching_events(self, cid: int, names: list[str], match: dict[str, Any], after_id: int,
+                        since: dt.datetime | None) -> Event | None:
+        """As _matching_events() over the customer's profiles, from the events loaded for the batch."""
+        wanted = set(names)
+
+        def load(part: list[int]) -> dict[int, list[Event]]:
+            pids = sorted({p for c in part for p in self.profile_ids(c)})
+            owner = {p: c for c in part for p in self.profile_ids(c)}
+            by_name = Event.name.in_(sorted(wanted))
+            if "identify" in wanted:
+                by_name = or_(by_name, Event.type == "identify")
+            recent = Event.timestamp >= self._since
+            if self._after is not None:
+                recent = or_(recent, Event.id > self._after)
+            out: dict[int, list[Event]] = {}
+            for p in _chunks(pids):
+                for ev in self.session.scalars(select(Event).where(among(self.session, Event.customer_id, p),
+                                                                   by_name, recent)):
+                    out.setdefault(owner[ev.customer_id], []).append(ev)
+            for evs in out.values():
+                evs.sort(key=lambda e: e.id)
+            return out
+        for ev in self._lookup("events:" + "\x1f".join(sorted(wanted)), cid, load, []):
+            if ev.id <= after_id or (since is not None and not after_id and ev.timestamp < since):
+                continue
+            if (ev.name in wanted or ("identify" in wanted and ev.type == "identify")) \
+                    and props_match(ev.properties or {}, match):
+                return ev
+        return None
+
+    def latest_traits(self, cid: int, trait: str) -> dict[str, dt.datetime] | None:
+        """trait -> time of its latest recorded change, for the traits the batch's tactics set (None: trait is
+        not one of them)."""
+        if trait not in self._traits:
+            return None
+        def load(part: list[int]) -> dict[int, dict[str, dt.datetime]]:
+            out: dict[int, dict[str, dt.datetime]] = {}
+            for c, name, ts in self.session.execute(
+                    select(TraitChange.customer_id, TraitChange.trait, func.max(TraitChange.recorded_at))
+                    .where(among(self.session, TraitChange.customer_id, part), TraitChange.trait.in_(self._traits))
+                    .group_by(TraitChange.customer_id, TraitChange.trait)):
+                if ts is not None:
+                    ts = dt.datetime.fromisoformat(ts) if isinstance(ts, str) else ts
+                    out.setdefault(c, {})[name] = ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)
+            return out
+        return self._lookup("traits", cid, load, {})
+
+    def capped(self, cid: int, channel: str, widest: dt.timedelta) -> list[CapRow]:
+        """The customer's marketing messages on channel that count against its caps (this batch's included)."""
+        def load(part: list[int]) -> dict[int, list[CapRow]]:
+            out: dict[int, list[CapRow]] = {}
+            for r in self.session.execute(
+                    select(OutboxMessage.id, OutboxMessage.due_at, OutboxMessage.tactic_id, OutboxMessage.status,
+                           OutboxMessage.run_id, OutboxMessage.customer_id)
+                    .where(among(self.session, OutboxMessage.customer_id, part), OutboxMessage.channel == channel,
+                           OutboxMessage.transactional.is_(False),
+                           OutboxMessage.status.not_in(CAP_EXEMPT_STATUSES),
+                           OutboxMessage.due_at > self.now - widest)):
+                out.setdefault(r.customer_id, []).append(CapRow(r.id, r.due_at, r.tactic_id, r.status, r.run_id))
+            wanted = set(part)
+            for c, cap in self._pending_caps.get(channel, []):  # queued in this batch, not written yet
+                if c in wanted and cap.id is None:
+                    out.setdefault(c, []).append(cap)
+            return out
+        return self._lookup(f"caps:{channel}", cid, load, [])
+
+    def enqueue(self, row: dict[str, Any], entry: dict[str, Any] | None) -> None:
+        """Queue an outbox message (written with the batch); the journal entry gets its id then."""
+        cap = None
+        if not row.get("transactional") and row.get("customer_id") is not None:
+            cap = CapRow(None, row["due_at"], row.get("tactic_id"), "queued", row.get("run_id"))
+            self._pending_caps.setdefault(row["channel"], []).append((row["customer_id"], cap))
+            table = self._tables.get(f"caps:{row['channel']}")
+            if table is not None and row["customer_id"] in self._loaded[f"caps:{row['channel']}"]:
+                table.setdefault(row["customer_id"], []).append(cap)
+        self._outbox.append(row)
+        self._patch.append((row["idempotency_key"], entry, cap))
+
+    def write_outbox(self) -> None:
+        """Insert the queued messages (a message whose key exists already is not queued twice)."""
+        if not self._outbox:
+            return
+        ids: dict[str, int] = {}
+        channels.enqueue_many(session=self.session, messages=self._outbox, ids=ids)
+        for key, entry, cap in self._patch:
+            if entry is not None:
+                entry["inputs"]["message_id"] = ids.get(key)
+            if cap is not None:
+                cap.id = ids.get(key)
+        self._outbox, self._patch, self._pending_caps = [], [], {}
+
+    def flush(self) -> None:
+        """Write what the batch did: run changes, outbox messages, trait history (the journal follows)."""
+        self.session.flush()
+        self.write_outbox()
+        if self.history:
+            insert_rows(self.session, TraitChange, self.history)
+            self.history = []
+
+
 def segment_member(*, session: Session, segment: str, customer_id: int, now: dt.datetime) -> bool | None:
     """Whether the customer is in the segment now, by its real-time predicate (None: no such segment)."""
     from emma.segments import service as segments
@@ -330,20 +543,27 @@ _JOURNAL = "emma.automation.journal"
 
 
 def journal(*, session: Session, run: Run, node_id: str | None, kind: str, outcome: str, reason: str,
-            inputs: dict[str, Any] | None = None, at: dt.datetime) -> None:
-    """Record one step of a run with its reason and inputs (written in bulk before the transaction commits)."""
+            inputs: dict[str, Any] | None = None, at: dt.datetime) -> dict[str, Any]:
+    """Record one step of a run with its reason and inputs (written in bulk before the transaction commits);
+    returns the entry, whose inputs may still be completed (an outbox id known only once the batch is written)."""
     run.steps = (run.steps or 0) + 1
-    session.info.setdefault(_JOURNAL, []).append(
-        {"run_id": run.id, "customer_id": run.customer_id, "tactic_id": run.tactic_id, "node_id": node_id,
-         "kind": kind, "outcome": outcome, "reason": reason[:2000],
-         "inputs": {k: _plain(v) for k, v in (inputs or {}).items()}, "at": at})
+    row = {"run": run, "customer_id": run.customer_id, "tactic_id": run.tactic_id, "node_id": node_id,
+           "kind": kind, "outcome": outcome, "reason": reason[:2000],
+           "inputs": {k: _plain(v) for k, v in (inputs or {}).items()}, "at": at}
+    session.info.setdefault(_JOURNAL, []).append(row)
+    return row
 
 
 def flush_journal(session: Session) -> None:
     """Insert the journal entries collected in this session (one statement instead of one per step)."""
     rows = session.info.pop(_JOURNAL, None)
-    if rows:
-        session.execute(insert(RunStep), rows)
+    if not rows:
+        return
+    if any(r["run"].id is None for r in rows):
+        session.flush()  # runs entered in this batch get their ids
+    for r in rows:
+        r["run_id"] = r.pop("run").id
+    insert_rows(session, RunStep, rows)
 
 
 @sa_event.listens_for(Session, "before_commit")
@@ -365,14 +585,67 @@ def _set_state(run: Run, **values: Any) -> None:
     run.state = {**(run.state or {}), **values}  # reassigned: JSON columns do not track in-place changes
 
 
+class Entries:
+    """What enter() checks, read for many customers and tactics with a few queries: live runs, each customer's
+    latest entry (re-entry policy), trigger occurrences already recorded, entries in the last day.
+
+    With it, enter() adds runs without a savepoint each; they are inserted together when the session flushes.
+    The caller makes sure no other transaction enters the same tactics concurrently (the event cursor's lock,
+    the trigger scan's cursor row); if one does anyway, the unique constraints fail the whole transaction.
+    """
+
+    def __init__(self, *, session: Session, tactic_ids: Iterable[str], customer_ids: Iterable[int],
+                 dedupes: Iterable[str] = (), since: dt.datetime | None = None) -> None:
+        tids = sorted(set(tactic_ids))
+        cids = sorted(set(customer_ids))
+        wanted = sorted({d[:255] for d in dedupes})
+        self.live: dict[tuple[str, int, str], Run] = {}
+        self.last: dict[tuple[str, int], dt.datetime] = {}
+        self.seen: set[tuple[str, int, str]] = set()
+        self.recent: dict[tuple[str, int], int] = {}
+        if not tids or not cids:
+            return
+        for part in _chunks(cids):
+            mine = [Run.tactic_id.in_(tids), among(session, Run.customer_id, part)]
+            for run in session.scalars(select(Run).where(*mine, Run.active_key.is_not(None))):
+                self.live[(run.tactic_id, run.customer_id, run.active_key or "")] = run
+            for tid, cid, last in session.execute(select(Run.tactic_id, Run.customer_id, func.max(Run.entered_at))
+                                                  .where(*mine).group_by(Run.tactic_id, Run.customer_id)):
+                self.last[(tid, cid)] = last
+            if wanted:
+                self.seen.update((t, c, d) for t, c, d in session.execute(
+                    select(Run.tactic_id, Run.customer_id, Run.dedupe)
+                    .where(*mine, among(session, Run.dedupe, wanted))))
+            if since is not None:
+                for tid, cid, n in session.execute(select(Run.tactic_id, Run.customer_id, func.count(Run.id))
+                                                   .where(*mine, Run.entered_at > since)
+                                                   .group_by(Run.tactic_id, Run.customer_id)):
+                    self.recent[(tid, cid)] = n
+
+    def live_run(self, tactic_id: str, customer_id: int, key: str) -> Run | None:
+        run = self.live.get((tactic_id, customer_id, key))
+        return run if run is not None and run.active_key == key else None
+
+    def add(self, run: Run) -> None:
+        self.live[(run.tactic_id, run.customer_id, run.key)] = run
+        self.last[(run.tactic_id, run.customer_id)] = run.entered_at
+        self.seen.add((run.tactic_id, run.customer_id, run.dedupe))
+        self.recent[(run.tactic_id, run.customer_id)] = self.recent.get((run.tactic_id, run.customer_id), 0) + 1
+
+
 def enter(*, session: Session, tactic: S.Tactic, customer_id: int, now: dt.datetime, dedupe: str, reason: str,
           key: str = "", entry: dict[str, Any] | None = None, event_id: int | None = None,
-          event_name: str | None = None, inputs: dict[str, Any] | None = None) -> Run | None:
+          event_name: str | None = None, inputs: dict[str, Any] | None = None,
+          known: Entries | None = None) -> Run | None:
     """Start a run unless one is live for (customer, tactic, key), the trigger occurrence was seen, or the
-    re-entry policy forbids it; returns the new run (due now) or None."""
+    re-entry policy forbids it; returns the new run (due now) or None. known: the checks' inputs read
+    beforehand for many entries."""
     key = (key or "")[:255]
-    live = session.scalar(select(Run).where(Run.tactic_id == tactic.id, Run.customer_id == customer_id,
-                                            Run.active_key == key))
+    if known is not None:
+        live = known.live_run(tactic.id, customer_id, key)
+    else:
+        live = session.scalar(select(Run).where(Run.tactic_id == tactic.id, Run.customer_id == customer_id,
+                                                Run.active_key == key))
     if live is not None:
         if isinstance(tactic.entry, S.EventEntry) and tactic.entry.extend_wait and live.wait \
                 and live.wait.get("timeout_s") and live.status == "waiting":
@@ -383,10 +656,13 @@ def enter(*, session: Session, tactic: S.Tactic, customer_id: int, now: dt.datet
                     reason=f"{reason}: again while waiting; timeout restarted, now {until:%Y-%m-%d %H:%M} UTC",
                     inputs=inputs, at=now)
         return None
+    if known is not None and (tactic.id, customer_id, dedupe[:255]) in known.seen:
+        return None  # this trigger occurrence started a run before
     policy = tactic.reentry.policy
     if policy != "always":
-        last = session.scalar(select(func.max(Run.entered_at)).where(Run.tactic_id == tactic.id,
-                                                                      Run.customer_id == customer_id))
+        last = (known.last.get((tactic.id, customer_id)) if known is not None else
+                session.scalar(select(func.max(Run.entered_at)).where(Run.tactic_id == tactic.id,
+                                                                       Run.customer_id == customer_id)))
         if last is not None:
             if policy == "once":
                 return None
@@ -399,11 +675,15 @@ def enter(*, session: Session, tactic: S.Tactic, customer_id: int, now: dt.datet
               state={"entry": entry or {}, "entry_event": event_name, "entry_event_id": event_id,
                      "last_event_id": event_id or 0},
               holdout=holdout, steps=0, entered_at=now)
-    try:
-        with session.begin_nested():
-            session.add(run)
-    except IntegrityError:  # a live run or the same occurrence was recorded concurrently
-        return None
+    if known is not None:
+        session.add(run)
+        known.add(run)
+    else:
+        try:
+            with session.begin_nested():
+                session.add(run)
+        except IntegrityError:  # a live run or the same occurrence was recorded concurrently
+            return None
     note = f"entered {tactic.id}: {reason}" + ("; control group (holdout): no messages" if holdout else "")
     journal(session=session, run=run, node_id=None, kind="entry", outcome="entered", reason=note,
             inputs={**(inputs or {}), "holdout_share": tactic.holdout, "holdout": holdout}, at=now)
@@ -512,8 +792,7 @@ def _wait_for_event(node: S.WaitForEventNode, ctx: Ctx) -> Step:
     match = resolve_where(node.match, run)
     # The awaited event may have landed before the run reached this node (same batch, or a slow step).
     after = int((run.state or {}).get("last_event_id") or 0)
-    found = _matching_events(ctx.session, profile_ids(ctx.session, run.customer_id), node.events, match, after,
-                             run.entered_at)
+    found = ctx.matching_events(node.events, match, after, run.entered_at)
     if found is not None:
         _set_state(run, last_event_id=found.id)
         ctx.journal(node.id, "wait_for_event", "event", f"{found.name} already arrived {_keyed(match)}",
@@ -606,18 +885,29 @@ def _window_full(times: list[dt.datetime], at: dt.datetime, span: dt.timedelta, 
 
 
 def check_caps(*, session: Session, customer_id: int, channel: str, due: dt.datetime, settings: Settings,
-               now: dt.datetime, priority: int, priorities: dict[str, int]) -> tuple[str | None, str | None]:
+               now: dt.datetime, priority: int, priorities: dict[str, int],
+               batch: Batch | None = None) -> tuple[str | None, str | None]:
     """(reason the message is capped or None, a note on a lower-priority message it displaced or None)."""
     windows = _cap_windows(settings, channel)
     if not windows:
         return None, None
     widest = max(span for _, span, _ in windows)
+    if batch is not None:
+        capped = batch.capped(customer_id, channel, widest)
+        rows: list[Any] = [r for r in capped if due - widest < r.due_at < due + widest]
+        return _apply_caps(session, rows, windows, due, now, priority, priorities, channel, batch, capped)
     rows = session.execute(select(OutboxMessage.id, OutboxMessage.due_at, OutboxMessage.tactic_id,
                                   OutboxMessage.status, OutboxMessage.run_id)
                            .where(OutboxMessage.customer_id == customer_id, OutboxMessage.channel == channel,
                                   OutboxMessage.transactional.is_(False),
                                   OutboxMessage.status.not_in(CAP_EXEMPT_STATUSES),
                                   OutboxMessage.due_at > due - widest, OutboxMessage.due_at < due + widest)).all()
+    return _apply_caps(session, rows, windows, due, now, priority, priorities, channel, None, None)
+
+
+def _apply_caps(session: Session, rows: list[Any], windows: list[tuple[str, dt.timedelta, int]], due: dt.datetime,
+                now: dt.datetime, priority: int, priorities: dict[str, int], channel: str, batch: Batch | None,
+                capped: list[CapRow] | None) -> tuple[str | None, str | None]:
     note = None
     for name, span, cap in windows:
         times = [r.due_at for r in rows]
@@ -629,6 +919,8 @@ def check_caps(*, session: Session, customer_id: int, channel: str, due: dt.date
                          key=lambda r: (priorities.get(r.tactic_id or "", 50), -r.due_at.timestamp()))
         if victims:
             v = victims[0]
+            if v.id is None and batch is not None:
+                batch.write_outbox()  # the displaced message was queued by this batch: write it to get its id
             why = f"displaced by a higher-priority tactic (priority {priority}) within the {name} cap"
             session.execute(OutboxMessage.__table__.update().where(OutboxMessage.id == v.id)
                             .values(status="suppressed", last_error=why))
@@ -639,6 +931,8 @@ def check_caps(*, session: Session, customer_id: int, channel: str, due: dt.date
                     journal(session=session, run=victim_run, node_id=None, kind="message", outcome="suppressed",
                             reason=f"message {v.id} suppressed: {why}", inputs={"message_id": v.id}, at=now)
             rows = [r for r in rows if r.id != v.id]
+            if capped is not None:
+                capped[:] = [r for r in capped if r.id != v.id]
             note = f"displaced message {v.id} of {v.tactic_id} (lower priority)"
             if not _window_full([r.due_at for r in rows], due, span, cap):
                 continue
@@ -660,7 +954,8 @@ def _message(node: S.MessageNode, ctx: Ctx) -> Step:
     purpose = None if node.transactional else (node.purpose or consent.CHANNEL_PURPOSE.get(content.channel))
     probe = OutboxMessage(customer_id=run.customer_id, channel=content.channel, purpose=purpose,
                           transactional=node.transactional)
-    why_not = channels.missing_consent(session=session, message=probe)
+    why_not = channels.missing_consent(session=session, message=probe, statuses=(
+        ctx.batch.consents(run.customer_id) if ctx.batch is not None else None))
     if why_not is None and content.channel != "webhook":
         address = channels.address_of(customer=customer, channel=content.channel, settings=settings)
         if not address:
@@ -671,7 +966,7 @@ def _message(node: S.MessageNode, ctx: Ctx) -> Step:
         due = after_quiet_hours(now, ctx.tz, settings)
         why_not, note = check_caps(session=session, customer_id=run.customer_id, channel=content.channel, due=due,
                                    settings=settings, now=now, priority=ctx.tactic.priority,
-                                   priorities=ctx.priorities)
+                                   priorities=ctx.priorities, batch=ctx.batch)
     if why_not is not None:
         ctx.journal(node.id, "message", "suppressed", f"{content.channel} {content.template} suppressed: {why_not}",
                     {**base, "reason": why_not})
@@ -683,16 +978,30 @@ def _message(node: S.MessageNode, ctx: Ctx) -> Step:
         payload.setdefault("key", run.key)
     if node.transactional:  # never advertising: no recommendations, offers or coupons get filled in
         payload.update({"recommendations": [], "offer": None})
-    msg = channels.enqueue(session=session, idempotency_key=key, customer_id=run.customer_id,
-                           channel=content.channel, template=content.template if content.channel != "webhook" else None,
-                           purpose=purpose, transactional=node.transactional, locale=locale, payload=payload,
-                           due_at=due, tactic_id=ctx.tactic.id)
-    msg.run_id = run.id
+    message = {"idempotency_key": key, "customer_id": run.customer_id, "channel": content.channel,
+               "template": content.template if content.channel != "webhook" else None, "purpose": purpose,
+               "transactional": node.transactional, "locale": locale, "payload": payload, "due_at": due,
+               "tactic_id": ctx.tactic.id, "run_id": run.id}
+    msg_id = _enqueue(ctx, message)
     when = "now" if due <= now else f"at {due:%Y-%m-%d %H:%M} UTC (after quiet hours in {ctx.tz.key})"
     text = (f"{'transactional ' if node.transactional else ''}{content.channel} {content.template} ({locale}) "
             f"queued {when}" + (f"; {note}" if note else ""))
-    ctx.journal(node.id, "message", "queued", text, {**base, "message_id": msg.id, "due_at": due, "locale": locale})
+    entry = ctx.journal(node.id, "message", "queued", text,
+                        {**base, "message_id": msg_id, "due_at": due, "locale": locale})
+    if ctx.batch is not None:
+        ctx.batch.enqueue(message, entry)
     return Step(next=node.next)
+
+
+def _enqueue(ctx: Ctx, message: dict[str, Any]) -> int | None:
+    """Put a message into the outbox now and return its id; in a batch it is written with the batch (None)."""
+    if ctx.batch is not None:
+        return None
+    run_id = message.pop("run_id")
+    msg = channels.enqueue(session=ctx.session, **message)
+    msg.run_id = run_id
+    message["run_id"] = run_id
+    return msg.id
 
 
 def _payload(data: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
@@ -723,27 +1032,32 @@ def _locale(customer: Customer | None, locales: list[str], settings: Settings) -
 
 
 def _update_attribute(node: S.UpdateAttributeNode, ctx: Ctx) -> Step:
-    from emma.profiles import service as profiles
 
     customer = ctx.customer
     if customer is not None:
         value = substitute(node.value, ctx.run)
-        profiles.apply_traits(session=ctx.session, customer=customer, traits={node.attribute: value},
-                              source=f"tactic:{ctx.tactic.id}", at=ctx.now)
+        _set_traits(ctx, customer, {node.attribute: value})
         ctx.journal(node.id, "update_attribute", "done", f"set {node.attribute} = {value!r}",
                     {"attribute": node.attribute, "value": value})
     return Step(next=node.next)
 
 
-def _add_points(node: S.AddPointsNode, ctx: Ctx) -> Step:
+def _set_traits(ctx: Ctx, customer: Customer, traits: dict[str, Any]) -> None:
     from emma.profiles import service as profiles
+
+    batch = ctx.batch
+    latest = batch.latest_traits(customer.id, next(iter(traits))) if batch is not None else None
+    profiles.apply_traits(session=ctx.session, customer=customer, traits=traits, source=f"tactic:{ctx.tactic.id}",
+                          at=ctx.now, latest=latest, history=batch.history if latest is not None else None)
+
+
+def _add_points(node: S.AddPointsNode, ctx: Ctx) -> Step:
 
     customer = ctx.customer
     if customer is not None:
         before = (customer.attributes or {}).get(node.attribute) or 0
         after = int(before) + node.points
-        profiles.apply_traits(session=ctx.session, customer=customer, traits={node.attribute: after},
-                              source=f"tactic:{ctx.tactic.id}", at=ctx.now)
+        _set_traits(ctx, customer, {node.attribute: after})
         ctx.journal(node.id, "add_points", "done", f"{node.points:+d} {node.attribute}: {before} -> {after}",
                     {"before": before, "after": after})
     return Step(next=node.next)
@@ -753,12 +1067,13 @@ def _webhook(node: S.WebhookNode, ctx: Ctx) -> Step:
     visit = _visit(ctx.run, node.id)
     key = action_key(ctx.run, node.id, visit)
     data = {k: substitute(v, ctx.run) for k, v in node.data.items()}
-    msg = channels.enqueue(session=ctx.session, idempotency_key=key, customer_id=ctx.run.customer_id,
-                           channel="webhook", template=None, transactional=True, due_at=ctx.now,
-                           payload={"event": node.event, "data": data, "key": ctx.run.key, "run_id": ctx.run.id},
-                           tactic_id=ctx.tactic.id)
-    msg.run_id = ctx.run.id
-    ctx.journal(node.id, "webhook", "queued", f"webhook {node.event} queued", {"message_id": msg.id, **data})
+    message = {"idempotency_key": key, "customer_id": ctx.run.customer_id, "channel": "webhook", "template": None,
+               "transactional": True, "due_at": ctx.now, "tactic_id": ctx.tactic.id, "run_id": ctx.run.id,
+               "payload": {"event": node.event, "data": data, "key": ctx.run.key, "run_id": ctx.run.id}}
+    msg_id = _enqueue(ctx, message)
+    entry = ctx.journal(node.id, "webhook", "queued", f"webhook {node.event} queued", {"message_id": msg_id, **data})
+    if ctx.batch is not None:
+        ctx.batch.enqueue(message, entry)
     return Step(next=node.next)
 
 
@@ -779,8 +1094,7 @@ def _goal(node: S.GoalNode, ctx: Ctx) -> Step:
         where = resolve_where(goal.where, ctx.run)
         # The event that started the run is not its own goal (an order entering a post-purchase tactic).
         after = int((ctx.run.state or {}).get("entry_event_id") or 0)
-        found = _matching_events(ctx.session, profile_ids(ctx.session, ctx.run.customer_id), [goal.event], where,
-                                 after, ctx.run.entered_at)
+        found = ctx.matching_events([goal.event], where, after, ctx.run.entered_at)
         if found is not None and found.timestamp >= ctx.run.entered_at:
             return Step(end="converted", reason=f"goal reached: {goal.event} ({_brief(found.properties)})")
     ctx.journal(node.id, "goal", "not_reached", "goal not reached yet" + (f" -> {node.next}" if node.next else ""))
@@ -809,6 +1123,7 @@ def _follow_merge(session: Session, run: Run, now: dt.datetime) -> bool:
     if c is None or c.merged_into_id is None:
         return True
     target = c.merged_into_id
+    session.flush()  # a batch runs without autoflush: the clash query must see the batch's changes
     clash = session.scalar(select(Run.id).where(Run.tactic_id == run.tactic_id, Run.customer_id == target,
                                                 or_(Run.active_key == run.key, Run.dedupe == run.dedupe)))
     if clash is not None:
@@ -845,7 +1160,7 @@ def _goal_window(session: Session, run: Run, tactic: S.Tactic, now: dt.datetime)
 
 
 def advance(*, session: Session, run: Run, tactic: S.Tactic | None, settings: Settings, now: dt.datetime,
-            priorities: dict[str, int] | None = None) -> None:
+            priorities: dict[str, int] | None = None, batch: Batch | None = None) -> None:
     """Step a due run through its nodes until it waits or ends (inside the caller's transaction)."""
     if run.status not in LIVE:
         return
@@ -857,7 +1172,8 @@ def advance(*, session: Session, run: Run, tactic: S.Tactic | None, settings: Se
     if run.node_id == GOAL_WINDOW:
         _goal_window(session, run, tactic, now)
         return
-    ctx = Ctx(session=session, run=run, tactic=tactic, settings=settings, now=now, priorities=priorities or {})
+    ctx = Ctx(session=session, run=run, tactic=tactic, settings=settings, now=now, priorities=priorities or {},
+              batch=batch)
     for _ in range(MAX_STEPS_PER_ADVANCE):
         try:
             node = tactic.node(run.node_id or "")
@@ -937,6 +1253,9 @@ def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S
         for run in session.scalars(select(Run).where(Run.customer_id.in_(cids | set(alias)),
                                                      Run.status.in_(LIVE)).order_by(Run.id)):
             live.setdefault(alias.get(run.customer_id, run.customer_id), []).append(run)
+    entering = [t.id for t in tactics.values() if isinstance(t.entry, S.EventEntry | S.SegmentEntry)]
+    known = Entries(session=session, tactic_ids=entering, customer_ids=cids,
+                    dedupes=[f"event:{e.id}" for e in events if event_name(e) in starts])
     touched = 0
     for ev in events:
         cid = ev.customer_id
@@ -972,7 +1291,7 @@ def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S
                 key, why = hit
                 run = enter(session=session, tactic=tactic, customer_id=cid, now=now, dedupe=f"event:{ev.id}",
                             key=key, entry=props, event_id=ev.id, reason=why, event_name=name,
-                            inputs={"event": name, "event_id": ev.id})
+                            inputs={"event": name, "event_id": ev.id}, known=known)
                 if run is not None:
                     live.setdefault(cid, []).append(run)
                     touched += 1
@@ -993,10 +1312,17 @@ def process_due(*, session: Session, tactics: dict[str, S.Tactic], settings: Set
                 limit: int = 200) -> int:
     """Advance every due run (up to limit); returns how many were stepped."""
     runs = due_runs(session=session, now=now, limit=limit)
+    if not runs:
+        return 0
     priorities = {tid: t.priority for tid, t in tactics.items()}
-    for run in runs:
-        advance(session=session, run=run, tactic=tactics.get(run.tactic_id), settings=settings, now=now,
-                priorities=priorities)
+    batch = Batch(session=session, runs=runs, settings=settings, now=now, tactics=tactics.values())
+    # One flush for the batch instead of one before every query; the few reads that must see the batch's own
+    # changes (segment predicates, profile merges) flush first.
+    with session.no_autoflush:
+        for run in runs:
+            advance(session=session, run=run, tactic=tactics.get(run.tactic_id), settings=settings, now=now,
+                    priorities=priorities, batch=batch)
+    batch.flush()
     flush_journal(session)
     return len(runs)
 

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 
 from emma.automation import engine
 from emma.automation import schemas as S
-from emma.automation.models import PredictionMark, Run
+from emma.automation.models import PredictionMark
 from emma.catalog.models import PriceChange, Product, StockChange
 from emma.config import Settings
+from emma.db import insert_rows
 from emma.ingest.models import Event
 from emma.orders.models import Order, OrderLine, WishlistItem
 from emma.predict.models import Prediction, ScoreRun
@@ -62,16 +63,30 @@ def scan(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, 
 def _enter_many(session: Session, tactic: S.Tactic, customer_ids: Iterable[int], now: dt.datetime, dedupe: str,
                 reason: str, key: str = "", entry: dict[str, Any] | None = None,
                 max_per_day: int | None = None) -> int:
+    return _enter_each(session, tactic, [(cid, dedupe, reason, key, entry) for cid in customer_ids], now,
+                       max_per_day)
+
+
+Entry = tuple[int, str, str, str, dict[str, Any] | None]  # customer, dedupe, reason, key, entry properties
+
+
+def _enter_each(session: Session, tactic: S.Tactic, entries: list[Entry], now: dt.datetime,
+                max_per_day: int | None = None) -> int:
+    """Enter many customers, the checks for all of them read with a few queries (scans hold their cursor row,
+    so no other worker enters the same tactic meanwhile)."""
     n = 0
-    for cid in customer_ids:
-        if max_per_day is not None:
-            today = session.scalar(select(func.count(Run.id)).where(
-                Run.tactic_id == tactic.id, Run.customer_id == cid, Run.entered_at > now - dt.timedelta(days=1)))
-            if (today or 0) >= max_per_day:
+    for lo in range(0, len(entries), CHUNK):
+        part = entries[lo:lo + CHUNK]
+        known = engine.Entries(session=session, tactic_ids=[tactic.id], customer_ids=[e[0] for e in part],
+                               dedupes={e[1] for e in part},
+                               since=now - dt.timedelta(days=1) if max_per_day is not None else None)
+        for cid, dedupe, reason, key, entry in part:
+            if max_per_day is not None and known.recent.get((tactic.id, cid), 0) >= max_per_day:
                 continue
-        if engine.enter(session=session, tactic=tactic, customer_id=cid, now=now, dedupe=dedupe, key=key,
-                        entry=entry, reason=reason, inputs=entry) is not None:
-            n += 1
+            if engine.enter(session=session, tactic=tactic, customer_id=cid, now=now, dedupe=dedupe, key=key,
+                            entry=entry, reason=reason, inputs=entry, known=known) is not None:
+                n += 1
+        engine.flush_journal(session)
     return n
 
 
@@ -164,8 +179,8 @@ def _birthdays(session: Session, tactic: S.Tactic, entry: S.DateEntry, settings:
     rows = session.execute(select(Customer.id, Customer.birthday, Customer.timezone)
                            .where(Customer.birthday.is_not(None), Customer.merged_into_id.is_(None),
                                   _mmdd(session, Customer.birthday).in_(sorted(wanted)))).all()
-    n = 0
     zones: dict[str | None, Any] = {}
+    entries: list[Entry] = []
     for cid, born, tzname in rows:
         tz = zones.get(tzname)
         if tz is None:
@@ -174,10 +189,10 @@ def _birthdays(session: Session, tactic: S.Tactic, entry: S.DateEntry, settings:
         target = local_today - dt.timedelta(days=entry.offset_days)
         if _anniversary(born, target.year) != target:
             continue
-        n += _enter_many(session, tactic, [cid], now, f"birthday:{local_today.year}",
-                         f"birthday on {born:%d.%m.} (today {local_today:%Y-%m-%d} in {tz.key})",
-                         entry={"birthday": born.isoformat(), "local_date": local_today.isoformat()})
-    return n
+        entries.append((cid, f"birthday:{local_today.year}",
+                        f"birthday on {born:%d.%m.} (today {local_today:%Y-%m-%d} in {tz.key})", "",
+                        {"birthday": born.isoformat(), "local_date": local_today.isoformat()}))
+    return _enter_each(session, tactic, entries, now)
 
 
 def _add_months(d: dt.date, months: int) -> dt.date:
@@ -190,7 +205,7 @@ def _warranty(session: Session, tactic: S.Tactic, entry: S.DateEntry, now: dt.da
     """Order lines whose warranty (product attribute warranty_months, from delivery, else from the order date)
     ends offset_days from today."""
     today = now.astimezone(dt.UTC).date()
-    n = 0
+    entries: list[Entry] = []
     products = [(p.sku, int(p.attributes["warranty_months"])) for p in session.scalars(select(Product))
                 if isinstance(p.attributes, dict) and str(p.attributes.get("warranty_months", "")).isdigit()]
     since = func.coalesce(Order.delivered_at, Order.ordered_at)
@@ -203,11 +218,10 @@ def _warranty(session: Session, tactic: S.Tactic, entry: S.DateEntry, now: dt.da
                                .where(OrderLine.sku == sku, since >= lo, since < lo + dt.timedelta(days=1),
                                       Order.status.not_in(("cancelled", "returned", "refunded")))).all()
         for cid, order_id in rows:
-            n += _enter_many(session, tactic, [cid], now, f"warranty:{order_id}:{sku}",
-                             f"warranty of {sku} (order {order_id}) ends {end.isoformat()}",
-                             key=f"{order_id}:{sku}", entry={"order_id": order_id, "sku": sku,
-                                                             "warranty_end": end.isoformat()})
-    return n
+            entries.append((cid, f"warranty:{order_id}:{sku}",
+                            f"warranty of {sku} (order {order_id}) ends {end.isoformat()}", f"{order_id}:{sku}",
+                            {"order_id": order_id, "sku": sku, "warranty_end": end.isoformat()}))
+    return _enter_each(session, tactic, entries, now)
 
 
 def _attribute_date(session: Session, tactic: S.Tactic, entry: S.DateEntry, settings: Settings,
@@ -464,10 +478,10 @@ def _prediction(session: Session, tactic: S.Tactic, settings: Settings, now: dt.
                                                             PredictionMark.customer_id.in_(below)))
     crossed = list(session.execute(select(Prediction.customer_id, col).where(cond,
                                                                              Prediction.customer_id.not_in(marked))))
-    n = 0
-    for cid, value in crossed:
-        session.add(PredictionMark(tactic_id=tactic.id, customer_id=cid, crossed_at=now))
-        n += _enter_many(session, tactic, [cid], now, f"prediction:{latest}",
-                         f"{entry.field} {value:.2f} crossed {entry.op} {entry.value:g} (scoring run {latest})",
-                         entry={entry.field: value})
-    return n
+    if crossed:
+        insert_rows(session, PredictionMark, [{"tactic_id": tactic.id, "customer_id": cid, "crossed_at": now}
+                                              for cid, _ in crossed])
+    return _enter_each(session, tactic, [
+        (cid, f"prediction:{latest}",
+         f"{entry.field} {value:.2f} crossed {entry.op} {entry.value:g} (scoring run {latest})", "",
+         {entry.field: value}) for cid, value in crossed], now)

@@ -20,7 +20,7 @@ from emma.channels.exceptions import ChannelError, PermanentError, RateLimited, 
 from emma.channels.models import DeliveryEvent, OutboxMessage
 from emma.config import Settings
 from emma.consent import service as consent
-from emma.db import among, insert_ignoring_conflicts, utcnow
+from emma.db import among, insert_rows, utcnow
 from emma.orders.models import Cart, CartItem, OrderLine
 from emma.profiles.models import Customer, Identity
 
@@ -57,19 +57,22 @@ def enqueue(*, session: Session, idempotency_key: str, customer_id: int | None, 
     return msg
 
 
-def enqueue_many(*, session: Session, messages: list[dict[str, Any]]) -> int:
+def enqueue_many(*, session: Session, messages: list[dict[str, Any]], ids: dict[str, int] | None = None) -> int:
     """enqueue for many messages with one query and two inserts; returns how many were new.
 
-    Each dict has enqueue's keyword arguments (idempotency_key, customer_id, channel, template, ...).
+    Each dict has enqueue's keyword arguments (idempotency_key, customer_id, channel, template, ...) and
+    optionally run_id. ids, when given, receives the message id of every key (new or queued before).
     """
     by_key: dict[str, dict[str, Any]] = {}
     for m in messages:
         by_key.setdefault(m["idempotency_key"], m)  # the first of a key wins
     keys = list(by_key)
     for i in range(0, len(keys), 900):
-        for key in session.scalars(select(OutboxMessage.idempotency_key)
-                                   .where(among(session, OutboxMessage.idempotency_key, keys[i:i + 900]))):
+        for mid, key in session.execute(select(OutboxMessage.id, OutboxMessage.idempotency_key)
+                                        .where(among(session, OutboxMessage.idempotency_key, keys[i:i + 900]))):
             by_key.pop(key)
+            if ids is not None:
+                ids[key] = mid
     if not by_key:
         return 0
     now = utcnow()
@@ -77,15 +80,21 @@ def enqueue_many(*, session: Session, messages: list[dict[str, Any]]) -> int:
              "purpose": m.get("purpose"), "transactional": m.get("transactional", False),
              "template": m.get("template"), "locale": m.get("locale"), "payload": m.get("payload") or {},
              "status": "queued", "attempts": 0, "due_at": m.get("due_at") or now, "created_at": now,
-             "tactic_id": m.get("tactic_id")} for key, m in by_key.items()]
+             "tactic_id": m.get("tactic_id"), "run_id": m.get("run_id")} for key, m in by_key.items()]
     # a concurrent enqueue with the same key wins; its message is not queued twice
-    stmt = insert_ignoring_conflicts(session, OutboxMessage, ["idempotency_key"]).returning(
-        OutboxMessage.__table__.c.id)
-    ids = list(session.execute(stmt, rows).scalars())
-    if ids:
-        session.execute(DeliveryEvent.__table__.insert(),
-                        [{"message_id": i, "status": "queued", "detail": {}, "at": now} for i in ids])
-    return len(ids)
+    new = insert_rows(session, OutboxMessage, rows, on_conflict=["idempotency_key"],
+                      returning=["id", "idempotency_key"])
+    if new:
+        insert_rows(session, DeliveryEvent, [{"message_id": i, "status": "queued", "detail": {}, "at": now}
+                                             for i, _ in new])
+    if ids is not None:
+        ids.update({key: i for i, key in new})
+        lost = [key for key in by_key if key not in ids]
+        if lost:  # queued concurrently by another transaction
+            ids.update({key: i for i, key in session.execute(
+                select(OutboxMessage.id, OutboxMessage.idempotency_key)
+                .where(among(session, OutboxMessage.idempotency_key, lost)))})
+    return len(new)
 
 
 def in_flight(*, session: Session, channel: str, now: dt.datetime) -> int:
@@ -112,8 +121,9 @@ def claim(*, session: Session, channel: str, now: dt.datetime, limit: int, lease
     return ids
 
 
-def missing_consent(*, session: Session, message: OutboxMessage) -> str | None:
-    """Why the message may not go out now (None when it may): consent is checked at send time."""
+def missing_consent(*, session: Session, message: OutboxMessage, statuses: dict[str, str] | None = None) -> str | None:
+    """Why the message may not go out now (None when it may): consent is checked at send time. statuses
+    (purpose -> status of the customer's consent, loaded beforehand) saves the queries."""
     if message.transactional:
         return None
     if message.customer_id is None:
@@ -121,8 +131,11 @@ def missing_consent(*, session: Session, message: OutboxMessage) -> str | None:
     needed = {p for p in (message.purpose, consent.CHANNEL_PURPOSE.get(message.channel)) if p}
     if not needed:
         return f"marketing message on {message.channel} without a consent purpose"
-    missing = [p for p in sorted(needed) if not consent.allows(session=session, customer_id=message.customer_id,
-                                                                  purpose=p)]
+    if statuses is not None:
+        missing = [p for p in sorted(needed) if statuses.get(p) != "granted"]
+    else:
+        missing = [p for p in sorted(needed) if not consent.allows(session=session, customer_id=message.customer_id,
+                                                                      purpose=p)]
     return f"no consent for {', '.join(missing)}" if missing else None
 
 

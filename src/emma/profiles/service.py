@@ -283,13 +283,25 @@ def _coerce(column: str, value: Any) -> Any:
 
 
 def apply_traits(*, session: Session, customer: Customer, traits: dict[str, Any], source: str,
-                 at: dt.datetime) -> list[str]:
-    """Set profile fields from traits; every change is kept in the history, the latest by time wins."""
+                 at: dt.datetime, latest: dict[str, dt.datetime] | None = None,
+                 history: list[dict[str, Any]] | None = None) -> list[str]:
+    """Set profile fields from traits; every change is kept in the history, the latest by time wins.
+
+    For many customers at once: latest (trait -> time of the customer's latest change, loaded beforehand; kept
+    current here) saves the query, and history collects the rows for the caller to insert in bulk.
+    """
     changes = _trait_changes(traits)
-    latest = _latest_times(session, customer.id, [t for t, _, _ in changes]) if customer.id else {}
-    history: list[dict[str, Any]] = []
-    changed = _apply_changes(customer, changes, latest, source, at, history)
-    session.add_all(TraitChange(**row) for row in history)
+    if latest is None:
+        latest = _latest_times(session, customer.id, [t for t, _, _ in changes]) if customer.id else {}
+    rows: list[dict[str, Any]] = []
+    changed = _apply_changes(customer, changes, latest, source, at, rows)
+    for trait in changed:
+        if trait not in latest or latest[trait] < at:
+            latest[trait] = at
+    if history is not None:
+        history.extend(rows)
+    else:
+        session.add_all(TraitChange(**row) for row in rows)
     return changed
 
 
