@@ -1,28 +1,37 @@
 """Automation engine benchmarks; each part is bounded in time and prints its figures.
 
-    .venv/bin/python bench/automation.py                       # all parts on SQLite (temp files)
-    .venv/bin/python bench/automation.py --pg postgresql+psycopg://emma@127.0.0.1:5432/bench   # steps/s on PG too
+    .venv/bin/python bench/automation.py                        # all parts; latency and steps on SQLite and PG
+    .venv/bin/python bench/automation.py --only steps --db postgres
+    EMMA_BENCH_PG_URL=postgresql+psycopg://user@host/db .venv/bin/python bench/automation.py --db postgres
+
+PostgreSQL is a throwaway server started like the test suite's (fsync off), unless EMMA_BENCH_PG_URL names one
+(a database is created in it and dropped afterwards).
 
 1. latency: events arrive at a fixed rate (default 1,000/s for 10 s) through ingestion while the worker runs
-   in another thread; for each event, the time from its commit to its message in the outbox (p50, p99).
-2. birthdays: 1,000,000 customers, the daily birthday scan (customers whose birthday is today in their own
-   time zone enter happy_birthday) and the steps of the runs it starts.
+   in another thread of the same process (as embedded in `emma serve`, woken by the commits); for each event,
+   the time from its commit to its message in the outbox (p50, p99).
+2. birthdays: 1,000,000 customers (SQLite), the daily birthday scan (customers whose birthday is today in their
+   own time zone enter happy_birthday) and the steps of the runs it starts.
 3. steps: sustained engine throughput, steps per second (journal entries), on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import os
+import platform
 import random
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select
 
 from emma.automation import engine, jobs, library, triggers
 from emma.automation.models import Run, RunStep, TacticSetting
@@ -53,7 +62,7 @@ ZONES = ["Europe/Berlin", "Europe/London", "America/New_York", "Asia/Tokyo", "Eu
 
 def _settings(url: str) -> Settings:
     return Settings(database_url=url, worker_embedded=False, quiet_hours="", frequency_caps={},
-                    worker_poll_seconds=0.005, worker_batch_size=500)
+                    worker_batch_size=500)
 
 
 def _only(sessions, definition: dict) -> None:
@@ -88,14 +97,25 @@ def _customers(sessions, n: int, *, birthdays: bool = False, consent: bool = Tru
                                             for r in rows])
 
 
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@contextlib.contextmanager
+def _database(kind: str, workdir: Path) -> Iterator[str]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ingest import fresh_database  # bench/ingest.py: a migrated SQLite file or PostgreSQL database
+
+    with fresh_database(kind, workdir) as url:
+        yield url
+
+
 def _pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def latency(workdir: Path, rate: int, seconds: float) -> None:
-    url = f"sqlite:///{workdir / 'latency.db'}"
-    upgrade(url)
+def latency(url: str, label: str, rate: int, seconds: float) -> None:
     eng = make_engine(url)
     sessions = make_sessionmaker(eng)
     settings = _settings(url)
@@ -142,8 +162,8 @@ def latency(workdir: Path, rate: int, seconds: float) -> None:
         ids = {int(d.split(":")[1]): c for d, c in runs}
         mids = dict(s.execute(select(Event.id, Event.message_id).where(Event.id.in_(list(ids)))).all()) if ids else {}
     lat = [(ids[i].timestamp() - committed[mids[i]]) * 1000 for i in ids if mids.get(i) in committed]
-    print(f"latency: {n} events at {rate}/s for {seconds:g} s (producer {behind * 1000:+.0f} ms behind schedule); "
-          f"{len(lat)} messages")
+    print(f"latency ({label}): {n} events at {rate}/s for {seconds:g} s (producer {behind * 1000:+.0f} ms behind "
+          f"schedule); {len(lat)} messages; load average {_load()}")
     if lat:
         print(f"  event committed -> message in outbox: p50 {_pct(lat, 50):.1f} ms, p99 {_pct(lat, 99):.1f} ms, "
               f"max {max(lat):.1f} ms, mean {statistics.mean(lat):.1f} ms")
@@ -186,7 +206,7 @@ def birthdays(workdir: Path, customers: int) -> None:
         msgs = s.scalar(select(func.count()).select_from(OutboxMessage))
     print(f"  daily scan: {entered:,} birthdays today (in each customer's time zone) entered in {scan:.2f} s; "
           f"first steps {first:.2f} s; greetings queued {msgs:,} in {send:.2f} s; "
-          f"total {scan + first + send:.2f} s")
+          f"total {scan + first + send:.2f} s; load average {_load()}")
     eng.dispose()
 
 
@@ -227,7 +247,7 @@ def steps(url: str, label: str, customers: int) -> None:
     done = after - before
     print(f"steps ({label}): {customers:,} runs entered from events in {consumed:.2f} s "
           f"({customers / consumed:,.0f} entries/s); {done:,} steps in {took:.2f} s = {done / took:,.0f} steps/s "
-          f"({customers / took:,.0f} runs/s, {msgs:,} messages)")
+          f"({customers / took:,.0f} runs/s, {msgs:,} messages); load average {_load()}")
     eng.dispose()
 
 
@@ -237,26 +257,26 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--customers", type=int, default=1_000_000, help="for the birthday scan")
     ap.add_argument("--step-runs", type=int, default=20_000)
-    ap.add_argument("--pg", help="a PostgreSQL URL (an empty database) for the steps/s figure")
+    ap.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both",
+                    help="for latency and steps (birthdays: SQLite)")
     ap.add_argument("--only", choices=["latency", "birthdays", "steps"])
     args = ap.parse_args()
+    kinds = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    labels = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"load average {_load()}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.only in (None, "latency"):
-            latency(work, args.rate, args.seconds)
+            for kind in kinds:
+                with _database(kind, work) as url:
+                    latency(url, labels[kind], args.rate, args.seconds)
         if args.only in (None, "birthdays"):
             birthdays(work, args.customers)
         if args.only in (None, "steps"):
-            url = f"sqlite:///{work / 'steps.db'}"
-            upgrade(url)
-            steps(url, "SQLite", args.step_runs)
-            if args.pg:
-                upgrade(args.pg)
-                e = make_engine(args.pg)
-                with e.connect() as c:
-                    c.execute(text("SELECT 1"))
-                e.dispose()
-                steps(args.pg, "PostgreSQL", args.step_runs)
+            for kind in kinds:
+                with _database(kind, work) as url:
+                    steps(url, labels[kind], args.step_runs)
     sys.stdout.flush()
 
 

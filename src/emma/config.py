@@ -75,7 +75,10 @@ class Settings(BaseSettings):
                                                  "push": {"day": 2, "week": 7}}
     # `emma serve` runs the worker in a background thread unless this is off.
     worker_embedded: bool = True
+    # The worker polls this often while there is work; idle, it backs off (doubling) to worker_idle_seconds.
+    # New events wake it at once (committed in the same process, or NOTIFY on PostgreSQL).
     worker_poll_seconds: float = 0.05
+    worker_idle_seconds: float = 2.0
     worker_batch_size: int = 500
     # PostgreSQL may commit event ids out of order: a gap in events.id is waited for this long before skipping it.
     event_gap_grace_seconds: float = 2.0

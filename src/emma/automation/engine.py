@@ -1300,12 +1300,24 @@ def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S
 
 
 def due_runs(*, session: Session, now: dt.datetime, limit: int) -> list[Run]:
-    """Claim up to limit due runs; on PostgreSQL concurrent workers skip each other's rows."""
+    """Claim up to limit due runs; concurrent workers never get the same run.
+
+    PostgreSQL: FOR UPDATE SKIP LOCKED, workers skip each other's rows. SQLite: the claim is a write (an
+    UPDATE ... RETURNING that changes nothing), so it takes the database's write lock before it reads; a second
+    worker waits for the first one's commit and then reads the runs as that left them.
+    """
     stmt = (select(Run).where(Run.status.in_(LIVE), Run.due_at <= now)
             .order_by(Run.due_at, Run.id).limit(limit))
     if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    return list(session.scalars(stmt))
+        return list(session.scalars(stmt.with_for_update(skip_locked=True)))
+    table = Run.__table__
+    due = select(table.c.id).where(table.c.status.in_(LIVE), table.c.due_at <= now) \
+        .order_by(table.c.due_at, table.c.id).limit(limit)
+    ids = list(session.scalars(table.update().where(table.c.id.in_(due.scalar_subquery()))
+                               .values(due_at=table.c.due_at).returning(table.c.id)))
+    if not ids:
+        return []
+    return list(session.scalars(select(Run).where(among(session, Run.id, ids)).order_by(Run.due_at, Run.id)))
 
 
 def process_due(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, now: dt.datetime,

@@ -22,6 +22,7 @@ from emma.automation.clock import Clock, SystemClock
 from emma.automation.models import Cursor
 from emma.config import Settings
 from emma.db import insert_ignoring_conflicts, session_scope, utcnow
+from emma.ingest import service as ingest
 from emma.ingest.models import Event
 
 log = logging.getLogger(__name__)
@@ -147,25 +148,104 @@ def tick(*, sessions: sessionmaker[Session], settings: Settings, now: dt.datetim
     return counts
 
 
+class Waker:
+    """Wakes the worker loops of this process: new events were committed (or, on PostgreSQL, announced by
+    NOTIFY from another process)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def notify(self) -> None:
+        """Wake every waiting loop."""
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float, stop: threading.Event) -> int:
+        """Wait until woken after generation seen, timeout passed or stop is set; returns the generation."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._generation == seen and not stop.is_set():
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, STOP_CHECK_SECONDS))
+            return self._generation
+
+
+STOP_CHECK_SECONDS = 0.25
+WAKE = Waker()
+ingest.on_new_events(WAKE.notify)
+
+
+def _listen(url: str, stop: threading.Event) -> None:
+    """Turn PostgreSQL notifications of new events (sent by ingestion in any process) into wake-ups."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    while not stop.is_set():
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute(f"LISTEN {ingest.EVENTS_CHANNEL}")
+                while not stop.is_set():
+                    for _ in conn.notifies(timeout=STOP_CHECK_SECONDS * 4, stop_after=1):
+                        WAKE.notify()
+        except Exception:  # noqa: BLE001 - the database restarting: poll meanwhile, listen again soon
+            if stop.is_set():
+                return
+            log.warning("listening for new events failed; polling until it works again", exc_info=True)
+            stop.wait(5.0)
+
+
+def idle_wait(*, session: Session, now: dt.datetime, idle: float, settings: Settings) -> float:
+    """How long an idle worker may sleep: its backoff, but no later than the next due run."""
+    due = engine.next_due(session=session)
+    if due is not None:
+        idle = min(idle, max(0.0, (due - now).total_seconds()))
+    return max(settings.worker_poll_seconds, idle)
+
+
 def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.Event | None = None,
         clock: Clock | None = None, scan_every: float = 30.0) -> None:
-    """Work until stopped; a failing pass is logged and the loop goes on (e.g. while the database restarts)."""
+    """Work until stopped; a failing pass is logged and the loop goes on (e.g. while the database restarts).
+
+    Idle, the loop sleeps longer and longer (worker_poll_seconds doubling up to worker_idle_seconds, never past
+    the next due run), and wakes at once when new events are committed: by this process (the worker embedded
+    in `emma serve`) or, on PostgreSQL, by any process (LISTEN / NOTIFY).
+    """
     stop = stop or threading.Event()
     clock = clock or SystemClock()
     gaps = GapWatch(settings.event_gap_grace_seconds)
+    if settings.database_url.startswith("postgresql"):
+        threading.Thread(target=_listen, args=(settings.database_url, stop), name="emma-listen", daemon=True).start()
     last_scan = 0.0
+    idle = settings.worker_poll_seconds
     while not stop.is_set():
+        seen = WAKE.generation
         scan = time.monotonic() - last_scan >= scan_every
+        now = clock.now()
         try:
-            counts = tick(sessions=sessions, settings=settings, now=clock.now(), gaps=gaps, scan=scan)
+            counts = tick(sessions=sessions, settings=settings, now=now, gaps=gaps, scan=scan)
             if scan:
                 last_scan = time.monotonic()
+            if counts["events"] or counts["steps"]:
+                idle = settings.worker_poll_seconds
+                continue
+            idle = min(idle * 2, max(settings.worker_idle_seconds, settings.worker_poll_seconds))
+            with session_scope(sessions) as s:
+                pause = idle_wait(session=s, now=now, idle=idle, settings=settings)
         except Exception:  # noqa: BLE001 - keep working; the failed transaction was rolled back
             log.exception("automation pass failed")
-            counts = Counter()
             stop.wait(1.0)
-        if not counts["events"] and not counts["steps"]:
-            stop.wait(settings.worker_poll_seconds)
+            continue
+        if WAKE.wait(seen, pause, stop) != seen:
+            idle = settings.worker_poll_seconds
 
 
 def start_background(*, sessions: sessionmaker[Session], settings: Settings,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import event as sa_event
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from emma.catalog import service as catalog
@@ -273,7 +274,47 @@ def _expire_stale(session: Session) -> None:
 
 def _insert_events(session: Session, rows: list[dict[str, Any]]) -> set[str]:
     # ON CONFLICT DO NOTHING makes a concurrent resend of the same messageId a no-op, not an error.
-    return {mid for (mid,) in insert_rows(session, Event, rows, on_conflict=["message_id"], returning=["message_id"])}
+    inserted = {mid for (mid,) in insert_rows(session, Event, rows, on_conflict=["message_id"],
+                                               returning=["message_id"])}
+    if inserted:
+        session.info[_NEW_EVENTS] = True
+    return inserted
+
+
+# Workers wait for new events instead of polling: a commit that stored events wakes the ones in this process
+# (the worker embedded in `emma serve`) and, on PostgreSQL, sends a NOTIFY that workers elsewhere LISTEN for.
+EVENTS_CHANNEL = "emma_events"
+_NEW_EVENTS = "emma.ingest.new_events"
+_COMMITTING = "emma.ingest.committing"
+_listeners: list[Callable[[], None]] = []
+
+
+def on_new_events(callback: Callable[[], None]) -> None:
+    """Call callback in this process after every commit that stored new events."""
+    _listeners.append(callback)
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _notify_before_commit(session: Session) -> None:
+    if session.in_nested_transaction() or not session.info.get(_NEW_EVENTS):
+        return  # after_commit fires for savepoints too: only the outermost commit wakes anyone
+    session.info[_COMMITTING] = True
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": EVENTS_CHANNEL})
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _wake_after_commit(session: Session) -> None:
+    if session.info.pop(_COMMITTING, False):
+        for callback in list(_listeners):
+            callback()
+
+
+@sa_event.listens_for(Session, "after_transaction_end")
+def _forget(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:
+        session.info.pop(_NEW_EVENTS, None)
+        session.info.pop(_COMMITTING, None)
 
 
 def _identify(resolver: profiles.Resolver, traits_batch: profiles.TraitBatch, cid: int, m: Message) -> None:
