@@ -133,6 +133,11 @@ def tick(*, sessions: sessionmaker[Session], settings: Settings, now: dt.datetim
         with session_scope(sessions) as s:
             n = consume_events(session=s, tactics=tactics, settings=settings, now=now, gaps=gaps)
         counts["events"] += n
+        if n and n >= settings.worker_batch_size:
+            # A backlog: step the runs these events started before reading on, so first messages go out early.
+            with session_scope(sessions) as s:
+                counts["steps"] += engine.process_due(session=s, tactics=tactics, settings=settings, now=now,
+                                                      limit=settings.worker_batch_size)
         if n < settings.worker_batch_size:
             break
     if scan:
