@@ -130,6 +130,7 @@ def latency(url: str, label: str, rate: int, seconds: float) -> None:
     worker.start()
     committed: dict[str, float] = {}
     batch = max(1, rate // 50)  # 50 batches a second, as an HTTP API under load would commit them
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     sent = 0
     customers = min(n, 20_000)
@@ -139,7 +140,7 @@ def latency(url: str, label: str, rate: int, seconds: float) -> None:
         if pause > 0:
             time.sleep(pause)
         msgs = [{"type": "track", "userId": f"b-{(sent + k) % customers + 1}", "event": "Bench Ping",
-                 "messageId": f"ping-{sent + k}", "properties": {"ping": sent + k}} for k in range(batch)]
+                 "messageId": f"ping-{sent + k}", "properties": {"ping": sent + k + 1}} for k in range(batch)]
         with session_scope(sessions) as s:
             ingest.ingest(session=s, raw_messages=msgs, settings=settings)
         at = time.time()
@@ -156,6 +157,7 @@ def latency(url: str, label: str, rate: int, seconds: float) -> None:
         time.sleep(0.05)
     stop.set()
     worker.join(timeout=10)
+    cpu = time.process_time() - cpu0
     with session_scope(sessions) as s:
         runs = s.execute(select(Run.dedupe, OutboxMessage.created_at).join(OutboxMessage,
                                                                            OutboxMessage.run_id == Run.id)).all()
@@ -167,6 +169,8 @@ def latency(url: str, label: str, rate: int, seconds: float) -> None:
     if lat:
         print(f"  event committed -> message in outbox: p50 {_pct(lat, 50):.1f} ms, p99 {_pct(lat, 99):.1f} ms, "
               f"max {max(lat):.1f} ms, mean {statistics.mean(lat):.1f} ms")
+    print(f"  CPU of this process (the producer's ingestion and the worker): {cpu:.1f} s, "
+          f"{cpu / n * 1000:.2f} ms per event")
     eng.dispose()
 
 
@@ -225,22 +229,22 @@ def steps(url: str, label: str, customers: int) -> None:
             ingest.ingest(session=s, settings=settings, received_at=now, raw_messages=[
                 {"type": "track", "userId": e, "event": "Bench Ping", "messageId": f"st-{e}",
                  "properties": {"ping": e}, "timestamp": now.isoformat()} for e in ext[lo:lo + 1000]])
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     while True:
         with session_scope(sessions) as s:
             n = jobs.consume_events(session=s, tactics=tactics, settings=settings, now=now, limit=1000)
         if not n:
             break
-    consumed = time.perf_counter() - t
+    consumed, consumed_cpu = time.perf_counter() - t, time.process_time() - cpu
     with session_scope(sessions) as s:
         before = s.scalar(select(func.count()).select_from(RunStep))
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     while True:
         with session_scope(sessions) as s:
             n = engine.process_due(session=s, tactics=tactics, settings=settings, now=now, limit=500)
         if n < 500:
             break
-    took = time.perf_counter() - t
+    took, took_cpu = time.perf_counter() - t, time.process_time() - cpu
     with session_scope(sessions) as s:
         after = s.scalar(select(func.count()).select_from(RunStep))
         msgs = s.scalar(select(func.count()).select_from(OutboxMessage))
@@ -248,6 +252,8 @@ def steps(url: str, label: str, customers: int) -> None:
     print(f"steps ({label}): {customers:,} runs entered from events in {consumed:.2f} s "
           f"({customers / consumed:,.0f} entries/s); {done:,} steps in {took:.2f} s = {done / took:,.0f} steps/s "
           f"({customers / took:,.0f} runs/s, {msgs:,} messages); load average {_load()}")
+    print(f"  CPU of this process: entries {consumed_cpu:.2f} s ({customers / consumed_cpu:,.0f} per CPU-s), "
+          f"steps {took_cpu:.2f} s ({done / took_cpu:,.0f} per CPU-s; the database server's CPU not included)")
     eng.dispose()
 
 
