@@ -14,12 +14,17 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from emma import __version__
+from emma.automation.clock import Clock, SystemClock
 from emma.config import Settings, get_settings
 from emma.db import make_engine, make_sessionmaker
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app for the given settings (nothing is created at import time)."""
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    """Build the app for the given settings (nothing is created at import time).
+
+    clock stamps what the public links record (opens, clicks, unsubscribes, opt-ins); the demo passes its
+    virtual clock so that the simulated customers' clicks land at simulated times.
+    """
     settings = settings or get_settings()
     engine = make_engine(settings.database_url, echo=settings.echo_sql)
 
@@ -42,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Tante Emma", version=__version__, lifespan=lifespan)
     app.state.settings = settings
+    app.state.clock = clock or SystemClock()
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
     app.state.key_cache = {}

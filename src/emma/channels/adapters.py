@@ -66,12 +66,14 @@ def _mail_domain(sender: str) -> str:
 
 
 class EmailAdapter:
-    """Email over SMTP (smtplib): multipart text + HTML; one connection per message."""
+    """Email over SMTP (smtplib): multipart text + HTML. The connection is kept for the messages of one delivery
+    pass and closed by `close` (the delivery loop calls it at the end of each pass)."""
 
     channel = "email"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._smtp: smtplib.SMTP | None = None
 
     def build(self, message: Envelope) -> EmailMessage:
         """The MIME message: text first, HTML as the preferred alternative."""
@@ -105,23 +107,50 @@ class EmailAdapter:
             smtp.login(s.smtp_username, s.smtp_password or "")
         return smtp
 
+    def close(self) -> None:
+        """Say goodbye to the SMTP server (end of a delivery pass)."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                smtp.quit()
+
+    def _send_once(self, mime: EmailMessage, to: str) -> dict[str, tuple[int, bytes]]:
+        reused = self._smtp is not None
+        if self._smtp is None:
+            self._smtp = self._connect()
+        try:
+            return self._smtp.send_message(mime, to_addrs=[to])
+        except (smtplib.SMTPServerDisconnected, ConnectionError):
+            self._drop()
+            if not reused:
+                raise
+            # The server closed the kept connection meanwhile (idle timeout): one fresh attempt.
+            self._smtp = self._connect()
+            return self._smtp.send_message(mime, to_addrs=[to])
+        except smtplib.SMTPResponseException:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self._smtp.rset()  # a refused message leaves the connection usable for the next one
+            raise
+
+    def _drop(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                smtp.close()
+
     def send(self, message: Envelope) -> DeliveryResult:
         if not valid_email(message.to):
             raise PermanentError(f"invalid email address {message.to!r}")
         mime = self.build(message)
         try:
-            smtp = self._connect()
-            try:
-                refused = smtp.send_message(mime, to_addrs=[message.to])  # type: ignore[list-item]
-            finally:
-                with contextlib.suppress(smtplib.SMTPException, OSError):
-                    smtp.quit()
+            refused = self._send_once(mime, message.to)  # type: ignore[arg-type]
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
             raise _smtp_error(code, reply, recipient=True) from exc
         except smtplib.SMTPResponseException as exc:  # sender refused, data refused, auth, ...
             raise _smtp_error(exc.smtp_code, exc.smtp_error, recipient=False) from exc
         except (smtplib.SMTPException, OSError) as exc:  # refused connection, timeout, dropped line
+            self._drop()
             raise TransientError(f"SMTP {self.settings.smtp_host}:{self.settings.smtp_port}: {exc}") from exc
         if refused:
             code, reply = next(iter(refused.values()))

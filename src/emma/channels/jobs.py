@@ -33,8 +33,13 @@ def deliver_due(*, sessions: sessionmaker[Session], settings: Settings, adapters
             if per_minute is not None:
                 limit = min(limit, per_minute - service.in_flight(session=s, channel=channel, now=now))
             ids = service.claim(session=s, channel=channel, now=now, limit=limit, lease=lease)
-        for mid in ids:
-            counts[_deliver_one(sessions, settings, adapter, mid, now)] += 1
+        try:
+            for mid in ids:
+                counts[_deliver_one(sessions, settings, adapter, mid, now)] += 1
+        finally:
+            close = getattr(adapter, "close", None)
+            if close is not None:
+                close()  # e.g. the SMTP connection kept for this pass
     with session_scope(sessions) as s:
         converted = coupons.attribute_redemptions(session=s, now=now)
     if converted:

@@ -23,7 +23,9 @@ async def opened(token: str, request: Request) -> Response:
     """The open pixel: always a GIF (a forged token is simply not recorded)."""
     settings = request.app.state.settings
     with contextlib.suppress(InvalidToken):
-        await run_with_retry(request.app, lambda s: service.track_open(session=s, token=token, settings=settings))
+        now = request.app.state.clock.now()
+        await run_with_retry(request.app, lambda s: service.track_open(session=s, token=token, settings=settings,
+                                                                        now=now))
     return Response(_PIXEL, media_type="image/gif", headers=_NO_CACHE)
 
 
@@ -32,8 +34,8 @@ async def clicked(token: str, request: Request) -> Response:
     """Record the click and redirect to the link's target, which only a genuine token can name."""
     settings = request.app.state.settings
     try:
-        url = await run_with_retry(request.app, lambda s: service.track_click(session=s, token=token,
-                                                                               settings=settings))
+        url = await run_with_retry(request.app, lambda s: service.track_click(
+            session=s, token=token, settings=settings, now=request.app.state.clock.now()))
     except InvalidToken as exc:
         raise HTTPException(404, detail=[{"field": "token", "reason": str(exc)}]) from exc
     return RedirectResponse(url, status_code=302, headers=_NO_CACHE)

@@ -39,12 +39,12 @@ def log(*, session: Session, message_id: int, status: str, detail: dict[str, Any
 def enqueue(*, session: Session, idempotency_key: str, customer_id: int | None, channel: str,
             template: str | None, purpose: str | None = None, transactional: bool = False,
             locale: str | None = None, payload: dict[str, Any] | None = None, due_at: dt.datetime | None = None,
-            tactic_id: str | None = None) -> OutboxMessage:
+            tactic_id: str | None = None, now: dt.datetime | None = None) -> OutboxMessage:
     """Put a message into the outbox once per idempotency key (a repeat returns the existing message)."""
     existing = session.scalar(select(OutboxMessage).where(OutboxMessage.idempotency_key == idempotency_key))
     if existing is not None:
         return existing
-    now = utcnow()
+    now = now or utcnow()
     msg = OutboxMessage(idempotency_key=idempotency_key, customer_id=customer_id, channel=channel, purpose=purpose,
                         transactional=transactional, template=template, locale=locale, payload=payload or {},
                         status="queued", attempts=0, due_at=due_at or now, created_at=now, tactic_id=tactic_id)
@@ -57,7 +57,8 @@ def enqueue(*, session: Session, idempotency_key: str, customer_id: int | None, 
     return msg
 
 
-def enqueue_many(*, session: Session, messages: list[dict[str, Any]], ids: dict[str, int] | None = None) -> int:
+def enqueue_many(*, session: Session, messages: list[dict[str, Any]], ids: dict[str, int] | None = None,
+                 now: dt.datetime | None = None) -> int:
     """enqueue for many messages with one query and two inserts; returns how many were new.
 
     Each dict has enqueue's keyword arguments (idempotency_key, customer_id, channel, template, ...) and
@@ -75,7 +76,7 @@ def enqueue_many(*, session: Session, messages: list[dict[str, Any]], ids: dict[
                 ids[key] = mid
     if not by_key:
         return 0
-    now = utcnow()
+    now = now or utcnow()
     rows = [{"idempotency_key": key, "customer_id": m.get("customer_id"), "channel": m["channel"],
              "purpose": m.get("purpose"), "transactional": m.get("transactional", False),
              "template": m.get("template"), "locale": m.get("locale"), "payload": m.get("payload") or {},
@@ -221,7 +222,7 @@ def _customer_data(c: Customer | None) -> dict[str, Any]:
 
 
 def context_for(*, session: Session, message: OutboxMessage, customer: Customer | None,
-                settings: Settings) -> dict[str, Any]:
+                settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
     """Template data: the payload's keys, the customer, cart, recommendations, coupon, links."""
     payload = dict(message.payload or {})
     ctx: dict[str, Any] = {**payload, "payload": payload, "customer": _customer_data(customer),
@@ -245,12 +246,13 @@ def context_for(*, session: Session, message: OutboxMessage, customer: Customer 
         ctx.setdefault("recommendations", [])
     links.update(payload.get("links") or {})
     ctx["links"] = links
-    ctx["coupon"] = _coupon(session, message, customer, payload.get("coupon"))
+    ctx["coupon"] = _coupon(session, message, customer, payload.get("coupon"), now or utcnow())
     ctx.setdefault("offer", None)
     return ctx
 
 
-def _coupon(session: Session, message: OutboxMessage, customer: Customer | None, spec: Any) -> Any:
+def _coupon(session: Session, message: OutboxMessage, customer: Customer | None, spec: Any,
+            now: dt.datetime) -> Any:
     """A payload {"campaign": ..., "valid_days": 14, "value": "10 %"} becomes the customer's own code."""
     if not isinstance(spec, dict) or "campaign" not in spec or "code" in spec or customer is None:
         return spec
@@ -259,7 +261,7 @@ def _coupon(session: Session, message: OutboxMessage, customer: Customer | None,
     days = int(spec.get("valid_days", 14))
     c = coupons.issue(session=session, customer_id=customer.id, campaign=str(spec["campaign"]),
                       value=spec.get("value"), message_id=message.id or None,
-                      expires_at=utcnow() + dt.timedelta(days=days))
+                      expires_at=now + dt.timedelta(days=days), now=now)
     return {"code": c.code, "value": c.value, "expires_at": c.expires_at, "campaign": c.campaign}
 
 
@@ -315,7 +317,7 @@ def prepare(*, session: Session, message_id: int, settings: Settings,
     if m.template is not None:
         locale = m.locale or (customer.locale if customer else None) or settings.default_locale
         try:
-            ctx = context_for(session=session, message=m, customer=customer, settings=settings)
+            ctx = context_for(session=session, message=m, customer=customer, settings=settings, now=now)
             rendered = content.render(channel=m.channel, template=m.template, locale=locale, context=ctx,
                                       settings=settings)
         except RenderError as exc:
@@ -458,3 +460,46 @@ def track_click(*, session: Session, token: str, settings: Settings, now: dt.dat
         feed_back(session=session, message=m, event="Email Link Clicked", message_key=f"emma-click-{mid}-{key}",
                   props={"link_url": url}, now=now)
     return url
+
+
+ENGAGEMENT_EVENTS = {("push", "opened"): "Push Notification Tapped", ("sms", "clicked"): "SMS Link Clicked",
+                     ("push", "clicked"): "Push Notification Tapped", ("sms", "opened"): "SMS Opened"}
+
+
+def record_engagement(*, session: Session, message_id: int, status: str, now: dt.datetime | None = None) -> bool:
+    """A provider's or app's report that a push or SMS was opened or clicked; logged once per status and fed
+    back as an event. False when the message is unknown or the status was recorded already."""
+    now = now or utcnow()
+    m = session.get(OutboxMessage, message_id)
+    event = ENGAGEMENT_EVENTS.get((m.channel, status)) if m is not None else None
+    if m is None or event is None:
+        return False
+    seen = session.scalar(select(DeliveryEvent.id).where(DeliveryEvent.message_id == message_id,
+                                                         DeliveryEvent.status == status).limit(1))
+    if seen is not None:
+        return False
+    log(session=session, message_id=message_id, status=status, at=now)
+    feed_back(session=session, message=m, event=event, message_key=f"emma-{m.channel}-{status}-{message_id}",
+              props={"channel": m.channel}, now=now)
+    return True
+
+
+def discard_queued(*, session: Session, before: dt.datetime, reason: str, now: dt.datetime | None = None) -> int:
+    """Suppress messages still queued from before a moment (e.g. history imported before delivery was set up)."""
+    now = now or utcnow()
+    ids = list(session.scalars(select(OutboxMessage.id).where(OutboxMessage.status == "queued",
+                                                              OutboxMessage.due_at < before)))
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(chunk))
+                        .values(status="suppressed", last_error=reason))
+        session.execute(DeliveryEvent.__table__.insert(),
+                        [{"message_id": m, "status": "suppressed", "detail": {"reason": reason}, "at": now}
+                         for m in chunk])
+    return len(ids)
+
+
+def next_due(*, session: Session) -> dt.datetime | None:
+    """When the next queued message falls due (None: the outbox is empty), e.g. for a virtual clock's jumps."""
+    return session.scalar(select(func.min(OutboxMessage.due_at)).where(OutboxMessage.status.in_(("queued",
+                                                                                                 "sending"))))

@@ -5,12 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from emma.cli.common import console, err_console
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from emma.demo.live import LiveRun
+    from emma.demo.simulate import Simulation
 
 app = typer.Typer(help="The demo shop: a simulated year of a German shop, and its ground truth.",
                   invoke_without_command=True)
@@ -21,15 +28,20 @@ DATABASE_HELP = "database URL; a SQLite file is recreated on every run"
 @app.callback()
 def demo(ctx: typer.Context,
          database: str = typer.Option("sqlite:///./emma-demo.db", "--database", help=DATABASE_HELP),
-         customers: int = typer.Option(10_000, min=1, max=1_000_000, help="simulated customers"),
+         customers: int = typer.Option(5_000, min=1, max=1_000_000, help="simulated customers"),
          seed: int = typer.Option(42, help="random seed; the same seed gives the same shop"),
          days: int = typer.Option(365, min=7, max=3650, help="days of history, ending today 00:00 UTC"),
          cutoff_days: int = typer.Option(90, min=1, help="the last N days are the 'future' of the truth export"),
+         live_days: int = typer.Option(21, min=0, help="the last N days run live: tactics on the virtual clock, "
+                                       "messages through the channels, the customers react (0: none; at most "
+                                       "the cut-off days)"),
+         tactic: list[str] = typer.Option([], "--tactic", help="also enable this tactic for the live days "
+                                          "(repeatable); the tactics enabled by default always run"),
          serve: bool = typer.Option(True, "--serve/--no-serve", help="start the server afterwards"),
          score: bool = typer.Option(True, "--score/--no-score", help="score as of the cut-off and compare with "
                                     "the ground truth"),
          host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000)) -> None:
-    """Create a fresh database, simulate the shop's year into it, print a summary, start the server."""
+    """Create a fresh database, simulate the shop's year into it (its last days live), print a summary, serve it."""
     if ctx.invoked_subcommand is not None:
         return
     from emma.db import make_engine, make_sessionmaker, session_scope
@@ -38,25 +50,37 @@ def demo(ctx: typer.Context,
     from emma.demo.truth import write_truth
 
     config = DemoConfig(customers=customers, seed=seed, days=days, cutoff_days=min(cutoff_days, days - 1))
-    console.print(f"Tante Emma demo shop: {customers:,} customers, {days} days up to {config.end}, seed {seed}")
+    live_days = min(live_days, config.cutoff_days)  # scoring as of the cut-off needs the days before it imported
+    console.print(f"Tante Emma demo shop: {customers:,} customers, {days} days up to {config.end}, seed {seed}"
+                  + (f"; the last {live_days} days live" if live_days else ""))
     started = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[events]:,} events"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("simulating days", total=days, events=0)
+        task = bar.add_task("simulating days", total=days - live_days, events=0)
 
         def progress(done: int, total: int, events: int) -> None:
             bar.update(task, completed=done, events=events)
 
-        sim, run = service.run_demo(database=database, config=config, progress=progress)
+        sim, run = service.run_demo(database=database, config=config, progress=progress,
+                                    until_day=days - live_days)
     truth_path = service.sidecar(database, "-truth.csv")
-    write_truth(sim, truth_path)
     engine = make_engine(database)
-    truth_rows = None
+    truth_rows, live = None, None
     try:
         if score:
-            truth_rows = _score(make_sessionmaker(engine), config, truth_path)
+            _score(make_sessionmaker(engine), config)
+        if live_days:
+            live = _live(database, sim, live_days, tactic)
+        write_truth(sim, truth_path)
+        if score:
+            from emma.predict import report
+
+            with session_scope(make_sessionmaker(engine)) as session:
+                truth_rows = report.against_truth(session=session, path=truth_path)
         with session_scope(make_sessionmaker(engine)) as session:
             figures = service.summary(session=session)
+            if live is not None:
+                _print_campaigns(session, live)
     finally:
         engine.dispose()
     _print_summary(figures, run, time.perf_counter() - started, truth_path)
@@ -68,14 +92,72 @@ def demo(ctx: typer.Context,
         console.print(t)
     if run.rejected:
         err_console.print(f"[red]{len(run.rejected)} simulated events were rejected[/red]; first: {run.rejected[0]}")
+    if live is not None and live.rejected:
+        err_console.print(f"[red]{len(live.rejected)} live events were rejected[/red]; first: {live.rejected[0]}")
     if serve:
         _serve(database, host, port)
 
 
-def _score(factory: object, config: object, truth_path: Path) -> list[tuple[str, str, str]]:
-    """`emma score` as of the truth's cut-off, then the predictions against what happened after it."""
+def _live(database: str, sim: Simulation, live_days: int, tactic: list[str]) -> LiveRun:
+    """The live days with a progress bar."""
+    from emma.demo import service
+
+    with Progress(TextColumn("[bold]live days (tactics, channels)"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[messages]:,} sent, {task.fields[opens]:,} opened, "
+                             "{task.fields[orders]:,} orders from messages"), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("live", total=live_days, messages=0, opens=0, orders=0)
+
+        def progress(done: int, total: int, counts: dict[str, int]) -> None:
+            bar.update(task, completed=done, **counts)
+
+        return service.run_live(database=database, sim=sim, enable=tactic, progress=progress)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1%}"
+
+
+def _print_campaigns(session: Session, live: LiveRun) -> None:
+    """The tactics against their holdout groups, and each channel's funnel, read from the database."""
+    from emma.reports import service as reports
+
+    r = live.reactions
+    console.print(f"live: {live.days} days from {live.start:%Y-%m-%d} on the virtual clock, {live.ticks:,} worker "
+                  f"ticks, {live.events:,} shop events; {live.smtp_received:,} mails reached the SMTP sink and "
+                  f"{live.hooks_received:,} requests the webhook/SMS/push sink (127.0.0.1); the customers opened "
+                  f"{sum(r.opened.values()):,}, clicked {sum(r.clicked.values()):,}, ordered "
+                  f"{sum(r.ordered.values()):,} times ({r.revenue:,.2f} EUR), confirmed {r.confirmed:,} opt-ins, "
+                  f"unsubscribed {r.unsubscribed:,} times; {live.seconds:.1f} s. "
+                  f"Tactics: {', '.join(live.tactics) or 'none'}")
+    t = Table("tactic", "entered", "holdout", "messages", "sent", "goals", "conv. treated", "conv. holdout",
+              "uplift", "p", title="Taktiken gegen Kontrollgruppe / tactics against their holdout group",
+              title_justify="left")
+    for row in reports.tactic_results(session=session):
+        p = "–" if row["p_value"] is None else f"{row['p_value']:.3f}"
+        uplift = "–" if row["uplift"] is None else f"{row['uplift'] * 100:+.1f} pp"
+        t.add_row(row["tactic_id"], f"{row['entered']:,}", f"{row['holdout']:,}", f"{row['messages']:,}",
+                  f"{row['sent']:,}", f"{row['goals']:,}",
+                  f"{_pct(row['treated_rate'])} ({row['treated_converted']}/{row['treated']})",
+                  f"{_pct(row['holdout_rate'])} ({row['holdout_converted']}/{row['holdout']})", uplift, p)
+    console.print(t)
+    c = Table("tactic", "channel", "delivered", "opened", "clicked", "converted", "unsubscribed",
+              title="Kanäle / channels: delivered -> opened -> clicked -> converted", title_justify="left")
+    for row in reports.channel_results(session=session):
+        d = row["delivered"]
+        c.add_row(row["tactic_id"], row["channel"], f"{d:,}", f"{row['opened']:,} ({_pct(_share(row['opened'], d))})",
+                  f"{row['clicked']:,} ({_pct(_share(row['clicked'], d))})",
+                  f"{row['converted']:,} ({_pct(_share(row['converted'], d))})", f"{row['unsubscribed']:,}")
+    console.print(c)
+
+
+def _share(n: int, d: int) -> float | None:
+    return n / d if d else None
+
+
+def _score(factory: object, config: object) -> None:
+    """`emma score` as of the truth's cut-off (the days after it are compared with the truth later)."""
     from emma.db import session_scope
-    from emma.predict import report
     from emma.predict import service as predict
 
     as_of = config.day_start(config.cutoff_day)  # type: ignore[attr-defined]
@@ -85,8 +167,6 @@ def _score(factory: object, config: object, truth_path: Path) -> list[tuple[str,
         with session_scope(factory) as session:  # type: ignore[arg-type]
             predict.score(session=session, as_of=as_of, horizon_days=365,
                           progress=lambda done, total: bar.update(task, completed=done, total=total))
-    with session_scope(factory) as session:  # type: ignore[arg-type]
-        return report.against_truth(session=session, path=truth_path)
 
 
 def _print_summary(f: dict, run: object, seconds: float, truth_path: Path) -> None:  # type: ignore[type-arg]
@@ -114,9 +194,8 @@ def _print_summary(f: dict, run: object, seconds: float, truth_path: Path) -> No
     console.print(cons)
     # Hook points: these figures appear once scoring, tactics, channels and experiments have run.
     later = Table("figure", "value", title="Modelle und Kampagnen / models and campaigns", title_justify="left")
-    for key, label in (("predictions", "predictions"), ("tactics_fired", "tactics fired"),
-                       ("messages_by_channel", "messages by channel"),
-                       ("incremental_revenue", "incremental revenue vs holdout")):
+    for key, label in (("predictions", "predictions"), ("tactics_fired", "tactic runs"),
+                       ("messages_by_channel", "messages sent by channel")):
         value = f.get(key)
         if key == "predictions" and value:
             stages = ", ".join(f"{k} {v:,}" for k, v in sorted(value["stages"].items(), key=lambda kv: -kv[1]))

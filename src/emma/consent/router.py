@@ -84,7 +84,7 @@ async def unsubscribe(token: str, request: Request) -> Response:
     source = "unsubscribe:one-click" if one_click else "unsubscribe:page"
     try:
         cid, purpose, _ = await run_with_retry(request.app, lambda s: service.unsubscribe(
-            session=s, token=token, settings=settings, source=source))
+            session=s, token=token, settings=settings, source=source, now=request.app.state.clock.now()))
     except InvalidToken as exc:
         if one_click:
             return PlainTextResponse(str(exc), status_code=410 if isinstance(exc, ExpiredToken) else 400)
@@ -131,7 +131,8 @@ async def save_preferences(token: str, request: Request) -> Response:
     shown = [p for p in (form.get("shown") or [""])[0].split(",") if p in PURPOSES]
     choices = {p: form.get(p, [""])[0] in ("1", "on", "true") for p in shown}
     await run_with_retry(request.app, lambda s: service.set_preferences(
-        session=s, customer_id=cid, choices=choices, source="preference_center"))
+        session=s, customer_id=cid, choices=choices, source="preference_center",
+        now=request.app.state.clock.now()))
     with request.app.state.sessions() as session:
         lang = _lang(request, session, cid)
         return _prefs_page(request, session, cid, token, TEXT[lang]["prefs_saved"])
@@ -143,7 +144,7 @@ async def confirm(token: str, request: Request) -> Response:
     settings = request.app.state.settings
     try:
         cid, purpose, changed = await run_with_retry(request.app, lambda s: service.confirm_opt_in(
-            session=s, token=token, settings=settings))
+            session=s, token=token, settings=settings, now=request.app.state.clock.now()))
     except InvalidToken as exc:
         return _bad_link(request, exc)
     with request.app.state.sessions() as session:

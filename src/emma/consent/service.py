@@ -140,7 +140,7 @@ def request_opt_in(*, session: Session, customer_id: int, settings: Settings, pu
                recorded_at=now, text_version=text_version)
     from emma.channels import service as channels  # channels depends on consent, not the other way round
 
-    msg = channels.enqueue(session=session, **_confirmation_mail(customer_id, purpose, settings, now))
+    msg = channels.enqueue(session=session, now=now, **_confirmation_mail(customer_id, purpose, settings, now))
     return msg.id
 
 
@@ -148,7 +148,7 @@ def _confirmation_mail(customer_id: int, purpose: str, settings: Settings, now: 
     url = confirmation_url(customer_id=customer_id, purpose=purpose, settings=settings, now=now)
     # One confirmation mail per customer, purpose and hour: a form submitted twice does not mail twice.
     return {"idempotency_key": f"doi:{customer_id}:{purpose}:{now:%Y%m%d%H}", "customer_id": customer_id,
-            "channel": "email", "template": DOI_TEMPLATE, "transactional": True,
+            "channel": "email", "template": DOI_TEMPLATE, "transactional": True, "due_at": now,
             "payload": {"confirm_url": url, "ttl_hours": settings.doi_link_ttl_hours, "purpose": purpose}}
 
 

@@ -24,7 +24,7 @@ def new_code(prefix: str = "EMMA") -> str:
 
 
 def issue(*, session: Session, customer_id: int, campaign: str, expires_at: dt.datetime, value: str | None = None,
-          message_id: int | None = None, prefix: str = "EMMA") -> Coupon:
+          message_id: int | None = None, prefix: str = "EMMA", now: dt.datetime | None = None) -> Coupon:
     """The customer's coupon for the campaign, created once (a retry or second message reuses it)."""
     existing = session.scalar(select(Coupon).where(Coupon.customer_id == customer_id, Coupon.campaign == campaign))
     if existing is not None:
@@ -33,7 +33,7 @@ def issue(*, session: Session, customer_id: int, campaign: str, expires_at: dt.d
         return existing
     for _ in range(5):
         coupon = Coupon(code=new_code(prefix), customer_id=customer_id, campaign=campaign, value=value,
-                        message_id=message_id, issued_at=utcnow(), expires_at=expires_at)
+                        message_id=message_id, issued_at=now or utcnow(), expires_at=expires_at)
         try:
             with session.begin_nested():
                 session.add(coupon)

@@ -97,13 +97,16 @@ def read_meta(database: str) -> DemoConfig:
 
 
 def populate(*, session_factory: Any, config: DemoConfig, progress: Progress | None = None,
-             settings: Settings | None = None, sim: Simulation | None = None) -> tuple[Simulation, DemoRun]:
-    """Simulate the year and send everything in through ingest and the catalog service, a day per commit."""
+             settings: Settings | None = None, sim: Simulation | None = None,
+             until_day: int | None = None) -> tuple[Simulation, DemoRun]:
+    """Simulate the year (up to until_day) and send everything in through ingest and the catalog service, a day
+    per commit."""
     sim = sim or Simulation(config)
     run = DemoRun(config=config, database="")
     settings = settings or Settings()
     t0 = time.perf_counter()
-    while sim.day < config.days:
+    until = config.days if until_day is None else min(until_day, config.days)
+    while sim.day < until:
         g0 = time.perf_counter()
         out = sim.step(emit=True)
         g1 = time.perf_counter()
@@ -118,7 +121,7 @@ def populate(*, session_factory: Any, config: DemoConfig, progress: Progress | N
         run.carts += out.counts["carts"]
         run.abandoned_carts += out.counts["abandoned_carts"]
         if progress:
-            progress(sim.day, config.days, run.messages)
+            progress(sim.day, until, run.messages)
     run.seconds = time.perf_counter() - t0
     return sim, run
 
@@ -153,8 +156,8 @@ def _confirm_opt_ins(session: Session, clicks: list[tuple[str, str, dt.datetime]
 
 
 def run_demo(*, database: str = DEFAULT_DATABASE, config: DemoConfig, progress: Progress | None = None,
-             fresh: bool = True) -> tuple[Simulation, DemoRun]:
-    """Recreate the database, migrate it, and fill it with the simulated year."""
+             fresh: bool = True, until_day: int | None = None) -> tuple[Simulation, DemoRun]:
+    """Recreate the database, migrate it, and fill it with the simulated year (the history up to until_day)."""
     if fresh:
         fresh_sqlite(database)
     upgrade(database)
@@ -162,11 +165,34 @@ def run_demo(*, database: str = DEFAULT_DATABASE, config: DemoConfig, progress: 
     engine = make_engine(database)
     try:
         sim, run = populate(session_factory=make_sessionmaker(engine), config=config, progress=progress,
-                            settings=Settings(database_url=database))
+                            settings=Settings(database_url=database), until_day=until_day)
     finally:
         engine.dispose()
     run.database = database
     return sim, run
+
+
+def run_live(*, database: str, sim: Simulation, enable: list[str] | None = None,
+             progress: Any = None) -> Any:
+    """The remaining simulated days live: tactics on the virtual clock, messages through the channels, reactions."""
+    from emma.demo import live
+
+    engine = make_engine(database)
+    try:
+        return live.run_live(sessions=make_sessionmaker(engine), settings=Settings(database_url=database), sim=sim,
+                             enable=enable, progress=progress)
+    finally:
+        engine.dispose()
+
+
+def _campaigns(session: Session) -> dict[str, Any]:
+    from emma.automation.models import Run
+    from emma.channels.models import OutboxMessage
+
+    runs = session.scalar(select(func.count()).select_from(Run)) or 0
+    sent = dict(session.execute(select(OutboxMessage.channel, func.count()).where(OutboxMessage.status == "sent")
+                                .group_by(OutboxMessage.channel)).all())
+    return {"tactics_fired": runs or None, "messages_by_channel": sent or None}
 
 
 def summary(*, session: Session) -> dict[str, Any]:
@@ -201,5 +227,5 @@ def summary(*, session: Session) -> dict[str, Any]:
                     for p, v in consent.items()},
         # Filled in by later parts of the product (they are None until their tables exist).
         "predictions": predict.summary(session=session),
-        "tactics_fired": None, "messages_by_channel": None, "incremental_revenue": None,
+        **_campaigns(session),
     }

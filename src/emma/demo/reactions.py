@@ -1,0 +1,395 @@
+"""The simulated customers as recipients: they read what reached the local SMTP server and the provider
+endpoint, and react the way their hidden traits say (the response model in emma.demo.response).
+
+Everything they do goes through the product's public paths: the open pixel and the click redirect found in
+the delivered HTML, the RFC 8058 one-click unsubscribe from the List-Unsubscribe header, the double opt-in
+link of the confirmation mail, and the shop's tracking (product views, orders with the coupon from the mail)
+through ingest. Reactions happen later on the virtual clock: the caller runs them with `act_until`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import heapq
+import itertools
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from html.parser import HTMLParser
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from emma.config import Settings
+from emma.db import session_scope
+from emma.demo.population import CHANNELS, INCENTIVE_TYPES
+from emma.demo.response import SimCustomer, customer, offer_fit, probabilities
+from emma.demo.simulate import Simulation
+from emma.demo.sinks import Delivery, Mail
+from emma.ingest import service as ingest
+
+# Of opened marketing messages, the share that unsubscribes: more when the offer does not fit.
+UNSUBSCRIBE_BASE = 0.004
+UNSUBSCRIBE_MISFIT = 0.03
+CODE_RE = re.compile(r"\b([A-Z0-9]{2,12}-[A-Z0-9]{4}-[A-Z0-9]{4})\b(?:\s*\((\d+(?:[.,]\d+)?)\s*%\))?")
+PERCENT_RE = re.compile(r"(\d+(?:[.,]\d+)?)\s*%")
+PRODUCT_URL = "https://shop.example.com/p/"
+
+
+class _Html(HTMLParser):
+    """Links (href, text, the product name shown just before) and bold texts of a mail's HTML part."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: list[tuple[str, str, str | None]] = []
+        self.images: list[str] = []
+        self.strong: list[str] = []
+        self._href: str | None = None
+        self._text: list[str] = []
+        self._in_strong = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "a" and a.get("href"):
+            self._href, self._text = a["href"], []
+        elif tag == "img" and a.get("src"):
+            self.images.append(a["src"] or "")
+        elif tag in ("strong", "b"):
+            self._in_strong, self._text = True, []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._href is not None:
+            text = " ".join("".join(self._text).split())
+            self.links.append((self._href, text, self.strong[-1] if self.strong else None))
+            self._href = None
+        elif tag in ("strong", "b") and self._in_strong:
+            self.strong.append(" ".join("".join(self._text).split()))
+            self._in_strong = False
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None or self._in_strong:
+            self._text.append(data)
+
+
+# (customer, offer fit, incentive percent, channel, delivered at) -> P(open), P(click | open), P(buy | click)
+Behaviour = Callable[[SimCustomer, float, float, str, dt.datetime], tuple[float, float, float]]
+
+
+@dataclass(order=True)
+class _Action:
+    at: dt.datetime
+    seq: int
+    run: Callable[[dt.datetime], None] = field(compare=False)
+
+
+@dataclass
+class Counts:
+    """What the simulated customers did (for the demo's summary; the report reads the database)."""
+
+    received: Counter[str] = field(default_factory=Counter)  # by channel
+    opened: Counter[str] = field(default_factory=Counter)
+    clicked: Counter[str] = field(default_factory=Counter)
+    ordered: Counter[str] = field(default_factory=Counter)
+    unsubscribed: int = 0
+    confirmed: int = 0
+    revenue: float = 0.0
+
+
+class Recipients:
+    """The population's mail clients, phones and shop visits after a message."""
+
+    def __init__(self, *, sim: Simulation, sessions: sessionmaker[Session], settings: Settings, http: httpx.Client,
+                 set_clock: Callable[[dt.datetime], Any], behaviour: Behaviour | None = None) -> None:
+        self.sim, self.sessions, self.settings, self.http = sim, sessions, settings, http
+        self.set_clock = set_clock
+        self.behaviour = behaviour or true_behaviour
+        pop, cat = sim.population, sim.catalog
+        self.by_email = {pop.email(i).lower(): i for i in range(len(pop))}
+        self.by_user = {u: i for i, u in enumerate(pop.user_id)}
+        self.sku_index = {s: i for i, s in enumerate(cat.sku)}
+        self.name_index = {n: i for i, n in enumerate(cat.name)}
+        self.carts: dict[int, tuple[str, list[int]]] = {}  # customer -> the open cart (id, products)
+        self.confirm_at: dict[int, dt.datetime] = {}  # customers who will click their opt-in link
+        self.counts = Counts()
+        self._queue: list[_Action] = []
+        self._seq = itertools.count()
+        self._alive: np.ndarray = sim.alive_at(sim.day)
+        self._base = settings.base_url.rstrip("/")
+
+    # -- what the shop's own tracking saw today ---------------------------------------------------
+
+    def observe(self, messages: list[dict[str, Any]], confirmations: list[tuple[str, str, dt.datetime]]) -> None:
+        """Remember open carts and who will confirm their double opt-in (from the simulated day)."""
+        self._alive = self.sim.alive_at(self.sim.day)
+        for m in messages:
+            uid = m.get("userId")
+            if uid is None or m.get("type") != "track":
+                continue
+            i = self.by_user.get(uid)
+            if i is None:
+                continue
+            props = m.get("properties") or {}
+            name = m.get("event")
+            if name in ("Product Added", "Product Removed") and props.get("cart_id"):
+                p = self.sku_index.get(props.get("sku"))
+                cart_id, items = self.carts.get(i, (props["cart_id"], []))
+                if cart_id != props["cart_id"]:
+                    cart_id, items = props["cart_id"], []
+                if p is not None:
+                    items = [x for x in items if x != p] + ([p] if name == "Product Added" else [])
+                self.carts[i] = (cart_id, items)
+            elif name == "Order Completed" and self.carts.get(i, ("",))[0] == props.get("cart_id"):
+                del self.carts[i]
+        for uid, _purpose, at in confirmations:
+            i = self.by_user.get(uid)
+            if i is not None:
+                self.confirm_at[i] = at
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    def receive_mail(self, mails: list[Mail], at: dt.datetime) -> None:
+        """Read newly delivered mails and plan the reactions."""
+        for mail in mails:
+            i = self.by_email.get((mail.rcpt_tos[0] if mail.rcpt_tos else "").lower())
+            if i is None:
+                continue
+            self.counts.received["email"] += 1
+            self._read(i, mail.message, at)
+
+    def receive_push(self, deliveries: list[Delivery], at: dt.datetime) -> None:
+        """Push notifications reach the phone of the customer with that external id."""
+        for d in deliveries:
+            if not d.path.startswith("/push"):
+                self.counts.received[d.path.strip("/") or "webhook"] += 1
+                continue
+            i = self.by_user.get(str(d.body.get("external_user_id")))
+            if i is None:
+                continue
+            self.counts.received["push"] += 1
+            data = d.body.get("data") or {}
+            skus = tuple(s for s in _skus_in(data) if s in self.sku_index)
+            c = customer(self.sim.population, i, alive=bool(self._alive[i]))
+            u = _uniforms(f"push-{d.body.get('message_id')}", c.user_id)
+            fit = offer_fit(c, skus, self.sim.catalog, self.sku_index)
+            p_open, p_click, p_buy = self.behaviour(c, fit, 0, "push", at)
+            if u[0] >= p_open:
+                continue
+            mid = int(d.body.get("message_id") or 0)
+            tap = at + dt.timedelta(minutes=1 + 30 * u[1])
+            self._plan(tap, lambda now, mid=mid: self._tap(mid, now))
+            if skus and u[2] < p_click * p_buy:
+                self._plan(tap + dt.timedelta(minutes=3), lambda now, i=i, skus=skus, mid=mid: self._buy(
+                    i, [self.sku_index[skus[0]]], None, 0, now, channel="push", source=f"push-{mid}"))
+
+    def _read(self, i: int, msg: EmailMessage, at: dt.datetime) -> None:
+        html_part = msg.get_body(preferencelist=("html",))
+        text_part = msg.get_body(preferencelist=("plain",))
+        html = html_part.get_content() if html_part is not None else ""
+        text = text_part.get_content() if text_part is not None else ""
+        page = _Html()
+        page.feed(html)
+        confirm = next((href for href, _, _ in page.links if "/consent/confirm/" in href), None)
+        # The outbox id makes the reaction reproducible (the Message-ID header has a random part).
+        key = f"mail-{msg.get('X-Emma-Message')}" if msg.get("X-Emma-Message") else str(msg.get("Message-ID"))
+        c = customer(self.sim.population, i, alive=bool(self._alive[i]))
+        u = _uniforms(key, c.user_id)
+        pixel = next((src for src in page.images if "/t/o/" in src), None)
+        if confirm is not None:
+            when = self.confirm_at.pop(i, None)
+            if when is not None:  # the customer opens the confirmation mail and clicks its link
+                when = max(when, at + dt.timedelta(minutes=1))
+                if pixel is not None:
+                    self._plan(when - dt.timedelta(seconds=30), lambda now, url=pixel: self._open(url, now))
+                self._plan(when, lambda now, url=confirm: self._confirm(url, now))
+            return
+        marketing = msg.get("List-Unsubscribe") is not None
+        offered = [self.name_index[n] for n in dict.fromkeys(page.strong + [t for _, t, _ in page.links])
+                   if n in self.name_index]
+        skus = tuple(self.sim.catalog.sku[p] for p in offered)
+        fit = offer_fit(c, skus, self.sim.catalog, self.sku_index)
+        code, percent = _coupon(text)
+        p_open, p_click, p_buy = self.behaviour(c, fit, percent, "email", at)
+        if u[0] >= p_open:
+            return
+        opened = at + dt.timedelta(minutes=5 + 120 * u[1])
+        if pixel is not None:
+            self._plan(opened, lambda now, url=pixel: self._open(url, now))
+        if not marketing:
+            return
+        if u[2] < UNSUBSCRIBE_BASE + UNSUBSCRIBE_MISFIT * (1 - fit):
+            unsub = str(msg.get("List-Unsubscribe")).strip().strip("<>")
+            self._plan(opened + dt.timedelta(minutes=1), lambda now, url=unsub: self._unsubscribe(url, now))
+            return
+        tracked = [(href, text, shown) for href, text, shown in page.links if href.startswith(f"{self._base}/t/c/")]
+        if not tracked or u[3] >= p_click:
+            return
+        # The link of the product that fits the customer best (the product shown next to it, or the link's text).
+        def score(link: tuple[str, str, str | None]) -> float:
+            p = self.name_index.get(link[1], self.name_index.get(link[2] or ""))
+            return float(c.affinity[int(self.sim.catalog.category[p])]) if p is not None else -1.0
+
+        href = max(tracked, key=score)[0]
+        clicked = opened + dt.timedelta(minutes=1 + 3 * u[4])
+        buys = u[5] < p_buy
+        self._plan(clicked, lambda now, href=href, i=i, buys=buys, code=code, percent=percent, key=key:
+                   self._click(i, href, now, buys=buys, code=code, percent=percent, key=key))
+
+    # -- acting -----------------------------------------------------------------------------------
+
+    def _plan(self, at: dt.datetime, run: Callable[[dt.datetime], None]) -> None:
+        heapq.heappush(self._queue, _Action(at, next(self._seq), run))
+
+    def next_at(self) -> dt.datetime | None:
+        return self._queue[0].at if self._queue else None
+
+    def act_until(self, until: dt.datetime) -> int:
+        """Carry out every planned reaction due before until, in time order, with the clock set to each."""
+        n = 0
+        while self._queue and self._queue[0].at < until:
+            action = heapq.heappop(self._queue)
+            self.set_clock(action.at)
+            action.run(action.at)
+            n += 1
+        return n
+
+    def _get(self, url: str) -> httpx.Response:
+        return self.http.get(url, follow_redirects=False)
+
+    def _open(self, url: str, now: dt.datetime) -> None:
+        if self._get(url).status_code == 200:
+            self.counts.opened["email"] += 1
+
+    def _confirm(self, url: str, now: dt.datetime) -> None:
+        if self._get(url).status_code == 200:
+            self.counts.confirmed += 1
+
+    def _unsubscribe(self, url: str, now: dt.datetime) -> None:
+        r = self.http.post(url, content=b"List-Unsubscribe=One-Click",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+        if r.status_code == 200:
+            self.counts.unsubscribed += 1
+
+    def _click(self, i: int, href: str, now: dt.datetime, *, buys: bool, code: str | None, percent: float,
+               key: str) -> None:
+        r = self._get(href)
+        if r.status_code not in (301, 302, 303, 307):
+            return
+        self.counts.clicked["email"] += 1
+        target = r.headers.get("location", "")
+        uid = self.sim.population.user_id[i]
+        p = None
+        if target.startswith(PRODUCT_URL):
+            p = self.sku_index.get(target[len(PRODUCT_URL):].upper())
+        if p is not None:
+            self._track(now, [{"userId": uid, "type": "track", "event": "Product Viewed",
+                               "properties": _product(self.sim, p), "messageId": f"{key}-view"}])
+        if buys:
+            cart = self.carts.get(i)
+            if cart and cart[1]:
+                self._buy(i, cart[1], cart[0], percent if code else 0, now + dt.timedelta(minutes=4), "email", key,
+                          code)
+            elif p is not None:
+                self._buy(i, [p], None, percent if code else 0, now + dt.timedelta(minutes=4), "email", key, code)
+
+    def _tap(self, mid: int, now: dt.datetime) -> None:
+        from emma.channels import service as channels
+
+        with session_scope(self.sessions) as s:
+            if channels.record_engagement(session=s, message_id=mid, status="opened", now=now):
+                self.counts.opened["push"] += 1
+
+    def _buy(self, i: int, items: list[int], cart_id: str | None, percent: float, now: dt.datetime, channel: str,
+             source: str, code: str | None = None) -> None:
+        sim, uid = self.sim, self.sim.population.user_id[i]
+        cart_id = cart_id or f"{_short(source)}-wk"
+        lines = [{**_product(sim, p), "quantity": 1} for p in items[:4]]
+        subtotal = sum(line["price"] for line in lines)
+        discount = round(subtotal * percent / 100, 2) if code and percent else 0.0
+        revenue = round(subtotal - discount, 2)
+        order_id = f"M-{_short(source)}"
+        props: dict[str, Any] = {"order_id": order_id, "cart_id": cart_id, "currency": "EUR", "revenue": revenue,
+                                 "total": revenue, "products": lines}
+        if code and discount:
+            props.update(coupon=code, discount=discount)
+        msgs: list[dict[str, Any]] = []
+        if cart_id not in {c for c, _ in self.carts.values()}:
+            msgs += [{"type": "track", "event": "Product Added", "properties": {**line, "cart_id": cart_id}}
+                     for line in lines]
+        msgs += [{"type": "track", "event": "Checkout Started", "properties": {"cart_id": cart_id, "currency": "EUR"}},
+                 {"type": "track", "event": "Order Completed", "properties": props}]
+        for n, m in enumerate(msgs):
+            m.update(userId=uid, messageId=f"{order_id}-{n}")
+        if self._track(now, msgs):
+            self.counts.ordered[channel] += 1
+            self.counts.revenue += revenue
+            if self.carts.get(i, ("",))[0] == cart_id:
+                del self.carts[i]
+
+    def _track(self, now: dt.datetime, messages: list[dict[str, Any]]) -> bool:
+        self.set_clock(now)
+        for m in messages:
+            m["timestamp"] = now.isoformat()
+            m.setdefault("context", {"library": {"name": "tante-emma-demo-shop"}})
+        with session_scope(self.sessions) as s:
+            res = ingest.ingest(session=s, raw_messages=messages, received_at=now, settings=self.settings)
+        return res.accepted == len(messages)
+
+
+def true_behaviour(c: SimCustomer, fit: float, percent: float, channel: str,
+                   at: dt.datetime) -> tuple[float, float, float]:
+    """P(open), P(click | open), P(purchase | click) from the customer's hidden traits (the simulator's truth)."""
+    local = at.astimezone(ZoneInfo(c.timezone)).hour
+    d = abs(local - c.preferred_hour)
+    p_open, p_click, p_buy = probabilities(
+        channel_match=c.preferred_channel == channel, hour_distance=min(d, 24 - d), alive=c.alive, fit=fit,
+        incentive_type=INCENTIVE_TYPES.index(c.incentive_type), incentive_percent=percent, channel=channel)
+    return float(p_open), float(p_click), float(p_buy)
+
+
+def _uniforms(key: str, user_id: str) -> np.ndarray:
+    # The same message to the same customer always gets the same reaction (reproducible demos).
+    h = hashlib.sha256(f"react|{key}|{user_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(h[:8], "big")).random(8)
+
+
+def _short(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _coupon(text: str) -> tuple[str | None, float]:
+    """The coupon code in a mail's text and its percentage (0 when the mail carries none)."""
+    m = CODE_RE.search(text)
+    if m is None:
+        return None, 0.0
+    if m.group(2):
+        return m.group(1), float(m.group(2).replace(",", "."))
+    near = PERCENT_RE.search(text[max(0, m.start() - 80): m.end() + 80])
+    return m.group(1), float(near.group(1).replace(",", ".")) if near else 0.0
+
+
+def _skus_in(data: Any) -> list[str]:
+    out: list[str] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k == "sku" and isinstance(v, str):
+                out.append(v)
+            else:
+                out += _skus_in(v)
+    elif isinstance(data, list):
+        for v in data:
+            out += _skus_in(v)
+    return out
+
+
+def _product(sim: Simulation, p: int) -> dict[str, Any]:
+    cat = sim.catalog
+    return {"sku": cat.sku[p], "name": cat.name[p], "category": cat.path[p], "price": int(cat.price_cents[p]) / 100}
+
+
+__all__ = ["CHANNELS", "Behaviour", "Counts", "Recipients", "true_behaviour"]

@@ -1,0 +1,1 @@
+"""Campaign results: tactics against their holdout groups, and each channel's funnel."""

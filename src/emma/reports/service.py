@@ -1,0 +1,98 @@
+"""Results of the tactics read back from the database: entries, messages, goals, the holdout comparison,
+and per tactic and channel the funnel delivered -> opened -> clicked -> converted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from emma.automation.models import Run
+from emma.channels.models import DeliveryEvent, OutboxMessage
+
+FUNNEL = ("opened", "clicked", "unsubscribed")
+
+
+def _rate(n: int, d: int) -> float | None:
+    return n / d if d else None
+
+
+def two_proportion_p(x1: int, n1: int, x2: int, n2: int) -> float | None:
+    """Two-sided p-value of the difference of two conversion rates (pooled z-test); None without data."""
+    if not n1 or not n2:
+        return None
+    p = (x1 + x2) / (n1 + n2)
+    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return None
+    z = (x1 / n1 - x2 / n2) / se
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def tactic_results(*, session: Session, since: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Per tactic: runs entered (treated / holdout), messages, goals reached, conversion and uplift."""
+    converted = func.sum(case((Run.status == "converted", 1), else_=0))
+    stmt = select(Run.tactic_id, Run.holdout, func.count(), converted).group_by(Run.tactic_id, Run.holdout)
+    if since is not None:
+        stmt = stmt.where(Run.entered_at >= since)
+    runs: dict[str, dict[str, int]] = {}
+    for tid, holdout, n, conv in session.execute(stmt):
+        r = runs.setdefault(tid, {"treated": 0, "holdout": 0, "treated_converted": 0, "holdout_converted": 0})
+        group = "holdout" if holdout else "treated"
+        r[group] += n
+        r[f"{group}_converted"] += int(conv or 0)
+    sent = func.sum(case((OutboxMessage.status == "sent", 1), else_=0))
+    mstmt = (select(OutboxMessage.tactic_id, func.count(), sent).where(OutboxMessage.tactic_id.is_not(None))
+             .group_by(OutboxMessage.tactic_id))
+    if since is not None:
+        mstmt = mstmt.where(OutboxMessage.due_at >= since)
+    messages = {tid: (n, int(s or 0)) for tid, n, s in session.execute(mstmt)}
+    out = []
+    for tid in sorted(set(runs) | set(messages)):
+        r = runs.get(tid, {"treated": 0, "holdout": 0, "treated_converted": 0, "holdout_converted": 0})
+        n_msg, n_sent = messages.get(tid, (0, 0))
+        rt, rh = _rate(r["treated_converted"], r["treated"]), _rate(r["holdout_converted"], r["holdout"])
+        out.append({"tactic_id": tid, "entered": r["treated"] + r["holdout"], **r, "messages": n_msg,
+                    "sent": n_sent, "goals": r["treated_converted"] + r["holdout_converted"],
+                    "treated_rate": rt, "holdout_rate": rh,
+                    "uplift": rt - rh if rt is not None and rh is not None else None,
+                    "p_value": two_proportion_p(r["treated_converted"], r["treated"], r["holdout_converted"],
+                                                r["holdout"])})
+    return out
+
+
+def channel_results(*, session: Session, since: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Per tactic and channel: messages delivered, opened, clicked, converted, unsubscribed (distinct messages).
+
+    A delivered message counts as converted when its run reached the tactic's goal or a coupon it carried
+    was redeemed.
+    """
+    base = [OutboxMessage.status == "sent"]
+    if since is not None:
+        base.append(OutboxMessage.due_at >= since)
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def row(tid: str | None, channel: str) -> dict[str, Any]:
+        return rows.setdefault((tid or "-", channel), {"tactic_id": tid or "-", "channel": channel, "delivered": 0,
+                                                       **{k: 0 for k in FUNNEL}, "converted": 0})
+
+    for tid, channel, n in session.execute(select(OutboxMessage.tactic_id, OutboxMessage.channel, func.count())
+                                           .where(*base).group_by(OutboxMessage.tactic_id, OutboxMessage.channel)):
+        row(tid, channel)["delivered"] = n
+    for tid, channel, status, n in session.execute(
+            select(OutboxMessage.tactic_id, OutboxMessage.channel, DeliveryEvent.status,
+                   func.count(DeliveryEvent.message_id.distinct()))
+            .join(DeliveryEvent, DeliveryEvent.message_id == OutboxMessage.id)
+            .where(*base, DeliveryEvent.status.in_(FUNNEL))
+            .group_by(OutboxMessage.tactic_id, OutboxMessage.channel, DeliveryEvent.status)):
+        row(tid, channel)[status] = n
+    goal = exists().where(Run.id == OutboxMessage.run_id, Run.status == "converted")
+    redeemed = exists().where(and_(DeliveryEvent.message_id == OutboxMessage.id, DeliveryEvent.status == "converted"))
+    for tid, channel, n in session.execute(select(OutboxMessage.tactic_id, OutboxMessage.channel, func.count())
+                                           .where(*base, or_(goal, redeemed))
+                                           .group_by(OutboxMessage.tactic_id, OutboxMessage.channel)):
+        row(tid, channel)["converted"] = n
+    return [rows[k] for k in sorted(rows)]
