@@ -12,6 +12,7 @@ from emma.gdpr import service as gdpr
 from emma.onsite import service
 from emma.onsite.models import Decision
 from emma.orders import service as orders
+from emma.predict.models import Prediction
 
 
 def _skus(block):
@@ -34,6 +35,40 @@ def test_home_personalised_only_with_consent(shop):
     assert _skus(block)[0] == "TEA-5"  # bought by every buyer
     assert "SOLD-8" not in _skus(block) and "OLD-9" not in _skus(block)
     assert "no personalization consent" in other["reasons"]["audience"]
+
+
+def _predict(shop, cust: str, **values) -> None:  # noqa: ANN001
+    with shop.session_factory() as s:
+        p = s.get(Prediction, shop.ids[cust])
+        for k, v in values.items():
+            setattr(p, k, v)
+        s.commit()
+
+
+def test_home_leads_with_the_next_best_offer_from_the_predictions(shop):
+    _predict(shop, "c-consent", next_best_offer="LID-2")
+    r = shop.decide(placement="home", userId="c-consent").json()
+    nbo, recs = r["blocks"]
+    assert nbo["kind"] == "next_best_offer" and _skus(nbo) == ["LID-2"] and nbo["heading"] == "Our pick for you"
+    # The recommendations follow without repeating the offer; together they fill the placement's 4 slots at most.
+    assert recs["kind"] == "recommendations" and _skus(recs) == ["CUP-6", "BAG-7"]
+    assert "next best offer LID-2" in r["reasons"]["next_best_offer"]
+    assert "scored as of" in r["reasons"]["recommendations"]
+    two = shop.decide(placement="home", userId="c-consent", limit=2).json()
+    assert [_skus(b) for b in two["blocks"]] == [["LID-2"], ["CUP-6"]]
+
+    _predict(shop, "c-consent", next_best_offer="SOLD-8")  # sold out since scoring: not offered
+    r = shop.decide(placement="home", userId="c-consent").json()
+    [recs] = r["blocks"]
+    assert recs["kind"] == "recommendations" and _skus(recs) == ["CUP-6", "LID-2", "BAG-7"]
+    assert "SOLD-8 is not available" in r["reasons"]["next_best_offer"]
+
+    # Scored without personalization consent (generic values), consent granted since: popular, not "for you".
+    _predict(shop, "c-consent", personalized=False, next_best_offer="LID-2")
+    r = shop.decide(placement="home", userId="c-consent").json()
+    [block] = r["blocks"]
+    assert r["personalized"] is True and block["kind"] == "popular"
+    assert "no individual predictions" in r["reasons"]["popular"]
 
 
 def test_unknown_visitor_gets_popular_items_in_the_browser_language(shop):

@@ -114,45 +114,43 @@ def _live(database: str, sim: Simulation, live_days: int, tactic: list[str]) -> 
         return service.run_live(database=database, sim=sim, enable=tactic, progress=progress)
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{x:.1%}"
-
-
 def _print_campaigns(session: Session, live: LiveRun) -> None:
     """The tactics against their holdout groups, and each channel's funnel, read from the database."""
+    from rich.console import Console
+
     from emma.reports import service as reports
 
+    # Piped into a file or a log there is no terminal width; 80 columns would wrap every row of these tables.
+    out = console if console.is_terminal else Console(width=120)
     r = live.reactions
-    console.print(f"live: {live.days} days from {live.start:%Y-%m-%d} on the virtual clock, {live.ticks:,} worker "
+    out.print(f"live: {live.days} days from {live.start:%Y-%m-%d} on the virtual clock, {live.ticks:,} worker "
                   f"ticks, {live.events:,} shop events; {live.smtp_received:,} mails reached the SMTP sink and "
                   f"{live.hooks_received:,} requests the webhook/SMS/push sink (127.0.0.1); the customers opened "
                   f"{sum(r.opened.values()):,}, clicked {sum(r.clicked.values()):,}, ordered "
                   f"{sum(r.ordered.values()):,} times ({r.revenue:,.2f} EUR), confirmed {r.confirmed:,} opt-ins, "
                   f"unsubscribed {r.unsubscribed:,} times; {live.seconds:.1f} s. "
                   f"Tactics: {', '.join(live.tactics) or 'none'}")
-    t = Table("tactic", "entered", "holdout", "messages", "sent", "goals", "conv. treated", "conv. holdout",
-              "uplift", "p", title="Taktiken gegen Kontrollgruppe / tactics against their holdout group",
-              title_justify="left")
+    t = Table("tactic", "runs", "holdout", "sent", "goals", "conv. treated", "conv. holdout", "uplift", "p",
+              title="Taktiken gegen Kontrollgruppe / tactics against their holdout group (runs entered, messages "
+                    "sent, goals reached)", title_justify="left")
     for row in reports.tactic_results(session=session):
-        p = "–" if row["p_value"] is None else f"{row['p_value']:.3f}"
-        uplift = "–" if row["uplift"] is None else f"{row['uplift'] * 100:+.1f} pp"
-        t.add_row(row["tactic_id"], f"{row['entered']:,}", f"{row['holdout']:,}", f"{row['messages']:,}",
-                  f"{row['sent']:,}", f"{row['goals']:,}",
-                  f"{_pct(row['treated_rate'])} ({row['treated_converted']}/{row['treated']})",
-                  f"{_pct(row['holdout_rate'])} ({row['holdout_converted']}/{row['holdout']})", uplift, p)
-    console.print(t)
-    c = Table("tactic", "channel", "delivered", "opened", "clicked", "converted", "unsubscribed",
-              title="Kanäle / channels: delivered -> opened -> clicked -> converted", title_justify="left")
+        p = "–" if row["p_value"] is None else f"{row['p_value']:.2f}"
+        uplift = "–" if row["uplift"] is None else f"{row['uplift'] * 100:+.1f}pp"
+        t.add_row(row["tactic_id"], f"{row['entered']:,}", f"{row['holdout']:,}", f"{row['sent']:,}",
+                  f"{row['goals']:,}", _conv(row["treated_converted"], row["treated"]),
+                  _conv(row["holdout_converted"], row["holdout"]), uplift, p)
+    out.print(t)
+    c = Table("tactic", "channel", "delivered", "opened", "clicked", "converted", "unsub.",
+              title="Kanäle / channels: delivered -> opened -> clicked -> converted (messages)", title_justify="left")
     for row in reports.channel_results(session=session):
         d = row["delivered"]
-        c.add_row(row["tactic_id"], row["channel"], f"{d:,}", f"{row['opened']:,} ({_pct(_share(row['opened'], d))})",
-                  f"{row['clicked']:,} ({_pct(_share(row['clicked'], d))})",
-                  f"{row['converted']:,} ({_pct(_share(row['converted'], d))})", f"{row['unsubscribed']:,}")
-    console.print(c)
+        c.add_row(row["tactic_id"], row["channel"], f"{d:,}", _conv(row["opened"], d), _conv(row["clicked"], d),
+                  _conv(row["converted"], d), f"{row['unsubscribed']:,}")
+    out.print(c)
 
 
-def _share(n: int, d: int) -> float | None:
-    return n / d if d else None
+def _conv(n: int, d: int) -> str:
+    return f"{n:,} ({n / d:.1%})" if d else f"{n:,}"
 
 
 def _score(factory: object, config: object) -> None:
@@ -180,8 +178,8 @@ def _print_summary(f: dict, run: object, seconds: float, truth_path: Path) -> No
     head.add_row("Umsatz / revenue", f"{f['revenue']:,.2f} EUR")
     ab = f["abandoned_carts"] / f["carts"] if f["carts"] else 0.0
     head.add_row("Warenkörbe, abgebrochen / carts, abandoned", f"{f['carts']:,}, {ab:.0%}")
-    head.add_row("Ereignisse / events", f"{sum(f['events'].values()):,} in {seconds:.1f} s "
-                 f"({getattr(run, 'messages', 0) / max(seconds, 1e-9):,.0f}/s)")
+    head.add_row("Ereignisse / events", f"{sum(f['events'].values()):,}; history imported at "
+                 f"{getattr(run, 'events_per_second', 0.0):,.0f}/s; the whole demo took {seconds:.1f} s")
     console.print(head)
     ev = Table("event", "count", title="Ereignisse nach Typ / events by type", title_justify="left")
     for name, n in f["events"].items():

@@ -37,6 +37,7 @@ NEIGHBOURS = 12
 POPULAR = 24
 
 HEADINGS = {
+    "next_best_offer": {"de": "Unser Tipp für Sie", "en": "Our pick for you"},
     "recommendations": {"de": "Empfehlungen für Sie", "en": "Recommended for you"},
     "popular": {"de": "Beliebt bei unseren Kunden", "en": "Popular with our customers"},
     "co_purchase": {"de": "Andere Kunden kauften auch", "en": "Customers also bought"},
@@ -45,6 +46,8 @@ HEADINGS = {
 }
 # Short, customer-facing answers to "why am I seeing this?".
 WHY = {
+    "next_best_offer": {"de": "Ausgewählt nach Ihren bisherigen Einkäufen und Interessen",
+                        "en": "Chosen for what you bought and like"},
     "recommendations": {"de": "Passend zu Ihren bisherigen Einkäufen", "en": "Based on what you bought before"},
     "popular": {"de": "Oft gekauft in den letzten {days} Tagen", "en": "Often bought in the last {days} days"},
     "popular_all": {"de": "Oft gekauft", "en": "Often bought"},
@@ -186,13 +189,16 @@ class Visitor:
     propensity: float | None
     coupon: dict[str, Any] | None
     merged_into_id: int | None = None
+    next_best_offer: str | None = None
+    predicted: bool = False  # individual predictions exist (scored with personalization consent)
+    scored_at: dt.datetime | None = None
 
 
 _c, _i, _cs, _p, _cp = (Customer.__table__, Identity.__table__, Consent.__table__, Prediction.__table__,
                         Coupon.__table__)
 _VISITOR_COLUMNS = (_c.c.id, _c.c.locale, _c.c.merged_into_id, _cs.c.status, _p.c.recommendations,
                     _p.c.incentive_uplift, _p.c.propensity_30d, _cp.c.id, _cp.c.code, _cp.c.value,
-                    _cp.c.expires_at, _cp.c.redeemed_at)
+                    _cp.c.expires_at, _cp.c.redeemed_at, _p.c.next_best_offer, _p.c.personalized, _p.c.as_of)
 _VISITOR_FROM = (_c.outerjoin(_cs, and_(_cs.c.customer_id == _c.c.id, _cs.c.purpose == "personalization"))
                  .outerjoin(_p, _p.c.customer_id == _c.c.id)
                  .outerjoin(_cp, and_(_cp.c.customer_id == _c.c.id, _cp.c.campaign == bindparam("campaign"))))
@@ -205,7 +211,8 @@ _BY_ID = select(*_VISITOR_COLUMNS).select_from(_VISITOR_FROM).where(_c.c.id == b
 
 
 def _visitor(row: Any) -> Visitor:
-    (cid, locale, merged, consent, recs, uplift, propensity, coupon_id, code, value, expires, redeemed) = row
+    (cid, locale, merged, consent, recs, uplift, propensity, coupon_id, code, value, expires, redeemed, nbo,
+     predicted, scored_at) = row
     skus = []
     for r in recs or []:
         sku = r.get("sku") if isinstance(r, dict) else r
@@ -215,7 +222,8 @@ def _visitor(row: Any) -> Visitor:
     if coupon_id is not None:
         coupon = {"id": coupon_id, "code": code, "value": value, "expires_at": expires, "redeemed_at": redeemed}
     return Visitor(customer_id=cid, locale=locale, consent=consent, recommendations=skus,
-                   incentive_uplift=uplift, propensity=propensity, coupon=coupon, merged_into_id=merged)
+                   incentive_uplift=uplift, propensity=propensity, coupon=coupon, merged_into_id=merged,
+                   next_best_offer=nbo, predicted=bool(predicted), scored_at=scored_at)
 
 
 def find_visitor(*, session: Session | Connection, user_id: str | None, anonymous_id: str | None,
@@ -332,13 +340,29 @@ def decide(*, session: Session | Connection, request: DecideRequest, snapshot: S
     issue = False
 
     if request.placement == "home":
-        recs = [s for s in prefer if s in snap.cards and s not in cart][:limit]
+        # The predictive layer's stored results (next best offer, recommendations), read in the visitor's one
+        # statement and checked against the snapshot's in-stock cards; no model runs per request.
+        predicted = personal and visitor is not None and visitor.predicted
+        nbo = visitor.next_best_offer if predicted and visitor else None
+        if nbo is not None and (nbo not in snap.cards or nbo in cart):
+            reasons["next_best_offer"] = f"next best offer {nbo} is not available now (inactive or sold out)"
+            nbo = None
+        recs = [s for s in prefer if s in snap.cards and s not in cart and s != nbo][:limit - (nbo is not None)]
+        if not predicted:
+            recs = []
+        scored = f" (scored as of {visitor.scored_at:%Y-%m-%d})" if predicted and visitor and visitor.scored_at \
+            else ""
+        if nbo is not None:
+            blocks.append(_block("next_best_offer", "next_best_offer", [nbo], snap, locale))
+            reasons["next_best_offer"] = f"the customer's next best offer {nbo}: P(buy) x margin{scored}"
         if recs:
             blocks.append(_block("recommendations", "recommendations", recs, snap, locale))
-            reasons["recommendations"] = "the customer's stored recommendations (co-purchase on their history)"
-        else:
+            reasons["recommendations"] = f"the customer's stored recommendations{scored}"
+        if not blocks:
             blocks.append(_popular(snap, locale, set(cart), limit))
-            reasons["popular"] = ("no stored recommendations for the customer: popular items" if personal
+            reasons["popular"] = ("popular items: " + ("no stored recommendations for the customer" if predicted
+                                                       else "no individual predictions for the customer (not "
+                                                       "scored with personalization consent)") if personal
                                   else "popular items")
     elif request.placement in ("product_page", "cart"):
         anchors = [ctx.sku] if request.placement == "product_page" else cart

@@ -14,6 +14,7 @@ from emma.automation.models import Run
 from emma.channels.models import DeliveryEvent, OutboxMessage
 
 FUNNEL = ("opened", "clicked", "unsubscribed")
+NO_TACTIC = "(no tactic)"  # e.g. double opt-in confirmations
 
 
 def _rate(n: int, d: int) -> float | None:
@@ -76,7 +77,8 @@ def channel_results(*, session: Session, since: dt.datetime | None = None) -> li
     rows: dict[tuple[str, str], dict[str, Any]] = {}
 
     def row(tid: str | None, channel: str) -> dict[str, Any]:
-        return rows.setdefault((tid or "-", channel), {"tactic_id": tid or "-", "channel": channel, "delivered": 0,
+        tid = tid or NO_TACTIC
+        return rows.setdefault((tid, channel), {"tactic_id": tid, "channel": channel, "delivered": 0,
                                                        **{k: 0 for k in FUNNEL}, "converted": 0})
 
     for tid, channel, n in session.execute(select(OutboxMessage.tactic_id, OutboxMessage.channel, func.count())
