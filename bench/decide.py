@@ -5,7 +5,7 @@
 
 The database is demo-like: the demo shop's German catalog (with accessories), its simulated year of
 orders for --customers customers, user and anonymous ids, personalization consent for about 70 %, and
-stored predictions (co-purchase recommendations, incentive uplift) for every customer. The server is
+stored predictions (co-purchase recommendations, next best offer, incentive uplift) for every customer. The server is
 `uvicorn emma.app:create_app` in its own process on 127.0.0.1 (SQLite, WAL). Requests are sent on a fixed
 schedule whatever the answers do (open loop), over keep-alive connections; a request's latency runs from
 its scheduled time to the end of its answer, so a server that falls behind shows it. The mix: product
@@ -93,8 +93,10 @@ def build(url: str, customers: int, seed: int) -> dict[str, list[str]]:
         rows = []
         for k in range(customers):
             recs = top_k(scores[k], 8, exclude=np.array(bought_by.get(k, []), dtype=np.int64)) if granted[k] else []
+            skus = [cat.sku[int(j)] for j in recs if scores[k][j] > 0]
             rows.append({"customer_id": int(cids[k]), "run_id": run.id, "as_of": now, "personalized": bool(granted[k]),
-                         "recommendations": [{"sku": cat.sku[int(j)]} for j in recs if scores[k][j] > 0],
+                         "recommendations": [{"sku": sku} for sku in skus],
+                         "next_best_offer": skus[0] if skus else None,
                          "incentive_uplift": float(rng.normal(0.02, 0.03)) if granted[k] else None,
                          "propensity_30d": float(rng.uniform(0, 0.3)), "top_affinities": [], "reasons": {}})
         s.execute(insert(Prediction), rows)

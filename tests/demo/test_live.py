@@ -78,6 +78,10 @@ def test_live_days_deliver_through_real_channels_and_the_customers_react(db_url:
             assert events("Email Opened") == logged("opened") == run.reactions.opened["email"] >= marketing > 5
             assert events("Email Link Clicked") == run.reactions.clicked["email"] == logged("clicked")
             assert logged("clicked") == marketing - run.reactions.unsubscribed
+            # They happened on the virtual clock: within the live days, after the mail was sent.
+            first, last = s.execute(select(func.min(Event.timestamp), func.max(Event.timestamp)).where(
+                Event.name.in_(("Email Opened", "Email Link Clicked")))).one()
+            assert run.start <= first <= last <= run.end
             # ... and buys: the orders arrived through ingest, coupons from the mails were redeemed.
             assert _count(s, select(func.count()).select_from(Order).where(Order.order_id.like("M-%"))) == \
                 sum(run.reactions.ordered.values()) > 0

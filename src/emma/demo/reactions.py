@@ -35,8 +35,8 @@ from emma.demo.sinks import Delivery, Mail
 from emma.ingest import service as ingest
 
 # Of opened marketing messages, the share that unsubscribes: more when the offer does not fit.
-UNSUBSCRIBE_BASE = 0.004
-UNSUBSCRIBE_MISFIT = 0.03
+UNSUBSCRIBE_BASE = 0.01
+UNSUBSCRIBE_MISFIT = 0.04
 CODE_RE = re.compile(r"\b([A-Z0-9]{2,12}-[A-Z0-9]{4}-[A-Z0-9]{4})\b(?:\s*\((\d+(?:[.,]\d+)?)\s*%\))?")
 PERCENT_RE = re.compile(r"(\d+(?:[.,]\d+)?)\s*%")
 PRODUCT_URL = "https://shop.example.com/p/"
