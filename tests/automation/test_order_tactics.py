@@ -170,3 +170,39 @@ def test_win_back_inactive_coupon_only_with_uplift_and_not_for_recent_buyers(wor
     assert msg.customer_id == lapsed and msg.payload["coupon"]["campaign"] == "win_back_inactive"
     outcomes = {r.customer_id: r.outcome for r in world.runs()}
     assert "never bought" in outcomes[recent] and "never bought" in outcomes[never]
+
+
+def test_warranty_expiry_last_call_only_without_an_order(world):
+    from emma.automation.clock import VirtualClock
+
+    world.tactic("warranty_expiry", holdout=0.0)
+    world.clock = VirtualClock(dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC))
+    buyer, waiter = world.customer("buyer"), world.customer("waiter")
+    _products(world, WM={"price": 500, "attributes": {"warranty_months": 24}})
+    for ext in ("buyer", "waiter"):
+        world.track(ext, "Order Completed", order_id=f"o-{ext}", revenue=500, products=[{"sku": "WM", "price": 500}])
+    world.clock.set(dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC))  # 90 days before 2026-06-01 is 2026-03-03
+    world.run_until(2 * D)
+    assert {m.customer_id: m.template for m in world.messages()} == {buyer: "warranty_expiry",
+                                                                     waiter: "warranty_expiry"}
+    world.track("buyer", "Order Completed", order_id="o-ext", revenue=49)  # the extension
+    world.run_until(31 * D)
+    assert [m.template for m in world.messages(buyer)] == ["warranty_expiry"]
+    assert [m.template for m in world.messages(waiter)] == ["warranty_expiry", "warranty_last_call"]
+    assert world.runs(buyer)[0].status == "converted"
+
+
+def test_order_fields_of_a_run_keyed_by_something_else_read_the_latest_order(world):
+    world.tactic(simple("after_cart", {"kind": "event", "event": "Checkout Started", "key": "cart_id"}, [
+        {"id": "c", "kind": "condition", "when": {"field": "order.skus", "op": "contains", "value": "B"},
+         "then": "m", "else": "x"},
+        {"id": "m", "kind": "message", "content": "mail"}, {"id": "x", "kind": "exit"}]))
+    _products(world, A={"price": 1}, B={"price": 2})
+    cid = world.customer("c-1")
+    world.track("c-1", "Order Completed", order_id="o-1", revenue=1, products=[{"sku": "A", "price": 1}])
+    world.clock.advance(H)
+    world.track("c-1", "Order Completed", order_id="o-2", revenue=2, products=[{"sku": "B", "price": 2}])
+    world.track("c-1", "Checkout Started", cart_id="cart-9")
+    world.tick()
+    assert [m.template for m in world.messages(cid)] == ["welcome"]
+    assert any("order.skus = ['B']" in j for j in world.journal(cid))

@@ -42,10 +42,15 @@ def order_data(*, session: Session, run: Run, customer: Customer | None, setting
                now: dt.datetime) -> dict[str, Any] | None:
     """The run's order (its key, else the entry's order_id, else the customer's latest): lines with catalog
     details, count_with.<attribute> (lines whose product has it), and upgrades (better versions on offer)."""
-    order_id = run.key or str(((run.state or {}).get("entry") or {}).get("order_id") or "")
-    stmt = select(Order).where(Order.customer_id == run.customer_id)
-    stmt = stmt.where(Order.order_id == order_id) if order_id else stmt.order_by(Order.ordered_at.desc()).limit(1)
-    order = session.scalar(stmt)
+    mine = select(Order).where(Order.customer_id == run.customer_id)
+    order = None
+    for order_id in (run.key, ((run.state or {}).get("entry") or {}).get("order_id")):
+        if order_id:  # a run keyed by something else (a cart, a sku) falls through to the entry, then the latest
+            order = session.scalar(mine.where(Order.order_id == str(order_id)))
+            if order is not None:
+                break
+    if order is None:
+        order = session.scalar(mine.order_by(Order.ordered_at.desc(), Order.id.desc()).limit(1))
     if order is None:
         return None
     lines = list(session.scalars(select(OrderLine).where(OrderLine.order_pk == order.id).order_by(OrderLine.line_no)))
