@@ -104,3 +104,14 @@ def test_search_online_buy_offline_lists_the_store_stock(world):
     assert world.messages(buyer) == []
     [run] = world.runs(buyer)
     assert run.status == "exited" and run.outcome == "put into the cart online"
+
+
+def test_a_scenario_with_a_bad_store_row_names_it(tmp_path):
+    import pytest
+
+    from emma.automation import library, scenario
+
+    t = library.library()["store_opening"]
+    bad = t.scenario.model_copy(update={"stores": [{"store_id": "X", "name": "Nowhere", "lat": 52.5}]})
+    with pytest.raises(ValueError, match=r"scenario stores\.0: lat and lon go together"):
+        scenario.play(tactic=t.model_copy(update={"scenario": bad}), workdir=tmp_path)

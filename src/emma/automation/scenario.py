@@ -86,7 +86,8 @@ def _stores(session: Session, what: str, rows: list[dict[str, Any]], now: dt.dat
     res = fn(session=session, rows=[dict(r) for r in rows], at=now)
     if res.rejected:
         first = res.rejected[0]
-        raise ValueError(f"scenario {what}: row {first.index}: {first.field}: {first.reason}")
+        field = f"{first.field}: " if first.field != "row" else ""
+        raise ValueError(f"scenario {what}.{first.index}: {field}{first.reason}")
     return f"{what}: " + "; ".join(", ".join(f"{k} {v}" for k, v in r.items() if not isinstance(v, dict | list))
                                    for r in rows)
 

@@ -122,7 +122,7 @@ def tactics_test(tactic_id: str, file: Path = typer.Option(None, "--file", help=
             with cli_session() as session:
                 t, _, _ = service.get_tactic(session=session, tactic_id=tactic_id)
         result = scenario.play(tactic=t, settings=get_settings())
-    except AutomationError as exc:
+    except (AutomationError, ValueError) as exc:  # ValueError: an input of the scenario was rejected
         raise _fail(exc, 2) from exc
     sc = t.scenario
     console.rule(f"[bold]{t.names.en}[/bold] ({t.id} v{t.version}) — test customer {sc.customer.external_id}, "
