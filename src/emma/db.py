@@ -105,6 +105,34 @@ def among(session: Session, column: Any, values: Any) -> Any:
     return column.in_(select(each.c.value))
 
 
+def rows_among(session: Session, table: Any, columns: Sequence[str], key: str, values: Sequence[Any], *,
+               where: str = "", params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """SELECT columns FROM table (a table, or a FROM clause as text) WHERE key IN values [AND where], as plain
+    SQL on the driver.
+
+    For hot look-ups of strings, integers and booleans: no statement is built, compiled or cached per call
+    (building one costs more than a small query itself). where may hold {p} markers for params; values
+    come back as the driver returns them (no type processing). Pending ORM changes are flushed first.
+    """
+    values = list(values)
+    if not values:
+        return []
+    session.flush()
+    conn = session.connection()
+    name = table if isinstance(table, str) else getattr(table, "__table__", table).name
+    cols = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        kind = "bigint" if all(type(v) is int for v in values) else "text"
+        cond = f" AND {where.replace('{p}', '%s')}" if where else ""
+        sql = f"SELECT {cols} FROM {name} WHERE {key} IN (SELECT unnest(%s::{kind}[])){cond}"
+        args: tuple[Any, ...] = (values, *params)
+    else:
+        cond = f" AND {where.replace('{p}', '?')}" if where else ""
+        sql = f"SELECT {cols} FROM {name} WHERE {key} IN (SELECT value FROM json_each(?)){cond}"
+        args = (json.dumps(values), *params)
+    return [tuple(r) for r in conn.exec_driver_sql(sql, args)]
+
+
 _MISSING = object()
 
 

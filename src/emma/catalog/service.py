@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from emma.catalog.models import PriceChange, Product, StockChange
-from emma.db import among, utcnow
+from emma.db import among, rows_among, utcnow
 
 PRODUCT_FIELDS = ("name", "category", "price", "currency", "stock", "url", "image_url", "brand", "attributes",
                   "active")
@@ -75,11 +75,7 @@ def upsert_products(*, session: Session, products: Iterable[dict[str, Any]],
 
 def known_skus(*, session: Session, skus: Iterable[str]) -> set[str]:
     """The subset of skus that exist in the catalog."""
-    wanted = list(set(skus))
-    found: set[str] = set()
-    for i in range(0, len(wanted), 900):
-        found.update(session.scalars(select(Product.sku).where(among(session, Product.sku, wanted[i:i + 900]))))
-    return found
+    return {sku for (sku,) in rows_among(session, Product, ["sku"], "sku", list(set(skus)))}
 
 
 def get_product(*, session: Session, sku: str) -> Product | None:

@@ -17,7 +17,7 @@ from emma.catalog import service as catalog
 from emma.config import Settings, get_settings
 from emma.consent import service as consent
 from emma.consent.models import PURPOSES, Consent
-from emma.db import among, insert_rows, lock_keys, utcnow
+from emma.db import insert_rows, lock_keys, rows_among, utcnow
 from emma.ingest.models import Event
 from emma.ingest.schemas import (
     ORDER_STATUS_EVENTS,
@@ -156,11 +156,8 @@ _SHOP_EVENTS = frozenset({"Product Added", "Product Removed", "Checkout Started"
 
 def _store(session: Session, msgs: list[Message], received_at: dt.datetime, settings: Settings) -> _Stored:
     out = _Stored()
-    existing: set[str] = set()
-    ids = [m.messageId for m in msgs]
-    for i in range(0, len(ids), 900):
-        existing.update(session.scalars(select(Event.message_id)
-                                        .where(among(session, Event.message_id, ids[i:i + 900]))))
+    existing = {mid for (mid,) in rows_among(session, Event, ["message_id"], "message_id",
+                                             [m.messageId for m in msgs])}
     fresh = [m for m in msgs if m.messageId not in existing]
     if not fresh:
         return out

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from emma.db import allocate_ids, among, insert_columns, insert_rows, update_rows, utcnow
+from emma.db import allocate_ids, among, insert_columns, insert_rows, rows_among, update_rows, utcnow
 from emma.profiles.exceptions import CustomerNotFound, MergeNotRevertible
 from emma.profiles.models import Customer, Identity, IdentityConflict, MergeLog, TraitChange
 
@@ -64,15 +64,12 @@ class Resolver:
                 by_kind.setdefault(kind, set()).add(value)
         for kind, values in by_kind.items():
             vals = list(values)
-            for i in range(0, len(vals), 900):
-                rows = self.session.execute(
-                    select(Identity.value, Identity.customer_id, Customer.is_anonymous)
-                    .join(Customer, Customer.id == Identity.customer_id)
-                    .where(Identity.kind == kind, among(self.session, Identity.value, vals[i:i + 900]))
-                )
-                for value, cid, anon in rows:
-                    self._cache[(kind, value)] = cid
-                    self._anonymous[cid] = anon
+            rows = rows_among(self.session, "identities i JOIN customers c ON c.id = i.customer_id",
+                              ["i.value", "i.customer_id", "c.is_anonymous"], "i.value", vals,
+                              where="i.kind = {p}", params=[kind])
+            for value, cid, anon in rows:
+                self._cache[(kind, value)] = cid
+                self._anonymous[cid] = bool(anon)
             self._missing.update((kind, v) for v in vals if (kind, v) not in self._cache)
 
     def lookup(self, kind: str, value: str) -> int | None:
