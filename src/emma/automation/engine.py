@@ -20,6 +20,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from emma.automation import nodes
 from emma.automation import schemas as S
 from emma.automation.models import LIVE, Run, RunStep, SalesTask
 from emma.channels import service as channels
@@ -273,6 +274,8 @@ class Ctx:
         if root == "cart":
             return _path(self.cart() or {}, rest)
         if root == "consent":
+            if "." in rest:
+                return nodes.consent_fact(self, *rest.split(".", 1))
             if self.batch is not None:
                 return self.batch.consents(self.run.customer_id).get(rest)
             return self.session.scalar(select(Consent.status).where(Consent.customer_id == self.run.customer_id,
@@ -291,8 +294,11 @@ class Ctx:
             return segment_member(session=self.session, segment=rest, customer_id=self.run.customer_id,
                                   now=self.now)
         if root in ("order", "store"):
-            return _path(self.context(root), rest)
-        return None
+            found = _path(self.context(root), rest)
+            if found is None and root == "order":  # the run-out date, consumables: facts of the order's products
+                found = nodes.order_facts(self).get(rest)
+            return found
+        return nodes.field_value(self, root, rest)
 
     def context(self, name: str) -> dict[str, Any] | None:
         """The keyed order ('order') or the nearby store ('store') as condition and template data."""
@@ -313,7 +319,7 @@ class Ctx:
         if cond.not_ is not None:
             return not self.evaluate(cond.not_, used)
         assert cond.field is not None
-        actual = self.value(cond.field)
+        actual = nodes.count_events(self, cond) if cond.field.startswith("events.") else self.value(cond.field)
         used[cond.field] = actual
         return compare(cond.op, actual, substitute(cond.value, self.run))
 
@@ -577,6 +583,8 @@ def finish(*, session: Session, run: Run, status: str, reason: str, now: dt.date
     """End a run: it leaves the live slot, so the customer may enter again as the re-entry policy allows."""
     run.status, run.active_key, run.due_at, run.wait = status, None, None, None
     run.finished_at, run.outcome = now, reason
+    if status == "converted" and (run.state or {}).get("bandits"):
+        nodes.bandit_converted(session=session, run=run, now=now)
     journal(session=session, run=run, node_id=node_id, kind="run", outcome=status, reason=reason, inputs=inputs,
             at=now)
 
@@ -669,6 +677,8 @@ def enter(*, session: Session, tactic: S.Tactic, customer_id: int, now: dt.datet
             cooldown = S.parse_duration(tactic.reentry.cooldown or "0s")
             if last > now - cooldown:
                 return None
+    if tactic.entry.when is not None and not _entry_holds(session, tactic, customer_id, key, entry, now):
+        return None
     holdout = in_holdout(tactic_id=tactic.id, customer_id=customer_id, share=tactic.holdout)
     run = Run(tactic_id=tactic.id, tactic_version=tactic.version, customer_id=customer_id, key=key,
               active_key=key, dedupe=dedupe[:255], status="active", node_id=tactic.start, due_at=now,
@@ -688,6 +698,16 @@ def enter(*, session: Session, tactic: S.Tactic, customer_id: int, now: dt.datet
     journal(session=session, run=run, node_id=None, kind="entry", outcome="entered", reason=note,
             inputs={**(inputs or {}), "holdout_share": tactic.holdout, "holdout": holdout}, at=now)
     return run
+
+
+def _entry_holds(session: Session, tactic: S.Tactic, customer_id: int, key: str, entry: dict[str, Any] | None,
+                 now: dt.datetime) -> bool:
+    """The entry's when-condition for this customer and trigger, evaluated on a run that is not stored."""
+    probe = Run(tactic_id=tactic.id, customer_id=customer_id, key=key, state={"entry": entry or {}}, holdout=False,
+                entered_at=now)
+    ctx = Ctx(session=session, run=probe, tactic=tactic, settings=Settings(), now=now, priorities={})
+    assert tactic.entry.when is not None
+    return ctx.evaluate(tactic.entry.when, {})
 
 
 # Nodes
@@ -718,6 +738,8 @@ def _wait(node: S.WaitNode, ctx: Ctx) -> Step:
             return Step(next=node.next)
         until = at - S.parse_duration(node.before or "0s")
         why = f"wait until {node.before + ' before ' if node.before else ''}{node.until_entry} {raw}"
+    elif node.until_date:
+        until, why, inputs = nodes.date_target(node, ctx)
     else:
         p = ctx.prediction()
         hour = p.best_send_hour if p is not None and p.best_send_hour is not None else node.fallback_hour
@@ -963,7 +985,8 @@ def _message(node: S.MessageNode, ctx: Ctx) -> Step:
     due = now
     note = None
     if why_not is None and not node.transactional:
-        due = after_quiet_hours(now, ctx.tz, settings)
+        # On-site content is shown while the visitor is on the site: quiet hours do not apply.
+        due = after_quiet_hours(now, ctx.tz, settings) if content.channel != "onsite" else now
         why_not, note = check_caps(session=session, customer_id=run.customer_id, channel=content.channel, due=due,
                                    settings=settings, now=now, priority=ctx.tactic.priority,
                                    priorities=ctx.priorities, batch=ctx.batch)
@@ -1019,6 +1042,12 @@ def _payload(data: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
             out[k] = {kk: _plain(vv) for kk, vv in found.get(str(sku), {}).items()} or None
         elif isinstance(v, dict):
             out[k] = _payload(v, ctx)
+        elif v in nodes.PRODUCT_REFS:
+            out[k], note = nodes.product_list(v, ctx)
+            ctx.journal(None, "payload", "filled", f"{k}: {note}", {"reference": v})
+        elif isinstance(v, str) and v.startswith("$") and v[1:].split(".")[0] in S.FIELD_ROOTS \
+                and v[1:].split(".")[0] not in ("event",):
+            out[k] = _plain(ctx.value(v[1:]))
         else:
             out[k] = substitute(v, ctx.run)
     return out
@@ -1052,13 +1081,18 @@ def _set_traits(ctx: Ctx, customer: Customer, traits: dict[str, Any]) -> None:
 
 
 def _add_points(node: S.AddPointsNode, ctx: Ctx) -> Step:
-
     customer = ctx.customer
     if customer is not None:
         before = (customer.attributes or {}).get(node.attribute) or 0
-        after = int(before) + node.points
+        points = node.points
+        if node.per:
+            try:
+                points = int(node.points * float(_payload({"v": node.per}, ctx)["v"] or 0))
+            except (TypeError, ValueError):
+                points = 0
+        after = int(before) + points
         _set_traits(ctx, customer, {node.attribute: after})
-        ctx.journal(node.id, "add_points", "done", f"{node.points:+d} {node.attribute}: {before} -> {after}",
+        ctx.journal(node.id, "add_points", "done", f"{points:+d} {node.attribute}: {before} -> {after}",
                     {"before": before, "after": after})
     return Step(next=node.next)
 
@@ -1108,7 +1142,7 @@ def _exit(node: S.ExitNode, ctx: Ctx) -> Step:
 HANDLERS: dict[str, Any] = {"wait": _wait, "wait_for_event": _wait_for_event, "branch": _branch,
                             "condition": _condition, "split": _split, "holdout": _holdout, "message": _message,
                             "update_attribute": _update_attribute, "add_points": _add_points, "webhook": _webhook,
-                            "task": _task, "goal": _goal, "exit": _exit}
+                            "task": _task, "goal": _goal, "exit": _exit, **nodes.HANDLERS}
 
 
 def _brief(props: dict[str, Any] | None) -> str:

@@ -117,3 +117,16 @@ class SalesTask(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")
     due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class BanditArm(Base):
+    """One variant of a bandit node: how many runs it was chosen for and how many of them reached the goal."""
+
+    __tablename__ = "automation_bandit_arms"
+
+    tactic_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    trials: Mapped[int] = mapped_column(Integer, default=0)
+    conversions: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -68,8 +68,10 @@ def _setup(session: Session, scenario: S.Scenario, now: dt.datetime) -> int:
     session.flush()
     session.add(Identity(customer_id=customer.id, kind="user_id", value=c.external_id, created_at=now))
     for purpose, status in c.consent.items():
+        since = c.consent_recorded.get(purpose)
+        at = dt.datetime.combine(since, dt.time(9), tzinfo=dt.UTC) if since else now
         consent.record(session=session, customer_id=customer.id, purpose=purpose, status=status, source="scenario",
-                       recorded_at=now)
+                       recorded_at=at)
     if c.prediction is not None:
         _predict(session, customer.id, c.prediction, now)
     if scenario.catalog:
@@ -176,7 +178,7 @@ def _play(tactic: S.Tactic, scenario: S.Scenario, sessions: sessionmaker[Session
                    key=lambda x: (x[0], x[1]))
     end = (steps[-1][0] if steps else start) + S.parse_duration(scenario.run_for)
     tactics = {tactic.id: tactic}
-    hourly = tactic.entry.kind in ("schedule", "date", "catalog", "prediction", "store")
+    hourly = tactic.entry.kind in ("schedule", "date", "catalog", "prediction", "store", "attribute")
     pending = list(steps)
     for _ in range(100_000):
         now = clock.now()

@@ -75,6 +75,8 @@ class Condition(_Strict):
     field: str | None = None
     op: Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "exists", "missing", "contains"] = "eq"
     value: Any = None
+    where: dict[str, Any] | None = None  # events.<name> only: property filter of the counted events
+    within: DurationStr | None = None  # events.<name> only: count the events of this recent span
 
     @model_validator(mode="after")
     def _one_kind(self) -> Condition:
@@ -87,15 +89,27 @@ class Condition(_Strict):
                 raise ValueError(f"field {self.field!r} must start with one of: {', '.join(FIELD_ROOTS)}")
             if self.op in ("in", "not_in") and not isinstance(self.value, list):
                 raise ValueError(f"op {self.op} needs a list as value")
+            if (self.where is not None or self.within is not None) and root != "events":
+                raise ValueError(f"where and within apply to events.<name> fields only, not {self.field!r}")
+            if root == "events" and not self.field.partition(".")[2]:
+                raise ValueError("an events field names the event: events.<Event Name> (the number of them)")
+        elif self.where is not None or self.within is not None:
+            raise ValueError("where and within belong to an events.<name> field")
         return self
 
 
-FIELD_ROOTS = ("customer", "prediction", "cart", "consent", "event", "run", "orders", "segment", "order", "store")
+FIELD_ROOTS = ("customer", "prediction", "cart", "consent", "event", "run", "orders", "segment", "events", "order",
+               "store")
 
 
 # Entry triggers
 
-class EventEntry(_Strict):
+class _Entry(_Strict):
+    # Checked when the trigger fires: no run starts (and no re-entry cooldown begins) unless it holds.
+    when: Condition | None = None
+
+
+class EventEntry(_Entry):
     kind: Literal["event"]
     event: str | list[str]  # a track event's name (or several); "identify" for identify calls (traits)
     where: dict[str, Any] = {}
@@ -107,12 +121,12 @@ class EventEntry(_Strict):
         return [self.event] if isinstance(self.event, str) else list(self.event)
 
 
-class SegmentEntry(_Strict):
+class SegmentEntry(_Entry):
     kind: Literal["segment_entered", "segment_exited"]
     segment: str
 
 
-class ScheduleEntry(_Strict):
+class ScheduleEntry(_Entry):
     kind: Literal["schedule"]
     every: Literal["day", "week", "month"] = "day"
     at: ClockStr = "06:00"  # UTC
@@ -121,20 +135,22 @@ class ScheduleEntry(_Strict):
     segment: str | None = None  # absent: every known customer
 
 
-class DateEntry(_Strict):
+class DateEntry(_Entry):
     kind: Literal["date"]
-    attribute: str  # birthday | warranty_end | attributes.<name> (ISO date)
+    attribute: str  # birthday | warranty_end | last_seen_at | created_at | consent.<purpose> | attributes.<name>
     offset_days: int = 0
 
     @field_validator("attribute")
     @classmethod
     def _attr(cls, v: str) -> str:
-        if v not in ("birthday", "warranty_end") and not v.startswith("attributes."):
-            raise ValueError("attribute is birthday, warranty_end or attributes.<name> (an ISO date)")
+        if v not in ("birthday", "warranty_end", "last_seen_at", "created_at") \
+                and not v.startswith(("attributes.", "consent.")):
+            raise ValueError("attribute is birthday, warranty_end, last_seen_at, created_at, consent.<purpose> "
+                             "(when it was recorded) or attributes.<name> (an ISO date)")
         return v
 
 
-class CatalogEntry(_Strict):
+class CatalogEntry(_Entry):
     kind: Literal["catalog"]
     change: Literal["price_drop", "back_in_stock", "new_product", "successor_launched", "upcoming_launch"]
     min_drop_percent: float = Field(default=10.0, gt=0, lt=100)
@@ -145,7 +161,7 @@ class CatalogEntry(_Strict):
     max_per_day: int | None = Field(default=None, ge=1)  # entries per customer and day
 
 
-class StoreEntry(_Strict):
+class StoreEntry(_Entry):
     """A store opening or a scheduled event (emma.stores): customers within radius_km enter lead_days before."""
 
     kind: Literal["store"]
@@ -154,7 +170,7 @@ class StoreEntry(_Strict):
     radius_km: float | None = Field(default=None, gt=0, le=1000)  # absent: the setting EMMA_STORE_RADIUS_KM
 
 
-class PredictionEntry(_Strict):
+class PredictionEntry(_Entry):
     kind: Literal["prediction"]
     field: str
     op: Literal["gt", "gte", "lt", "lte"] = "gte"
@@ -171,8 +187,21 @@ class PredictionEntry(_Strict):
 PREDICTION_FIELDS = ("p_alive", "expected_orders", "expected_revenue", "clv", "churn_probability",
                      "propensity_30d", "incentive_uplift", "early_adopter")
 
-Entry = Annotated[EventEntry | SegmentEntry | ScheduleEntry | DateEntry | CatalogEntry | StoreEntry | PredictionEntry,
-                  Field(discriminator="kind")]
+class AttributeEntry(_Entry):
+    """A profile attribute changes its value (an identify call, an import, or an update_attribute node)."""
+
+    kind: Literal["attribute"]
+    attribute: str  # a trait name: loyalty_tier, city, attributes are plain names too
+    to: list[Any] | None = None  # only changes to one of these values
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to(cls, v: Any) -> Any:
+        return v if v is None or isinstance(v, list) else [v]
+
+
+Entry = Annotated[EventEntry | SegmentEntry | ScheduleEntry | DateEntry | CatalogEntry | StoreEntry | PredictionEntry
+                  | AttributeEntry, Field(discriminator="kind")]
 
 
 # Nodes
@@ -193,21 +222,86 @@ class WaitNode(_Node):
     fallback_hour: int = Field(default=10, ge=0, le=23)
     until_entry: str | None = None  # an entry property holding an ISO date or date-time (an event's start)
     before: DurationStr | None = None  # with until_entry: this long before that moment
+    # A date read from a field (prediction.next_order_date, order.runout_date, event.<prop>, customer.<date>),
+    # moved by offset ('-3d'), at local time at; without a date the wait lasts fallback.
+    until_date: str | None = None
+    offset: str = "0d"
+    at: ClockStr = "10:00"
+    fallback: DurationStr | None = None
     next: str
 
     @model_validator(mode="after")
     def _one(self) -> WaitNode:
-        given = [k for k in ("duration", "until_local", "until_entry") if getattr(self, k)] + (
+        given = [k for k in ("duration", "until_local", "until_entry", "until_date") if getattr(self, k)] + (
             ["until_send_hour"] if self.until_send_hour else [])
         if len(given) != 1:
-            raise ValueError("a wait has exactly one of: duration, until_local, until_send_hour, until_entry")
+            raise ValueError("a wait has exactly one of: duration, until_local, until_send_hour, until_entry, "
+                             "until_date")
         if self.before and not self.until_entry:
             raise ValueError("before goes with until_entry")
         if self.duration:
             _duration(self.duration)
         if self.until_local:
             _clock(self.until_local)
+        if self.until_date:
+            if self.until_date.split(".")[0] not in FIELD_ROOTS:
+                raise ValueError(f"until_date {self.until_date!r} must be a field starting with one of: "
+                                 f"{', '.join(FIELD_ROOTS)}")
+            if not self.fallback:
+                raise ValueError("until_date needs a fallback duration for customers without that date, e.g. '30d'")
+            parse_offset(self.offset)
         return self
+
+
+def parse_offset(value: str) -> dt.timedelta:
+    """'-3d', '+12h', '2d' -> a signed timedelta."""
+    text = str(value).strip()
+    sign = -1 if text.startswith("-") else 1
+    return sign * parse_duration(text.lstrip("+-") or "0s")
+
+
+class WaitUntilNode(_Node):
+    """Waits until a condition holds (checked every check_every), or the timeout passes."""
+
+    kind: Literal["wait_until"]
+    when: Condition
+    check_every: DurationStr = "1h"
+    timeout: DurationStr
+    on_true: str
+    on_timeout: str
+
+    def targets(self) -> list[str]:
+        return [self.on_true, self.on_timeout]
+
+
+class DoubleOptInNode(_Node):
+    """Starts the consent double opt-in (consent pending, transactional confirmation mail) unless granted."""
+
+    kind: Literal["double_opt_in"]
+    purpose: str = "email_marketing"
+    next: str | None = None
+
+
+class BanditVariant(_Strict):
+    name: str = Field(pattern=ID_PATTERN)
+    next: str
+
+
+class BanditNode(_Node):
+    """Chooses a variant by Thompson sampling on each variant's goal conversions so far (learns as runs end)."""
+
+    kind: Literal["bandit"]
+    variants: list[BanditVariant] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _names(self) -> BanditNode:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError("bandit variant names must be unique")
+        return self
+
+    def targets(self) -> list[str]:
+        return [v.next for v in self.variants]
 
 
 class WaitForEventNode(_Node):
@@ -289,6 +383,7 @@ class UpdateAttributeNode(_Node):
 class AddPointsNode(_Node):
     kind: Literal["add_points"]
     points: int
+    per: str | None = None  # a reference ('$entry.revenue'): points per whole unit of it
     attribute: str = "points"
     next: str | None = None
 
@@ -319,8 +414,10 @@ class ExitNode(_Node):
 
 
 Node = Annotated[WaitNode | WaitForEventNode | BranchNode | ConditionNode | SplitNode | HoldoutNode | MessageNode
-                 | UpdateAttributeNode | AddPointsNode | WebhookNode | TaskNode | GoalNode | ExitNode,
-                 Field(discriminator="kind")]
+                 | UpdateAttributeNode | AddPointsNode | WebhookNode | TaskNode | GoalNode | ExitNode
+                 | WaitUntilNode | DoubleOptInNode | BanditNode, Field(discriminator="kind")]
+# Payload references that fill in products to sell: advertising, so never in a transactional message.
+AD_REFERENCES = ("$viewed", "$alternatives", "$complements", "$next_best_offer", "$recommendations")
 ACTION_KINDS = ("message", "update_attribute", "add_points", "webhook", "task")
 
 
@@ -367,6 +464,7 @@ class ScenarioCustomer(_Strict):
     lon: float | None = Field(default=None, ge=-180, le=180)
     attributes: dict[str, Any] = {}
     consent: dict[str, Literal["granted", "revoked", "pending"]] = {"email_marketing": "granted"}
+    consent_recorded: dict[str, dt.date] = {}  # purpose -> when that consent was given (default: the start)
     prediction: dict[str, Any] | None = None
 
 
@@ -462,6 +560,8 @@ class Tactic(_Strict):
         elif self.start not in known:
             raise ValueError(f"start: unknown node {self.start!r}")
         for i, n in enumerate(self.nodes):
+            if isinstance(n, BanditNode) and self.goal is None:
+                raise ValueError(f"nodes.{i} ({n.id}): a bandit learns from the goal; the tactic needs a goal")
             for t in n.targets():
                 if t not in known:
                     raise ValueError(f"nodes.{i} ({n.id}): next node {t!r} does not exist")
@@ -471,7 +571,8 @@ class Tactic(_Strict):
                     raise ValueError(f"nodes.{i} ({n.id}): content {n.content!r} is not in the tactic's content")
                 if c.channel not in self.channels:
                     raise ValueError(f"nodes.{i} ({n.id}): channel {c.channel} is not in channels")
-                if n.transactional and ({"coupon", "offer", "recommendations"} & set(n.payload)):
+                if n.transactional and ({"coupon", "offer", "recommendations"} & set(n.payload)
+                                        or any(str(v) in AD_REFERENCES for v in n.payload.values())):
                     raise ValueError(f"nodes.{i} ({n.id}): a transactional message carries no coupon, offer or "
                                      "recommendations (no advertising without marketing consent)")
         return self

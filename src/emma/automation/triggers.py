@@ -26,7 +26,7 @@ from emma.db import insert_rows
 from emma.ingest.models import Event
 from emma.orders.models import Order, OrderLine, WishlistItem
 from emma.predict.models import Prediction, ScoreRun
-from emma.profiles.models import Customer
+from emma.profiles.models import Customer, TraitChange
 
 CHUNK = 5000
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def scan(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, 
     """Check every non-event trigger of the enabled tactics; returns how many runs were started."""
     entered = 0
     scanners = {"schedule": _schedule, "date": _date, "catalog": _catalog, "prediction": _prediction,
-                "store": _store}
+                "store": _store, "attribute": _attribute}
     # Higher priorities first: when two tactics start on the same change, the more important one's message is
     # created first and the frequency cap holds back the other.
     for t in sorted(tactics.values(), key=lambda t: -t.priority):
@@ -159,6 +159,8 @@ def _date(session: Session, tactic: S.Tactic, settings: Settings, now: dt.dateti
         return _birthdays(session, tactic, entry, settings, now)
     if entry.attribute == "warranty_end":
         return _warranty(session, tactic, entry, now)
+    if entry.attribute in ("last_seen_at", "created_at") or entry.attribute.startswith("consent."):
+        return _moment_date(session, tactic, entry, now)
     return _attribute_date(session, tactic, entry, settings, now)
 
 
@@ -231,6 +233,28 @@ def _attribute_date(session: Session, tactic: S.Tactic, entry: S.DateEntry, sett
     ids = session.scalars(_known_customers(session).where(Customer.attributes[name].as_string() == target))
     return _enter_many(session, tactic, list(ids), now, f"date:{name}:{target}", f"{name} is {target}",
                        entry={name: target})
+
+
+def _moment_date(session: Session, tactic: S.Tactic, entry: S.DateEntry, now: dt.datetime) -> int:
+    """Customers whose last_seen_at / created_at / consent record (UTC date) is offset_days before today."""
+    from emma.consent.models import Consent
+
+    target = now.astimezone(dt.UTC).date() - dt.timedelta(days=entry.offset_days)
+    lo = dt.datetime.combine(target, dt.time(), tzinfo=dt.UTC)
+    hi = lo + dt.timedelta(days=1)
+    if entry.attribute.startswith("consent."):
+        purpose = entry.attribute.removeprefix("consent.")
+        rows = session.execute(select(Consent.customer_id, Consent.status).where(
+            Consent.purpose == purpose, Consent.recorded_at >= lo, Consent.recorded_at < hi)).all()
+        ids = [cid for cid, _ in rows]
+        what = f"{purpose} consent recorded on {target.isoformat()}"
+    else:
+        col = getattr(Customer, entry.attribute)
+        ids = list(session.scalars(_known_customers(session).where(col >= lo, col < hi).order_by(Customer.id)))
+        what = f"{entry.attribute} {target.isoformat()}"
+    days = f" ({entry.offset_days} days ago)" if entry.offset_days else ""
+    return _enter_many(session, tactic, ids, now, f"date:{entry.attribute}:{target.isoformat()}", what + days,
+                       entry={entry.attribute: target.isoformat()})
 
 
 # Catalog changes
@@ -485,3 +509,32 @@ def _prediction(session: Session, tactic: S.Tactic, settings: Settings, now: dt.
         (cid, f"prediction:{latest}",
          f"{entry.field} {value:.2f} crossed {entry.op} {entry.value:g} (scoring run {latest})", "",
          {entry.field: value}) for cid, value in crossed], now)
+
+
+# Attribute changes (trait history: identify calls, imports, update_attribute nodes)
+
+def _attribute(session: Session, tactic: S.Tactic, settings: Settings, now: dt.datetime) -> int:
+    entry = tactic.entry
+    assert isinstance(entry, S.AttributeEntry)
+    cur = _catalog_cursor(session, f"attribute:{tactic.id}", TraitChange.id)
+    if cur is None:
+        return 0
+    rows = list(session.scalars(select(TraitChange).where(TraitChange.id > cur.position,
+                                                          TraitChange.trait == entry.attribute)
+                                .order_by(TraitChange.id).limit(CHUNK)))
+    n = 0
+    for ch in rows:
+        cur.position = ch.id
+        if ch.value is None:
+            continue
+        if entry.to is not None and not any(engine.compare("eq", ch.value, v) for v in entry.to):
+            continue
+        before = session.scalar(select(TraitChange.value).where(
+            TraitChange.customer_id == ch.customer_id, TraitChange.trait == ch.trait, TraitChange.id < ch.id)
+            .order_by(TraitChange.id.desc()).limit(1))
+        if before is not None and engine.compare("eq", before, ch.value):
+            continue  # the same value again: no change
+        n += _enter_many(session, tactic, [ch.customer_id], now, f"trait:{ch.id}",
+                         f"{ch.trait} changed from {before!r} to {ch.value!r} ({ch.source})",
+                         entry={"attribute": ch.trait, "value": ch.value, "previous": before, "source": ch.source})
+    return n

@@ -146,7 +146,9 @@ def address_of(*, customer: Customer | None, channel: str, settings: Settings) -
         return settings.webhook_url
     if customer is None:
         return None
-    return {"email": customer.email, "sms": customer.phone, "push": customer.external_id}.get(channel)
+    # On-site content is served to the profile itself (by /v1/decide), so its address is the profile id.
+    return {"email": customer.email, "sms": customer.phone, "push": customer.external_id,
+            "onsite": str(customer.id)}.get(channel)
 
 
 def _product(p: Product) -> dict[str, Any]:
