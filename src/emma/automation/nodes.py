@@ -48,6 +48,8 @@ def count_events(ctx: Ctx, cond: S.Condition) -> int:
         stmt = stmt.where(Event.name == name)
     if cond.within:
         stmt = stmt.where(Event.timestamp > ctx.now - S.parse_duration(cond.within))
+    if cond.since_entry and ctx.run.entered_at is not None:
+        stmt = stmt.where(Event.timestamp > ctx.run.entered_at)
     if not cond.where:
         return int(ctx.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
     where = engine.resolve_where(cond.where, ctx.run)
@@ -313,8 +315,8 @@ def _category_of(ctx: Ctx, skus: list[str]) -> str | None:
 
 
 def product_list(ref: str, ctx: Ctx) -> tuple[Any, str]:
-    """The value of a payload reference ($viewed, $alternatives, $bought, $complements, $next_best_offer,
-    $recommendations) and a note on where it came from (the journal says when a fallback was used)."""
+    """The value of a payload reference ($viewed, $alternatives, $bought, $consumables, $complements,
+    $next_best_offer, $recommendations) and a note on where it came from (the journal says when a fallback was used)."""
     if ref == "$viewed":
         skus = _viewed_skus(ctx)
         return _products(ctx, skus, 6), f"{len(skus)} viewed product(s)"
@@ -331,6 +333,9 @@ def product_list(ref: str, ctx: Ctx) -> tuple[Any, str]:
         return _products(ctx, picked), note
     if ref == "$bought":
         return _products(ctx, order_facts(ctx).get("skus") or [], 10), "the order's products"
+    if ref == "$consumables":
+        consumables = order_facts(ctx).get("consumables") or []
+        return _products(ctx, consumables), "the order's consumables, soonest run-out first"
     if ref == "$complements":
         bought = order_facts(ctx).get("skus") or []
         cats = {c for c in ctx.session.scalars(select(Product.category).where(Product.sku.in_(bought))) if c}
@@ -368,4 +373,5 @@ def product_list(ref: str, ctx: Ctx) -> tuple[Any, str]:
     raise KeyError(ref)
 
 
-PRODUCT_REFS = ("$viewed", "$alternatives", "$bought", "$complements", "$next_best_offer", "$recommendations")
+PRODUCT_REFS = ("$viewed", "$alternatives", "$bought", "$consumables", "$complements", "$next_best_offer",
+                "$recommendations")

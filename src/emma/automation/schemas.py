@@ -77,6 +77,7 @@ class Condition(_Strict):
     value: Any = None
     where: dict[str, Any] | None = None  # events.<name> only: property filter of the counted events
     within: DurationStr | None = None  # events.<name> only: count the events of this recent span
+    since_entry: bool = False  # events.<name> only: count the events since the run started
 
     @model_validator(mode="after")
     def _one_kind(self) -> Condition:
@@ -89,12 +90,13 @@ class Condition(_Strict):
                 raise ValueError(f"field {self.field!r} must start with one of: {', '.join(FIELD_ROOTS)}")
             if self.op in ("in", "not_in") and not isinstance(self.value, list):
                 raise ValueError(f"op {self.op} needs a list as value")
-            if (self.where is not None or self.within is not None) and root != "events":
-                raise ValueError(f"where and within apply to events.<name> fields only, not {self.field!r}")
+            if (self.where is not None or self.within is not None or self.since_entry) and root != "events":
+                raise ValueError(f"where, within and since_entry apply to events.<name> fields only, "
+                                 f"not {self.field!r}")
             if root == "events" and not self.field.partition(".")[2]:
                 raise ValueError("an events field names the event: events.<Event Name> (the number of them)")
-        elif self.where is not None or self.within is not None:
-            raise ValueError("where and within belong to an events.<name> field")
+        elif self.where is not None or self.within is not None or self.since_entry:
+            raise ValueError("where, within and since_entry belong to an events.<name> field")
         return self
 
 

@@ -534,7 +534,8 @@ def _attribute(session: Session, tactic: S.Tactic, settings: Settings, now: dt.d
             .order_by(TraitChange.id.desc()).limit(1))
         if before is not None and engine.compare("eq", before, ch.value):
             continue  # the same value again: no change
+        # Keyed by the new value: a further change while the first run is live starts its own run.
         n += _enter_many(session, tactic, [ch.customer_id], now, f"trait:{ch.id}",
-                         f"{ch.trait} changed from {before!r} to {ch.value!r} ({ch.source})",
+                         f"{ch.trait} changed from {before!r} to {ch.value!r} ({ch.source})", key=str(ch.value)[:255],
                          entry={"attribute": ch.trait, "value": ch.value, "previous": before, "source": ch.source})
     return n
