@@ -98,7 +98,31 @@ def field_value(ctx: Ctx, root: str, rest: str) -> Any:
         return count_events(ctx, S.Condition(field=f"events.{rest}", op="exists"))
     if root == "order":
         return order_facts(ctx).get(rest)
+    if root == "product":
+        return _path_of(product_facts(ctx), rest)
     return None
+
+
+def _path_of(data: Any, path: str) -> Any:
+    from emma.automation.engine import _path, _plain
+
+    return _plain(_path(data, path))
+
+
+def product_facts(ctx: Ctx) -> dict[str, Any]:
+    """The run's product (the keyed or entry sku): its catalog columns, attributes, and upsell_count (how many
+    accessories and also-bought products there are to show with it)."""
+    if "product" in ctx._cache:
+        return ctx._cache["product"]
+    anchors = _anchor_skus(ctx)
+    p = ctx.session.scalar(select(Product).where(Product.sku == anchors[0])) if anchors else None
+    facts: dict[str, Any] = {}
+    if p is not None:
+        facts = {"sku": p.sku, "name": p.name, "category": p.category, "price": p.price, "stock": p.stock,
+                 "active": p.active, "attributes": dict(p.attributes or {})}
+        facts["upsell_count"] = len(_upsell(ctx, "$accessories")[0]) + len(_upsell(ctx, "$also_bought")[0])
+    ctx._cache["product"] = facts
+    return facts
 
 
 def consent_fact(ctx: Ctx, purpose: str, fact: str) -> Any:
@@ -353,6 +377,8 @@ def product_list(ref: str, ctx: Ctx) -> tuple[Any, str]:
                       if ctx.session.scalar(select(Product.category).where(Product.sku == s)) not in cats]
             note = "no accessories or co-purchase data for the order: best sellers from other categories"
         return _products(ctx, picked), note
+    if ref in ("$accessories", "$also_bought"):
+        return _upsell(ctx, ref)
     if ref == "$next_best_offer":
         p = ctx.prediction()
         sku = p.next_best_offer if p is not None else None
@@ -374,4 +400,35 @@ def product_list(ref: str, ctx: Ctx) -> tuple[Any, str]:
 
 
 PRODUCT_REFS = ("$viewed", "$alternatives", "$bought", "$consumables", "$complements", "$next_best_offer",
-                "$recommendations")
+                "$recommendations", "$accessories", "$also_bought")
+
+
+def _anchor_skus(ctx: Ctx) -> list[str]:
+    """The product(s) an in-session run is about: the keyed sku, else the entry's sku or its cart's skus."""
+    entry = (ctx.run.state or {}).get("entry", {})
+    sku = entry.get("sku") or (ctx.run.key if ctx.run.key and not entry.get("cart_id") else None)
+    if sku:
+        return [str(sku)]
+    cart = ctx.cart() or {}
+    return [str(s) for s in cart.get("skus") or []]
+
+
+def _upsell(ctx: Ctx, ref: str) -> tuple[list[str], str]:
+    """skus for an on-site upsell: catalog accessories of the anchor product(s), or what others also bought
+    (the co-purchase relations of the last scoring run, via emma.predict)."""
+    anchors = _anchor_skus(ctx)
+    if not anchors:
+        return [], "no product to relate to"
+    if ref == "$accessories":
+        acc: list[str] = []
+        for p in ctx.session.scalars(select(Product).where(Product.sku.in_(anchors))):
+            acc += [str(a) for a in ((p.attributes or {}).get("accessory_skus") or []) if str(a) not in anchors]
+        sellable = set(ctx.session.scalars(select(Product.sku).where(
+            Product.sku.in_(acc), Product.active.is_(True), Product.stock.is_(None) | (Product.stock > 0))))
+        found = [s for s in dict.fromkeys(acc) if s in sellable][:6]
+        return found, f"{len(found)} accessory(ies) of {', '.join(anchors)} from the catalog"
+    model = [s for a in anchors[:3] for s in _recommend(ctx, f"product:{a}") if s not in anchors]
+    found = list(dict.fromkeys(model))[:6]
+    if found:
+        return found, f"{len(found)} product(s) others also bought, from the co-purchase model"
+    return [], "no co-purchase data yet (no scoring run): nothing under 'also bought'"

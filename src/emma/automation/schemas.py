@@ -101,7 +101,7 @@ class Condition(_Strict):
 
 
 FIELD_ROOTS = ("customer", "prediction", "cart", "consent", "event", "run", "orders", "segment", "events", "order",
-               "store")
+               "store", "product")
 
 
 # Entry triggers

@@ -62,6 +62,8 @@ def describe_entry(t: S.Tactic) -> str:
         return (f"store {'opening' if e.change == 'opening' else 'event'} within {e.lead_days} days, customers "
                 f"within {e.radius_km:g} km" if e.radius_km else
                 f"store {'opening' if e.change == 'opening' else 'event'} within {e.lead_days} days, customers nearby")
+    if isinstance(e, S.AttributeEntry):
+        return f"attribute {e.attribute} changes" + (f" to {', '.join(map(str, e.to))}" if e.to else "")
     return f"prediction {e.field} {e.op} {e.value:g}"
 
 

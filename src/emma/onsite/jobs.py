@@ -75,8 +75,13 @@ class Runtime:
         if outcome.issue_coupon:
             cid = outcome.impression["customer_id"]
             coupon = await run_with_retry(self.app, lambda s: service.issue_coupon(
-                session=s, customer_id=cid, settings=self.settings))
-            service.attach_coupon(outcome=outcome, coupon=coupon)
+                session=s, customer_id=cid, settings=self.settings, spec=outcome.coupon_spec,
+                served=outcome.served))
+            service.attach_coupon(outcome=outcome, coupon=coupon, settings=self.settings)
+        elif outcome.served:  # a tactic's upsell content was shown: its outbox row is marked once
+            served = outcome.served
+            await run_with_retry(self.app, lambda s: service.mark_served(session=s, message_ids=served,
+                                                                         now=service.utcnow()))
         self.pending.append(outcome.impression)
         return outcome.response
 

@@ -19,7 +19,9 @@ from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from emma.automation.models import LIVE, Run
 from emma.catalog.models import Product
+from emma.channels.models import OutboxMessage
 from emma.config import Settings
 from emma.consent.models import Consent
 from emma.coupons import service as coupons
@@ -286,6 +288,79 @@ class Outcome:
     response: dict[str, Any]
     impression: dict[str, Any]
     issue_coupon: bool = False
+    # A tactic's on-site message served by this decision: its coupon spec and the outbox row to mark shown.
+    coupon_spec: dict[str, Any] | None = None
+    served: list[int] = field(default_factory=list)
+
+
+# --- content tactics queued for the visitor (outbox channel "onsite") --------------------------------
+
+DEFAULT_VALID_FOR = dt.timedelta(hours=24)
+
+
+def _valid_for(payload: dict[str, Any]) -> dt.timedelta:
+    from emma.automation.schemas import parse_duration
+
+    try:
+        return parse_duration(payload.get("valid_for") or "24h")
+    except ValueError:
+        return DEFAULT_VALID_FOR
+
+
+def tactic_content(*, session: Session | Connection, customer_id: int, placement: str, sku: str | None,
+                   now: dt.datetime) -> list[dict[str, Any]]:
+    """On-site messages a live tactic run queued for the customer and placement, newest first.
+
+    The run must still be live (a cart that was bought ends its exit-intent offer), the message inside its
+    valid_for span (24 h by default), and for the product page it must name the product shown (or none).
+    """
+    o, r = OutboxMessage.__table__, Run.__table__
+    rows = session.execute(
+        select(o.c.id, o.c.template, o.c.payload, o.c.due_at, o.c.tactic_id, o.c.run_id, o.c.status)
+        .select_from(o.join(r, r.c.id == o.c.run_id))
+        .where(o.c.customer_id == customer_id, o.c.channel == "onsite", o.c.status.in_(("queued", "sent")),
+               o.c.due_at <= now, r.c.status.in_(LIVE))
+        .order_by(o.c.due_at.desc(), o.c.id.desc())).all()
+    out = []
+    for mid, template, payload, due, tactic_id, run_id, status in rows:
+        payload = payload or {}
+        if payload.get("placement", "exit_intent") != placement:
+            continue
+        if due + _valid_for(payload) <= now:
+            continue
+        if placement == "product_page" and payload.get("sku") and sku and str(payload["sku"]) != sku:
+            continue
+        out.append({"id": mid, "template": template, "payload": payload, "tactic_id": tactic_id,
+                    "run_id": run_id, "status": status})
+    return out
+
+
+def _skus(items: Any) -> list[str]:
+    return [str(i.get("sku") if isinstance(i, dict) else i) for i in (items or []) if i]
+
+
+def _tactic_text(template: str | None, locale: str, context: dict[str, Any], settings: Settings) -> str | None:
+    """The on-site template's text (a marketer edits it like an email); None when it cannot be rendered."""
+    if not template:
+        return None
+    from emma.channels import content
+    from emma.channels.exceptions import RenderError
+
+    try:
+        out = content.render(channel="onsite", template=template, locale=locale,
+                             context={"customer": {}, "links": {}, "transactional": False, **context},
+                             settings=settings)
+    except RenderError:
+        return None
+    return out.text
+
+
+def mark_served(*, session: Session, message_ids: list[int], now: dt.datetime) -> None:
+    """A tactic's on-site message was shown: sent (once), with the time it was first shown."""
+    if message_ids:
+        session.execute(OutboxMessage.__table__.update()
+                        .where(OutboxMessage.id.in_(message_ids), OutboxMessage.status == "queued")
+                        .values(status="sent", sent_at=now))
 
 
 def _block(kind: str, why: str, skus: list[str], snap: Snapshot, locale: str, **fmt: Any) -> dict[str, Any]:
@@ -338,6 +413,8 @@ def decide(*, session: Session | Connection, request: DecideRequest, snapshot: S
     blocks: list[dict[str, Any]] = []
     coupon_offer: dict[str, Any] | None = None
     issue = False
+    served: list[int] = []
+    spec: dict[str, Any] | None = None
 
     if request.placement == "home":
         # The predictive layer's stored results (next best offer, recommendations), read in the visitor's one
@@ -368,6 +445,18 @@ def decide(*, session: Session | Connection, request: DecideRequest, snapshot: S
         anchors = [ctx.sku] if request.placement == "product_page" else cart
         anchors = [a for a in anchors if a]
         exclude = set(anchors) | set(cart)
+        if personal and visitor is not None:
+            for msg in tactic_content(session=session, customer_id=visitor.customer_id,
+                                      placement=request.placement, sku=ctx.sku, now=now)[:1]:
+                shown = _tactic_blocks(msg, snap, locale, exclude, limit, ctx.sku)
+                if shown:
+                    blocks.extend(shown)
+                    for b in shown:
+                        exclude |= {i["sku"] for i in b["items"]}
+                    reasons["tactic"] = (f"{msg['tactic_id']} (run {msg['run_id']}) queued this content: "
+                                         + "; ".join(b["kind"] for b in shown))
+                    if msg["status"] == "queued":
+                        served.append(msg["id"])
         acc = list(dict.fromkeys(a for anchor in anchors for a in snap.accessories.get(anchor, [])
                                  if a not in exclude))[:limit]
         scores: dict[str, float] = {}
@@ -377,13 +466,13 @@ def decide(*, session: Session | Connection, request: DecideRequest, snapshot: S
         co = _ranked(sorted(scores.items(), key=lambda x: -x[1]), exclude | set(acc), prefer, limit)
         single = request.placement == "product_page"
         name = snap.cards[ctx.sku].names[locale] if single and ctx.sku in snap.cards else (ctx.sku or "")
-        if co:
+        if co and not any(b["kind"] == "co_purchase" for b in blocks):
             blocks.append(_block("co_purchase", "co_purchase" if single else "co_purchase_cart", co, snap, locale,
                                  name=name))
             reasons["co_purchase"] = ("bought together with the " + ("product" if single else "cart items") +
                                       " by other customers (cosine co-purchase)" +
                                       ("; the customer's own recommendations ranked first" if prefer else ""))
-        if acc:
+        if acc and not any(b["kind"] == "accessories" for b in blocks):
             blocks.append(_block("accessories", "accessories" if single else "accessories_cart", acc, snap,
                                  locale, name=name))
             reasons["accessories"] = "accessory_skus in the catalog"
@@ -393,7 +482,19 @@ def decide(*, session: Session | Connection, request: DecideRequest, snapshot: S
                                   (f"sku {ctx.sku}" if single else "the cart" if cart else "an empty cart") +
                                   ": popular items")
     else:  # exit_intent: a coupon where it pays, otherwise nothing (not every visitor needs a discount)
-        if visitor is None:
+        queued = (tactic_content(session=session, customer_id=visitor.customer_id, placement="exit_intent",
+                                 sku=None, now=now) if personal and visitor is not None else [])
+        offer = next((m for m in queued if isinstance(m["payload"].get("coupon"), dict)
+                      and m["payload"]["coupon"].get("campaign")), None)
+        if offer is not None:
+            # A tactic decided the incentive is needed (e.g. abandoned_cart on the predicted uplift).
+            spec = {**offer["payload"]["coupon"], "template": offer["template"], "payload": offer["payload"]}
+            issue = True
+            if offer["status"] == "queued":
+                served.append(offer["id"])
+            reasons["coupon"] = (f"{offer['tactic_id']} (run {offer['run_id']}) queued an exit-intent coupon "
+                                 f"of campaign {spec['campaign']}: {offer['payload'].get('reason', '')}".rstrip(": "))
+        elif visitor is None:
             reasons["coupon"] = "unknown visitor: no coupon (no prediction to say it pays)"
         elif not personal:
             reasons["coupon"] = "no personalization consent: no coupon (choosing by predicted uplift needs it)"
@@ -422,7 +523,22 @@ def decide(*, session: Session | Connection, request: DecideRequest, snapshot: S
                   "created_at": now}
     response = {"decision_id": decision_id, "placement": request.placement, "locale": locale,
                 "personalized": personal, "blocks": blocks, "coupon": _public(coupon_offer), "reasons": reasons}
-    return Outcome(response=response, impression=impression, issue_coupon=issue)
+    return Outcome(response=response, impression=impression, issue_coupon=issue, coupon_spec=spec, served=served)
+
+
+def _tactic_blocks(msg: dict[str, Any], snap: Snapshot, locale: str, exclude: set[str], limit: int,
+                   sku: str | None) -> list[dict[str, Any]]:
+    """The blocks a tactic's upsell message names (accessories, also bought), as far as they can be shown now."""
+    out = []
+    name = snap.cards[sku].names[locale] if sku and sku in snap.cards else (sku or "")
+    single = msg["payload"].get("placement") == "product_page"
+    for kind, key in (("accessories", "accessories"), ("co_purchase", "also_bought")):
+        skus = [s for s in _skus(msg["payload"].get(key)) if s in snap.cards and s not in exclude][:limit]
+        if skus:
+            why = kind if single else ("accessories_cart" if kind == "accessories" else "co_purchase_cart")
+            out.append(_block(kind, why, skus, snap, locale, name=name))
+            exclude = exclude | set(skus)
+    return out
 
 
 def coupon_view(*, coupon: dict[str, Any], locale: str) -> dict[str, Any]:
@@ -441,19 +557,33 @@ def _public(offer: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def issue_coupon(*, session: Session, customer_id: int, settings: Settings,
-                 now: dt.datetime | None = None) -> dict[str, Any]:
-    """The customer's exit-intent coupon, issued once per campaign (a repeat returns the same code)."""
+                 now: dt.datetime | None = None, spec: dict[str, Any] | None = None,
+                 served: list[int] | None = None) -> dict[str, Any]:
+    """The customer's exit-intent coupon, issued once per campaign (a repeat returns the same code).
+
+    spec is a tactic's coupon (campaign, value, valid_days); served are its on-site messages, marked shown.
+    """
     now = now or utcnow()
-    c = coupons.issue(session=session, customer_id=customer_id, campaign=settings.onsite_coupon_campaign,
-                      value=settings.onsite_coupon_value,
-                      expires_at=now + dt.timedelta(days=settings.onsite_coupon_valid_days))
+    spec = spec or {}
+    days = int(spec.get("valid_days") or settings.onsite_coupon_valid_days)
+    c = coupons.issue(session=session, customer_id=customer_id,
+                      campaign=str(spec.get("campaign") or settings.onsite_coupon_campaign),
+                      value=spec.get("value") or settings.onsite_coupon_value,
+                      expires_at=now + dt.timedelta(days=days), message_id=(served or [None])[0])
+    mark_served(session=session, message_ids=served or [], now=now)
     session.flush()
     return {"id": c.id, "code": c.code, "value": c.value, "expires_at": c.expires_at, "redeemed_at": c.redeemed_at}
 
 
-def attach_coupon(*, outcome: Outcome, coupon: dict[str, Any]) -> None:
-    """Put a freshly issued coupon into the decision and its impression."""
+def attach_coupon(*, outcome: Outcome, coupon: dict[str, Any], settings: Settings | None = None) -> None:
+    """Put a freshly issued coupon into the decision and its impression (a tactic's template gives its text)."""
     offer = coupon_view(coupon=coupon, locale=outcome.response["locale"])
+    spec = outcome.coupon_spec
+    if spec and settings is not None:
+        text = _tactic_text(spec.get("template"), outcome.response["locale"],
+                            {**(spec.get("payload") or {}), "coupon": coupon}, settings)
+        if text:
+            offer["text"] = text
     outcome.response["coupon"] = _public(offer)
     outcome.impression["coupon_id"] = coupon["id"]
     outcome.impression["reasons"]["coupon_issued"] = f"coupon {coupon['code']} issued"

@@ -1,0 +1,84 @@
+"""On-site content queued by tactics: abandoned_cart's exit-intent coupon and in_session_upsell's blocks are served by
+/v1/decide while their run is live, to visitors with personalization consent."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+
+from emma.automation import jobs, library
+from emma.channels.models import OutboxMessage
+from emma.config import Settings
+from emma.coupons.models import Coupon
+from emma.ingest import service as ingest
+
+
+def _track(shop, user, event, at, **props):
+    with shop.session_factory() as s:
+        res = ingest.ingest(session=s, received_at=at, settings=Settings(), raw_messages=[{
+            "type": "track", "userId": user, "event": event, "properties": props, "timestamp": at.isoformat(),
+            "messageId": f"{user}-{event}-{at.timestamp()}"}])
+        assert not res.rejected
+        s.commit()
+
+
+def _tick(shop, tactic_id, at):
+    t = library.library()[tactic_id].model_copy(update={"holdout": 0.0})
+    settings = Settings(quiet_hours="", frequency_caps={})
+    jobs.tick(sessions=shop.session_factory, settings=settings, now=at, tactics={tactic_id: t})
+
+
+def _onsite(shop, user_id):
+    with shop.session_factory() as s:
+        return list(s.scalars(select(OutboxMessage).where(OutboxMessage.customer_id == shop.ids[user_id],
+                                                          OutboxMessage.channel == "onsite")))
+
+
+def test_abandoned_cart_exit_intent_coupon_is_served_while_the_cart_is_open(shop):
+    now = dt.datetime.now(dt.UTC)
+    _track(shop, "c-consent", "Product Added", now, sku="PAN-1", cart_id="k-7", price=39.9)
+    _track(shop, "c-lowuplift", "Product Added", now, sku="PAN-1", cart_id="k-8", price=39.9)
+    _tick(shop, "abandoned_cart", now)
+    [queued] = _onsite(shop, "c-consent")
+    assert queued.template == "cart_exit_coupon" and queued.payload["placement"] == "exit_intent"
+    assert _onsite(shop, "c-lowuplift") == []  # uplift 0.01: the tactic sees no need for an incentive
+
+    got = shop.decide(placement="exit_intent", userId="c-consent").json()
+    offer = got["coupon"]
+    assert offer is not None and offer["value"] == "10 %"
+    assert "abandoned_cart" in got["reasons"]["coupon"] and "queued an exit-intent coupon" in got["reasons"]["coupon"]
+    assert offer["code"] in offer["text"] and offer["text"].startswith("Your cart is still waiting")  # en-GB
+    with shop.session_factory() as s:
+        [c] = s.scalars(select(Coupon).where(Coupon.customer_id == shop.ids["c-consent"]))
+        assert c.campaign == "abandoned_cart"
+        assert s.get(OutboxMessage, queued.id).status == "sent"
+    again = shop.decide(placement="exit_intent", userId="c-consent").json()
+    assert again["coupon"]["code"] == offer["code"]  # the same customer's coupon, not a second one
+
+    # The cart is bought: the run ends, and with it the offer (the placement's own rule decides again).
+    _track(shop, "c-consent", "Order Completed", now + dt.timedelta(minutes=5), order_id="o-k7", cart_id="k-7",
+           revenue=39.9, products=[{"sku": "PAN-1", "quantity": 1, "price": 39.9}])
+    _tick(shop, "abandoned_cart", now + dt.timedelta(minutes=5))
+    after = shop.decide(placement="exit_intent", userId="c-consent").json()
+    assert "abandoned_cart" not in after["reasons"]["coupon"]
+
+
+def test_in_session_upsell_puts_the_accessories_first_on_the_product_page(shop):
+    now = dt.datetime.now(dt.UTC)
+    _track(shop, "c-consent", "Product Viewed", now, sku="PAN-1")
+    _track(shop, "c-noconsent", "Product Viewed", now, sku="PAN-1")
+    _tick(shop, "in_session_upsell", now)
+    [msg] = _onsite(shop, "c-consent")
+    assert msg.payload["accessories"] == ["LID-2", "OIL-3"]  # OLD-9 is inactive
+    assert _onsite(shop, "c-noconsent") == []  # no personalization consent: suppressed at creation
+
+    got = shop.decide(placement="product_page", userId="c-consent", context={"sku": "PAN-1"}).json()
+    first = got["blocks"][0]
+    assert first["kind"] == "accessories" and [i["sku"] for i in first["items"]] == ["LID-2", "OIL-3"]
+    assert "in_session_upsell" in got["reasons"]["tactic"]
+    assert sum(b["kind"] == "accessories" for b in got["blocks"]) == 1
+    other = shop.decide(placement="product_page", userId="c-consent", context={"sku": "TEA-5"}).json()
+    assert "tactic" not in other["reasons"]  # the content belongs to the product it was made for
+    with shop.session_factory() as s:
+        assert s.get(OutboxMessage, msg.id).status == "sent"
