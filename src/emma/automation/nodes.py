@@ -67,8 +67,8 @@ def order_facts(ctx: Ctx) -> dict[str, Any]:
     The run-out date is the order date plus the product's runout_days times the quantity, the earliest over the
     consumable lines: the same rule the recommender uses to bring consumables back when they are due.
     """
-    if "order" in ctx._cache:
-        return ctx._cache["order"]
+    if "order_facts" in ctx._cache:
+        return ctx._cache["order_facts"]
     facts: dict[str, Any] = {}
     oid = _order_id(ctx)
     order = ctx.session.scalar(select(Order).where(Order.order_id == oid)) if oid else None
@@ -88,7 +88,7 @@ def order_facts(ctx: Ctx) -> dict[str, Any]:
                  "runout_date": first[0].date().isoformat() if first else None,
                  "runout_sku": first[1] if first else None, "status": order.status,
                  "days_since": (ctx.now - order.ordered_at).days}
-    ctx._cache["order"] = facts
+    ctx._cache["order_facts"] = facts
     return facts
 
 
@@ -112,8 +112,8 @@ def _path_of(data: Any, path: str) -> Any:
 def product_facts(ctx: Ctx) -> dict[str, Any]:
     """The run's product (the keyed or entry sku): its catalog columns, attributes, and upsell_count (how many
     accessories and also-bought products there are to show with it)."""
-    if "product" in ctx._cache:
-        return ctx._cache["product"]
+    if "product_facts" in ctx._cache:
+        return ctx._cache["product_facts"]
     anchors = _anchor_skus(ctx)
     p = ctx.session.scalar(select(Product).where(Product.sku == anchors[0])) if anchors else None
     facts: dict[str, Any] = {}
@@ -121,7 +121,7 @@ def product_facts(ctx: Ctx) -> dict[str, Any]:
         facts = {"sku": p.sku, "name": p.name, "category": p.category, "price": p.price, "stock": p.stock,
                  "active": p.active, "attributes": dict(p.attributes or {})}
         facts["upsell_count"] = len(_upsell(ctx, "$accessories")[0]) + len(_upsell(ctx, "$also_bought")[0])
-    ctx._cache["product"] = facts
+    ctx._cache["product_facts"] = facts
     return facts
 
 
