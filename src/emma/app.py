@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +38,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             stop, threads = automation_jobs.start_background(sessions=app.state.sessions, settings=settings)
         from emma.onsite import jobs as onsite_jobs
 
+        # The customer view and the engine read predictions: load numpy/scipy/sklearn before the first
+        # request instead of during it (seconds on a busy machine).
+        await asyncio.to_thread(importlib.import_module, "emma.predict.service")
         async with onsite_jobs.running(app):
             yield
         if stop is not None:

@@ -38,9 +38,10 @@ def server(db_url, session_factory) -> Iterator[tuple[str, str, str]]:  # type: 
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    deadline = time.time() + 10
+    deadline = time.time() + 60
     while not srv.started and time.time() < deadline:
         time.sleep(0.02)
+    assert srv.started, "server did not start within 60 s"
     yield f"http://127.0.0.1:{port}", write, admin
     srv.should_exit = True
     thread.join(5)

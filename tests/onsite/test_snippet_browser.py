@@ -120,7 +120,7 @@ class Shop:
 
         self.http = ThreadingHTTPServer(("127.0.0.1", self.shop_port), Handler)
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
-        deadline = time.time() + 10
+        deadline = time.time() + 60
         while not self.server.started and time.time() < deadline:
             time.sleep(0.02)
 
