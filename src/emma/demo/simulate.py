@@ -35,6 +35,12 @@ VIEWS_MEAN = 2.0  # product views per session
 DOI_CONFIRM_P = 0.85  # share of email sign-ups that click the confirmation link
 ABANDONED_CHECKOUT_P = 0.3  # of abandoned carts, those that got as far as the checkout
 FIRST_VISIT_BUY_P = 0.1
+# The shop's newsletter: weekly to everyone with email permission; in each send a random half gets a 10 % coupon.
+# The randomised split is what lets the history show who buys only with a coupon (incentive uplift).
+NEWSLETTER_EVERY_DAYS = 7
+NEWSLETTER_COUPON_SHARE = 0.5
+NEWSLETTER_PERCENT = 10
+NEWSLETTER_UTC_SECONDS = 8 * 3600
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,19 @@ class Promotion:
     code: str
     percent: int
     name: str
+
+
+@dataclass
+class NewsletterSend:
+    """One newsletter: who got it, who got the coupon variant, who opened, clicked and bought through it."""
+
+    day: int
+    campaign_id: str
+    recipients: np.ndarray
+    coupon: np.ndarray  # bool per recipient: the randomised treatment
+    opened: np.ndarray
+    clicked: np.ndarray
+    bought: np.ndarray
 
 
 @dataclass
@@ -176,6 +195,9 @@ class Simulation:
         self.cart_seq = np.zeros(n, dtype=np.int64)
         self.restock_day = np.full(p, -1, dtype=np.int64)
         self.orders: list[OrderRecord] = []
+        self.newsletters: list[NewsletterSend] = []
+        self.visits: list[np.ndarray] = []  # per day, the customers with a session (what tracking sees as activity)
+        self._email_orders: dict[int, tuple[str, Promotion | None]] = {}  # today's orders through the newsletter
         self.scheduled: dict[int, list[tuple[int, str, dict[str, Any], int]]] = {}  # day -> (sec, kind, data, cust)
         self._tz = np.searchsorted(np.array(TIMEZONES), np.array([c[6] for c in CITIES]))[self.population.city]
         self._offsets = _offsets(config)
@@ -278,10 +300,14 @@ class Simulation:
         p_buy = np.where(first, np.maximum(p_buy, FIRST_VISIT_BUY_P), p_buy)
         u = rng.random((2, len(active)))
         buy = u[0] < p_buy
+        news = self._newsletter(d)
+        email_buy = np.isin(active, news.recipients[news.bought]) if news is not None else np.zeros(len(active), bool)
+        buy |= email_buy
         browse = (u[1] < 1 - np.exp(-pop.browse_rate[active] * season)) | (first & ~buy)
         s_cust = np.concatenate([active[browse], active[buy]])
         s_buy = np.concatenate([np.zeros(int(browse.sum()), bool), np.ones(int(buy.sum()), bool)])
         s = len(s_cust)
+        self.visits.append(np.unique(s_cust))
 
         # Session times: around the customer's preferred local hour, converted to UTC.
         local = (pop.preferred_hour[s_cust] * 3600 + rng.normal(0, 1.5 * 3600, size=s)).astype(np.int64)
@@ -294,6 +320,10 @@ class Simulation:
             nxt = np.r_[local[1:], 0]
             local = np.where(both & ~s_buy, nxt - 2 * 3600, local)
         utc = np.clip(local - self._offsets[self._tz[s_cust], d], 60, 86400 - 3600)
+        if news is not None and s:
+            # Buying through the newsletter: the order follows the click, within two hours of the send.
+            via_email = s_buy & np.isin(s_cust, news.recipients[news.bought])
+            utc = np.where(via_email, NEWSLETTER_UTC_SECONDS + 1200 + (s_cust * 7919) % 5400, utc)
 
         # Categories and products.
         aff = pop.affinity[s_cust] * cseason[None, :]
@@ -325,6 +355,8 @@ class Simulation:
         day_orders: list[OrderRecord] = []
         counts = {"sessions": s, "orders": 0, "carts": 0, "abandoned_carts": 0}
         b = _Builder(self, d, day0, emit)
+        if news is not None:
+            self._newsletter_events(b, news)
         for k in range(s):
             i = int(s_cust[k])
             b.who = i
@@ -406,6 +438,7 @@ class Simulation:
                 b.who = -1
                 b.store_opened(10 * 3600, st)
         self.orders.extend(day_orders)
+        self._email_orders = {}
         messages = b.finish()
         self.day += 1
         return DayOutput(day=d, catalog_at=catalog_at, catalog_rows=catalog_rows, messages=messages,
@@ -428,6 +461,9 @@ class Simulation:
         subtotal = sum(int(cat.price_cents[p]) * q for p, q in zip(items, quantities, strict=True))
         itype = int(pop.incentive_type[i])
         use_coupon = promo is not None and (delays[0] % 100) < (90, 100, 30, 20)[itype]
+        via_email = self._email_orders.pop(i, None)
+        if via_email is not None and via_email[1] is not None:  # the newsletter's coupon variant
+            promo, use_coupon = via_email[1], True
         discount = subtotal * promo.percent // 100 if use_coupon and promo else 0
         revenue = subtotal - discount
         shipping = 0 if subtotal >= 5000 else 495
@@ -439,6 +475,8 @@ class Simulation:
         if use_coupon and promo:
             props["coupon"] = promo.code
             props["discount"] = discount / 100
+        if via_email is not None:
+            props["campaign_id"] = via_email[0]
         t = b.track(t, uid, anon, "Order Completed", props)
         for p, q in zip(items, quantities, strict=True):
             cat.stock[p] = max(0, int(cat.stock[p]) - q)
@@ -490,6 +528,65 @@ class Simulation:
                                                "review_body": _review(data["rating"], int(pop.locale[i]))})
             else:
                 b.track(sec, uid, None, kind, data)
+
+    # -- the newsletter ------------------------------------------------------------------------------
+
+    def _newsletter(self, d: int) -> NewsletterSend | None:
+        """Today's newsletter, if one goes out: recipients, the random coupon half, and their reactions."""
+        from emma.demo.response import probabilities
+
+        if d % NEWSLETTER_EVERY_DAYS != NEWSLETTER_EVERY_DAYS // 2:
+            return None
+        pop = self.population
+        reg, revoke = self.registered_day, pop.revoke_after_days
+        confirmed = (np.arange(len(pop)) * 2654435761 % 1000) < DOI_CONFIRM_P * 1000
+        ok = (reg >= 0) & (reg < d) & pop.consent[:, 0] & confirmed & ((revoke < 0) | (d < reg + revoke))
+        rec = np.flatnonzero(ok)
+        if not len(rec):
+            return None
+        rng = self._rng(d, 7)  # a stream of its own: the rest of the day draws the same numbers as before
+        u = rng.random((4, len(rec)))
+        coupon = u[0] < NEWSLETTER_COUPON_SHARE
+        local_hour = (NEWSLETTER_UTC_SECONDS + self._offsets[self._tz[rec], d]) // 3600
+        dist = np.abs(local_hour - pop.preferred_hour[rec])
+        # a personal newsletter: the customer's favourite category at a typical price (as in the truth's uplift)
+        fit = 0.8 + 0.2 * (1 - pop.price_sensitivity[rec] * 0.25)
+        p_open, p_click, p_buy = probabilities(
+            channel_match=pop.preferred_channel[rec] == 0, hour_distance=np.minimum(dist, 24 - dist),
+            alive=self.alive[rec], fit=fit, incentive_type=pop.incentive_type[rec],
+            incentive_percent=np.where(coupon, NEWSLETTER_PERCENT, 0), channel="email")
+        opened = u[1] < p_open
+        clicked = opened & (u[2] < p_click)
+        bought = clicked & (u[3] < p_buy) & self.alive[rec]  # those who left the shop do not come back
+        news = NewsletterSend(day=d, campaign_id=f"newsletter-{self.config.start + dt.timedelta(days=d)}",
+                              recipients=rec, coupon=coupon, opened=opened, clicked=clicked, bought=bought)
+        self.newsletters.append(news)
+        code = Promotion(f"NEWS{NEWSLETTER_PERCENT}", NEWSLETTER_PERCENT, "Newsletter-Gutschein")
+        self._email_orders = {int(i): (news.campaign_id, code if c else None)
+                              for i, c in zip(rec[bought].tolist(), coupon[bought].tolist(), strict=True)}
+        return news
+
+    def _newsletter_events(self, b: _Builder, news: NewsletterSend) -> None:
+        """What the shop's email service reports: every delivery (with its variant), opens and clicks."""
+        pop = self.population
+        date = self.config.start + dt.timedelta(days=news.day)
+        base = {"campaign_id": news.campaign_id, "campaign_name": "Newsletter", "email_subject":
+                f"Neu bei Tante Emma / New at Tante Emma ({date:%d.%m.})"}
+        for k, i in enumerate(news.recipients.tolist()):
+            b.who = i
+            uid = pop.user_id[i]
+            sec = NEWSLETTER_UTC_SECONDS + i % 600
+            props = {**base, "email_id": f"{news.campaign_id}-{i + 1}"}
+            if news.coupon[k]:
+                props.update(variant="coupon", coupon=f"NEWS{NEWSLETTER_PERCENT}", discount_percent=NEWSLETTER_PERCENT)
+            else:
+                props["variant"] = "standard"
+            b.track(sec, uid, None, "Email Delivered", props)
+            if news.opened[k]:
+                sec += 300 + (i * 37) % 3600
+                b.track(sec, uid, None, "Email Opened", props)
+                if news.clicked[k]:
+                    b.track(sec + 60, uid, None, "Email Link Clicked", props)
 
     # -- hidden state for the response model and the truth -----------------------------------------
 

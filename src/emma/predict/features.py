@@ -202,39 +202,34 @@ def order_lines(*, session: Session, before: dt.datetime, items: Items,
 
 # Shop-side status events: they say when the shop acted, not when the customer was there.
 NOT_ENGAGEMENT = ("Order Shipped", "Order Delivered", "Order Returned", "Order Refunded", "Order Cancelled",
-                  "Order Updated", "Store Opened")
+                  "Order Updated", "Store Opened", "Email Delivered", "Email Bounced", "Push Notification Received")
 CHANNEL_EVENTS = {
     "email": ("Email Opened", "Email Link Clicked"),
     "push": ("Push Notification Tapped", "Push Notification Opened"),
     "sms": ("SMS Opened", "SMS Link Clicked"),
     "onsite": ("Promotion Viewed", "Promotion Clicked"),
 }
+# Reactions to messages: when they happen follows when the shop sent, not the customer's own rhythm of the day.
+MESSAGE_REACTIONS = tuple(n for ch, names in CHANNEL_EVENTS.items() if ch != "onsite" for n in names)
 
 
-def engagement_hours(*, session: Session, before: dt.datetime, since: dt.datetime | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(customer_id, UTC hour, month, count) of the customers' own events, aggregated in the database."""
+def engagement_slots(*, session: Session, before: dt.datetime, since: dt.datetime | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(customer_id, quarter hour since the epoch, UTC) of the customers' own events, each quarter hour with any
+    engagement once: a session's burst of events is one observation of when the customer is around."""
     from emma.ingest.models import Event
 
-    if session.get_bind().dialect.name == "sqlite":
-        hour = cast(func.strftime("%H", Event.timestamp), Integer)
-        month = cast(func.strftime("%m", Event.timestamp), Integer)
-    else:
-        hour = cast(func.extract("hour", Event.timestamp), Integer)
-        month = cast(func.extract("month", Event.timestamp), Integer)
-    stmt = (select(Event.customer_id, hour, month, func.count())
+    quarter = _day_expr(session, Event.timestamp) * 96
+    quarter = cast(quarter, Integer) if session.get_bind().dialect.name == "sqlite" else func.floor(quarter)
+    stmt = (select(Event.customer_id, quarter)
             .where(Event.customer_id.is_not(None), Event.timestamp < before,
                    Event.type.in_(("track", "page", "screen")),
-                   func.coalesce(Event.name, "").not_in(NOT_ENGAGEMENT))
-            .group_by(Event.customer_id, hour, month))
+                   func.coalesce(Event.name, "").not_in(NOT_ENGAGEMENT + MESSAGE_REACTIONS))
+            .group_by(Event.customer_id, quarter))
     if since is not None:
         stmt = stmt.where(Event.timestamp >= since)
-    rows = session.execute(stmt).all()
-    if not rows:
-        e = np.empty(0, np.int64)
-        return e, e, e, np.empty(0)
-    a = np.array(rows, dtype=np.int64)
-    return a[:, 0], a[:, 1], a[:, 2], a[:, 3].astype(np.float64)
+    a = fetch_array(session, stmt, 2)
+    return a[:, 0].astype(np.int64), a[:, 1].astype(np.int64)
 
 
 def channel_engagement(*, session: Session, before: dt.datetime) -> dict[int, dict[str, int]]:
@@ -274,3 +269,53 @@ def order_coupons(*, session: Session, before: dt.datetime) -> tuple[np.ndarray,
             .where(Order.ordered_at < before, Order.status.not_in(EXCLUDED_STATUSES)))
     a = fetch_array(session, stmt, 3)
     return a[:, 0].astype(np.int64), a[:, 1], a[:, 2] > 0
+
+
+COUPON_TEST_EVENT = "Email Delivered"
+
+
+def coupon_test_deliveries(*, session: Session, before: dt.datetime
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(customer_id, day number, campaign id, coupon variant) of every message delivery before `before`.
+
+    Whether a campaign was a randomised coupon test (some recipients with, some without) is decided later.
+    """
+    from emma.ingest.models import Event
+
+    campaign = Event.properties["campaign_id"].as_string()
+    coupon = Event.properties["coupon"].as_string()
+    rows = session.execute(select(Event.customer_id, _day_expr(session, Event.timestamp), campaign,
+                                  coupon.is_not(None))
+                           .where(Event.name == COUPON_TEST_EVENT, Event.timestamp < before,
+                                  Event.customer_id.is_not(None), campaign.is_not(None))).all()
+    if not rows:
+        e = np.empty(0)
+        return e.astype(np.int64), e, np.empty(0, dtype=object), e.astype(bool)
+    return (np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.float64),
+            np.array([r[2] for r in rows], dtype=object), np.array([bool(r[3]) for r in rows]))
+
+
+def message_reactions(*, session: Session, before: dt.datetime) -> tuple[np.ndarray, np.ndarray]:
+    """(customer_id, day number) of every open or click of a message (email, push, sms) before `before`."""
+    from emma.ingest.models import Event
+
+    stmt = (select(Event.customer_id, _day_expr(session, Event.timestamp))
+            .where(Event.name.in_(MESSAGE_REACTIONS), Event.timestamp < before, Event.customer_id.is_not(None)))
+    a = fetch_array(session, stmt, 2)
+    return a[:, 0].astype(np.int64), a[:, 1]
+
+
+def activity_days(*, session: Session, before: dt.datetime) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer_id, day number, events) of the customers' own events per day before `before`: one read from which
+    activity as of any cut-off is computed in numpy."""
+    from emma.ingest.models import Event
+
+    day = _day_expr(session, Event.timestamp)
+    day = cast(day, Integer) if session.get_bind().dialect.name == "sqlite" else func.floor(day)
+    stmt = (select(Event.customer_id, day, func.count())
+            .where(Event.customer_id.is_not(None), Event.timestamp < before,
+                   Event.type.in_(("track", "page", "screen")),
+                   func.coalesce(Event.name, "").not_in(NOT_ENGAGEMENT))
+            .group_by(Event.customer_id, day))
+    a = fetch_array(session, stmt, 3)
+    return a[:, 0].astype(np.int64), a[:, 1], a[:, 2]

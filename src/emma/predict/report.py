@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,30 @@ def held_out_recommendations(*, session: Session) -> dict[str, dict[str, float]]
     return out
 
 
+def held_out_leads(*, session: Session, days: int = 30) -> dict[str, float] | None:
+    """propensity_30d of the leads (no order before the scoring date) against a first order in the 30 days
+    after it: ROC AUC, mean predicted and observed rate."""
+    from emma.orders.models import Order
+
+    run = _latest_run(session)
+    if run is None:
+        return None
+    end = run.as_of + dt.timedelta(days=days)
+    if (session.scalar(select(func.max(Order.ordered_at))) or run.as_of).replace(tzinfo=None) < \
+            end.replace(tzinfo=None) - dt.timedelta(days=1):
+        return None  # the data do not reach far enough past the scoring date
+    rows = session.execute(select(Prediction.customer_id, Prediction.propensity_30d)
+                           .where(Prediction.lifecycle_stage == "lead", Prediction.propensity_30d.is_not(None))).all()
+    if len(rows) < 30:
+        return None
+    bought = set(session.scalars(select(Order.customer_id).where(Order.ordered_at >= run.as_of, Order.ordered_at < end)
+                                 .distinct()))
+    p = np.array([r[1] for r in rows])
+    y = np.array([r[0] in bought for r in rows])
+    return {"auc": B.auc(p, y), "leads": float(len(y)), "mean_predicted": float(p.mean()),
+            "observed_rate": float(y.mean())}
+
+
 def _truth(path: Path) -> dict[str, dict[str, str]]:
     with path.open(encoding="utf-8") as fh:
         return {r["user_id"]: r for r in csv.DictReader(fh) if r.get("user_id")}
@@ -75,12 +100,18 @@ def truth_figures(*, session: Session, path: Path) -> dict[str, Any]:
     """The predictions of the latest run against the demo's ground truth (matched by user id)."""
     truth = _truth(path)
     run = _latest_run(session)
-    rows = session.execute(select(Customer.id, Customer.external_id, Prediction.churn_probability,
-                                  Prediction.best_send_hour, Prediction.incentive_uplift)
+    full = session.execute(select(Customer.id, Customer.external_id, Prediction.churn_probability,
+                                  Prediction.best_send_hour, Prediction.incentive_uplift, Prediction.lifecycle_stage)
                            .join(Prediction, Prediction.customer_id == Customer.id)
                            .where(Customer.external_id.in_(list(truth)))).all()
-    events = dict(session.execute(select(Event.customer_id, func.count()).where(Event.timestamp < run.as_of)
-                                  .group_by(Event.customer_id)).all()) if run else {}
+    rows = [r[:5] for r in full]
+    # engaged = at least 20 of the customer's own events (not the shop's status events or message reactions)
+    own = (Event.timestamp < run.as_of) if run else None
+    events = dict(session.execute(
+        select(Event.customer_id, func.count())
+        .where(own, Event.type.in_(("track", "page", "screen")),
+               func.coalesce(Event.name, "").not_in(F.NOT_ENGAGEMENT + F.MESSAGE_REACTIONS))
+        .group_by(Event.customer_id)).all()) if run else {}
     out: dict[str, Any] = {"customers_matched": len(rows)}
     if run is not None:
         cut = next(iter(truth.values()))["cutoff_date"] if truth else None
@@ -91,6 +122,9 @@ def truth_figures(*, session: Session, path: Path) -> dict[str, Any]:
         out["churn_customers"] = len(churn)
         out["churn_mean_predicted"] = float(np.mean([c[0] for c in churn]))
         out["churn_observed_rate"] = float(np.mean([c[1] for c in churn]))
+    stages = [(st, truth[e]) for _, e, _, _, _, st in full if st is not None and st != "lead"]
+    if stages:
+        out["lifecycle"] = lifecycle_confusion([s for s, _ in stages], [t for _, t in stages])
     hours = [(h, int(truth[e]["preferred_hour"])) for cid, e, _, h, _ in rows
              if h is not None and events.get(cid, 0) >= ENGAGED_MIN_EVENTS]
     if hours:
@@ -106,6 +140,44 @@ def truth_figures(*, session: Session, path: Path) -> dict[str, Any]:
         out["uplift_random_true_mean"] = float(t.mean())
         out["uplift_customers"] = len(up)
     return out
+
+
+TRUE_STAGES = ("active", "vip", "churned")
+
+
+def true_stage(rows: list[dict[str, str]], *, vip_quantile: float = 0.95) -> list[str]:
+    """The simulator's state at the cut-off: gone (churned), or active; vip = the top 5 % of the active buyers
+    by true value (purchase rate x average order value so far)."""
+    alive = np.array([r["alive_at_cutoff"] == "True" for r in rows])
+    orders = np.array([max(int(r["orders_before_cutoff"]), 1) for r in rows])
+    value = np.array([float(r["purchase_rate_per_year"]) * float(r["revenue_before_cutoff"]) for r in rows]) / orders
+    cut = np.quantile(value[alive], vip_quantile) if alive.any() else np.inf
+    return ["churned" if not a else ("vip" if v >= cut else "active") for a, v in zip(alive, value, strict=True)]
+
+
+def lifecycle_confusion(predicted: list[str], truth_rows: list[dict[str, str]]) -> dict[str, Any]:
+    """Predicted lifecycle stages of the buyers against the simulator's true states: counts, shares and how
+    pure the clear-cut stages are (active/vip truly active, lapsed/churned truly gone)."""
+    from emma.predict.lifecycle import STAGES
+
+    true = true_stage(truth_rows)
+    cols = [s for s in STAGES if s != "lead"]
+    table = {t: {c: 0 for c in cols} for t in TRUE_STAGES}
+    for p, t in zip(predicted, true, strict=True):
+        table[t][p] = table[t].get(p, 0) + 1
+    n = len(true)
+    pred_share = {c: sum(table[t][c] for t in TRUE_STAGES) / n for c in cols}
+    true_share = {t: sum(table[t].values()) / n for t in TRUE_STAGES}
+
+    def purity(stages: tuple[str, ...], truths: tuple[str, ...]) -> float:
+        tot = sum(table[t][s] for t in TRUE_STAGES for s in stages)
+        return sum(table[t][s] for t in truths for s in stages) / tot if tot else float("nan")
+
+    return {"table": table, "predicted_share": pred_share, "true_share": true_share, "buyers": n,
+            "active_vip_truly_active": purity(("active", "vip"), ("active", "vip")),
+            "lapsed_churned_truly_gone": purity(("lapsed", "churned"), ("churned",)),
+            "at_risk_truly_gone": purity(("at_risk",), ("churned",)),
+            "vip_truly_vip": purity(("vip",), ("vip",))}
 
 
 def against_truth(*, session: Session, path: Path) -> list[tuple[str, str, str]]:
@@ -125,6 +197,24 @@ def against_truth(*, session: Session, path: Path) -> list[tuple[str, str, str]]
     if "uplift_top30_true_mean" in f:
         rows.append(("true uplift: top 30 % by model / random", f"{f['uplift_top30_true_mean']:.4f} / "
                      f"{f['uplift_random_true_mean']:.4f}", "clearly more"))
+    if "lifecycle" in f:
+        lc = f["lifecycle"]
+        rows.append(("lifecycle stages of buyers (predicted share)",
+                     ", ".join(f"{k} {v:.0%}" for k, v in lc["predicted_share"].items()),
+                     "not degenerate"))
+        rows.append(("true states at the cut-off (share)",
+                     ", ".join(f"{k} {v:.0%}" for k, v in lc["true_share"].items()), ""))
+        for t, counts in lc["table"].items():
+            rows.append((f"  truly {t}: predicted as", ", ".join(f"{k} {v:,}" for k, v in counts.items()), ""))
+        rows.append(("active+vip truly active / lapsed+churned truly gone",
+                     f"{lc['active_vip_truly_active']:.0%} / {lc['lapsed_churned_truly_gone']:.0%}", "high / high"))
+        rows.append(("at_risk truly gone / vip truly top 5 %",
+                     f"{lc['at_risk_truly_gone']:.0%} / {lc['vip_truly_vip']:.0%}", "in between / high"))
+    leads = held_out_leads(session=session)
+    if leads:
+        rows.append(("lead propensity_30d: AUC on first orders in the 30 days after",
+                     f"{leads['auc']:.3f} ({leads['leads']:,.0f} leads; predicted {leads['mean_predicted']:.3f}, "
+                     f"observed {leads['observed_rate']:.3f})", "> 0.5 (random), the higher the better"))
     rec = held_out_recommendations(session=session)
     if rec:
         for name in ("model", "popularity", "own_most_frequent"):

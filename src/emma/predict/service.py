@@ -26,7 +26,19 @@ from emma.predict.estimators.hybrid import HybridRepeat
 from emma.predict.estimators.recommend import REASONS, NextOrderRecommender
 from emma.predict.estimators.sendtime import SendHourModel
 from emma.predict.exceptions import InvalidContext
-from emma.predict.lifecycle import bgnbd_no_purchase, churn_reason, lifecycle_stage
+from emma.predict.lifecycle import (
+    ACTIVE_FROM,
+    AT_RISK_FROM,
+    LAPSED_FROM,
+    NEW_DAYS,
+    VIP_QUANTILE,
+    bgnbd_no_purchase,
+    buy_if_alive,
+    churn_reason,
+    lifecycle_stage,
+    stage_reason,
+    still_customer,
+)
 from emma.predict.models import ItemRelation, ModelVersion, Prediction, ScoreRun
 from emma.predict.schemas import CampaignForecast, Recommendation
 from emma.profiles.models import Customer
@@ -163,7 +175,7 @@ def _score(*, session: Session, as_of: dt.datetime, horizon_days: int, chunk: in
     cids, days, revs = F.order_days(session=session, before=as_of)
     first_day = float(days.min()) if len(days) else None
     rfm = F.rfm(cids, days, revs, as_of_day=as_of_day)
-    scores, stages, churn = None, None, None
+    scores, stages, churn, still, buy_active = None, None, None, None, None
     models: dict[str, Any] = {"version": MODEL_VERSION}
     if len(rfm) >= 20:
         choice = B.choose_value_model(cids, days, revs, as_of_day=as_of_day, window_days=CHURN_WINDOW_DAYS)
@@ -176,7 +188,11 @@ def _score(*, session: Session, as_of: dt.datetime, horizon_days: int, chunk: in
             X, _ = B.churn_matrix(rfm, CHURN_WINDOW_DAYS)
             X = np.column_stack([X, extra(as_of_day, rfm.customer_id)])
             churn = cc.model.predict_proba(X)  # type: ignore[attr-defined]
-        stages = lifecycle_stage(orders=rfm.orders, first_age_days=as_of_day - rfm.first_day, churn=churn,
+        bgp = scores.params["bgnbd"]
+        buy_active = buy_if_alive(r=bgp["r"], alpha=bgp["alpha"], frequency=rfm.frequency, T=rfm.T,
+                                  t=CHURN_WINDOW_DAYS / 7.0)
+        still = still_customer(churn=churn, buy_if_active=buy_active)
+        stages = lifecycle_stage(orders=rfm.orders, first_age_days=as_of_day - rfm.first_day, still=still,
                                  clv=scores.clv)
         models.update(value=choice.chosen, churn="classifier" if cc.model is not None else "bgnbd")
         _record(session, "repeat_purchases", as_of=as_of, train_from=first_day, params=scores.params["bgnbd"],
@@ -188,6 +204,13 @@ def _score(*, session: Session, as_of: dt.datetime, horizon_days: int, chunk: in
                 metrics={k: v for k, v in cc.metrics.items() if k != "auc_baseline_recency"},
                 baseline={"auc_baseline_recency": cc.metrics.get("auc_baseline_recency")},
                 chosen=models["churn"])
+        _record(session, "lifecycle", as_of=as_of, train_from=first_day,
+                params={"active_from": ACTIVE_FROM, "at_risk_from": AT_RISK_FROM, "lapsed_from": LAPSED_FROM,
+                        "vip_quantile": VIP_QUANTILE, "new_days": NEW_DAYS},
+                metrics={"mean_still_customer": float(still.mean()),
+                         **{f"share_{k}": float(v) / len(stages)
+                            for k, v in zip(*np.unique(stages.astype(str), return_counts=True), strict=True)}},
+                baseline={}, chosen="churn_implied_p_active")
     granted = _granted(session)
     allowed = granted.get("personalization", set())
     personal = np.array([int(c) in allowed for c in pop.ids], dtype=bool)
@@ -204,6 +227,7 @@ def _score(*, session: Session, as_of: dt.datetime, horizon_days: int, chunk: in
     pos, ok = _align(rfm.customer_id, pop.ids)
     index[pos[ok]] = np.flatnonzero(ok)
     ctx = _RowContext(run=run, as_of=as_of, as_of_day=as_of_day, scores=scores, churn=churn, stages=stages,
+                      still=still, buy_active=buy_active,
                       recs=recs, extras=extras, lead_p=lead_p, uplift=uplift)
     done = 0
     for start in range(0, n, chunk):
@@ -353,69 +377,76 @@ def _engagement(session: Session, as_of: dt.datetime, as_of_day: float, pop: _Po
     """Best send hour (local time) and preferred channel per customer."""
     n = len(pop.ids)
     out: dict[str, Any] = {}
-    cid, hour, month, count = F.engagement_hours(session=session, before=as_of)
-    pos, ok = _align(cid, pop.ids)
-    cid_i, hour, month, count = pos[ok], hour[ok], month[ok], count[ok]
-    offsets = _local_offsets(pop, cid_i, month, as_of.year)
-    local = (hour + offsets) % 24
-    engaged = np.bincount(cid_i, weights=count, minlength=n)
+    cid_i, local = _local_engagement(session, pop, before=as_of)
+    engaged = np.bincount(cid_i, minlength=n).astype(np.float64)
     if len(cid_i):
-        model = SendHourModel().fit(cid_i, local, n_customers=n, weights=count)
+        model = SendHourModel().fit(cid_i, local, n_customers=n)
         out["best_hour"] = model.best_hour()
         _record(session, "send_hour", as_of=as_of, train_from=first_day,
-                params={"prior_strength": model.strength_,
-                        "population_best_hour": int(np.argmax(model.population_))},
-                metrics=_send_hour_backtest(session, as_of, as_of_day, pop), baseline={})
+                params={"sigma_hours": round(model.sigma_, 3),
+                        "population_best_hour": model.population_hour()},
+                metrics=_send_hour_backtest(session, as_of, pop), baseline={})
     out["engaged"] = engaged
     out["channel_counts"] = F.channel_engagement(session=session, before=as_of)
     out["consent_channels"] = {ch: granted.get(p, set()) for p, ch in CHANNEL_CONSENT.items()}
     return out
 
 
-def _local_offsets(pop: _Population, cid_i: np.ndarray, month: np.ndarray, year: int) -> np.ndarray:
-    """UTC offset in hours of each (customer, month) row, daylight saving included (mid-month)."""
-    offsets = np.zeros(len(cid_i), dtype=np.int64)
-    tz_of = np.array([t or "" for t in pop.timezone], dtype=object)[cid_i] if len(cid_i) else np.empty(0, object)
-    cache: dict[tuple[str, int], int] = {}
-    for k, (tz, m) in enumerate(zip(tz_of.tolist(), month.tolist(), strict=True)):
-        key = (tz, int(m))
-        if key not in cache:
-            try:
-                off = dt.datetime(year, int(m), 15, 12, tzinfo=ZoneInfo(tz)).utcoffset() if tz else None
-            except Exception:  # unknown zone name: UTC
-                off = None
-            cache[key] = int(off.total_seconds() // 3600) if off else 0
-        offsets[k] = cache[key]
-    return offsets
+def _local_engagement(session: Session, pop: _Population, *, before: dt.datetime,
+                      since: dt.datetime | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(customer row, local time of day in hours) of each quarter hour with engagement, in the customer's own
+    time zone on that very day (daylight saving included)."""
+    cid, quarter = F.engagement_slots(session=session, before=before, since=since)
+    pos, ok = _align(cid, pop.ids)
+    rows, quarter = pos[ok], quarter[ok]
+    if not len(rows):
+        return rows, np.empty(0)
+    day = quarter // 96
+    zones = np.array([t or "" for t in pop.timezone], dtype=object)
+    zone_names, zone_of = np.unique(zones, return_inverse=True)
+    key = zone_of[rows] * 1_000_000 + (day - day.min())
+    uniq, inv = np.unique(key, return_inverse=True)
+    offsets = np.zeros(len(uniq))
+    for k, u in enumerate(uniq.tolist()):
+        offsets[k] = _utc_offset_hours(str(zone_names[u // 1_000_000]), int(u % 1_000_000 + day.min()))
+    return rows, ((quarter % 96 + 0.5) / 4.0 + offsets[inv]) % 24.0
 
 
-def _send_hour_backtest(session: Session, as_of: dt.datetime, as_of_day: float, pop: _Population) -> dict[str, float]:
-    """Fit on engagement before as_of - 90 days; score the hour of engagement in the 90 days after (within 1 h)."""
+def _utc_offset_hours(zone: str, epoch_day: int) -> float:
+    if not zone:
+        return 0.0
+    try:
+        off = _from_day(epoch_day + 0.5).astimezone(ZoneInfo(zone)).utcoffset()
+    except Exception:  # unknown zone name: UTC
+        return 0.0
+    return off.total_seconds() / 3600.0 if off else 0.0
+
+
+def _send_hour_backtest(session: Session, as_of: dt.datetime, pop: _Population) -> dict[str, float]:
+    """Fit on engagement before as_of - 90 days; compare with the hour the 90 days after point to on their own
+    (customers with at least 8 quarter hours of engagement in them): exact and within 1 h."""
     t1 = as_of - dt.timedelta(days=CHURN_WINDOW_DAYS)
     n = len(pop.ids)
-    a = F.engagement_hours(session=session, before=t1)
-    b = F.engagement_hours(session=session, before=as_of, since=t1)
-    if not len(a[0]) or not len(b[0]):
+    ca, la = _local_engagement(session, pop, before=t1)
+    cb, lb = _local_engagement(session, pop, before=as_of, since=t1)
+    if not len(ca) or not len(cb):
         return {}
-    pa, oka = _align(a[0], pop.ids)
-    pb, okb = _align(b[0], pop.ids)
-    la = (a[1][oka] + _local_offsets(pop, pa[oka], a[2][oka], t1.year)) % 24
-    lb = (b[1][okb] + _local_offsets(pop, pb[okb], b[2][okb], as_of.year)) % 24
-    model = SendHourModel().fit(pa[oka], la, n_customers=n, weights=a[3][oka])
-    test = np.zeros((n, 24))
-    np.add.at(test, (pb[okb], lb), b[3][okb])
-    have = test.sum(axis=1) >= 5
+    model = SendHourModel().fit(ca, la, n_customers=n)
+    later = SendHourModel(sigma_hours=model.sigma_, prior_weight=0.0).fit(cb, lb, n_customers=n)
+    have = (np.bincount(cb, minlength=n) >= 8) & (np.bincount(ca, minlength=n) > 0)
     if not have.any():
         return {}
-    actual = np.argmax(test[have], axis=1)
+    actual = later.best_hour()[have]
     pred = model.best_hour()[have]
-    popular = int(np.argmax(model.population_))
 
-    def within(p: np.ndarray | int) -> float:
+    def dist(p: np.ndarray | int) -> np.ndarray:
         d = np.abs(p - actual) % 24
-        return float(np.mean(np.minimum(d, 24 - d) <= 1))
+        return np.minimum(d, 24 - d)
 
-    return {"within_1h": within(pred), "baseline_population_hour_within_1h": within(popular),
+    popular = model.population_hour()
+    return {"exact": float(np.mean(dist(pred) == 0)), "within_1h": float(np.mean(dist(pred) <= 1)),
+            "baseline_population_hour_exact": float(np.mean(dist(popular) == 0)),
+            "baseline_population_hour_within_1h": float(np.mean(dist(popular) <= 1)),
             "customers": float(have.sum())}
 
 
@@ -445,28 +476,51 @@ def _lead_propensity(session: Session, as_of: dt.datetime, as_of_day: float, pop
     y = first[leads_then] < as_of_day
     X_then = feats(t, t_day)[leads_then]
     model = LeadPropensity().fit(X_then, y)
-    # no held-out window of its own: the in-window fit quality, against the base rate
-    p_then = model.predict_proba(X_then)
+    metrics: dict[str, float] = {"auc_in_window": B.auc(model.predict_proba(X_then), y),
+                                 "leads": float(leads_then.sum())}
+    baseline: dict[str, float] = {"base_rate": float(np.mean(y))}
+    # held out: a model fitted on the leads of 60 days ago (first orders in the 30 days after) scores the leads
+    # of 30 days ago, whose first orders in the last 30 days it has not seen
+    t0, t0_day = t - dt.timedelta(days=LEAD_WINDOW_DAYS), t_day - LEAD_WINDOW_DAYS
+    leads_old = (first >= t0_day) & (pop.created_day < t0_day)
+    y_old = first[leads_old] < t_day
+    if leads_old.sum() >= 30 and len(np.unique(y_old)) == 2 and len(np.unique(y)) == 2:
+        old = LeadPropensity().fit(feats(t0, t0_day)[leads_old], y_old)
+        metrics.update(auc_held_out=B.auc(old.predict_proba(X_then), y), held_out_leads=float(leads_then.sum()),
+                       held_out_first_orders=float(y.sum()))
+        baseline["auc_held_out_recency"] = B.auc(-X_then[:, 1], y)  # recent activity alone
     _record(session, "lead_propensity", as_of=as_of, train_from=first_day, params={"window_days": LEAD_WINDOW_DAYS},
-            metrics={"auc_in_window": B.auc(p_then, y), "leads": float(leads_then.sum())},
-            baseline={"base_rate": float(np.mean(y))})
+            metrics=metrics, baseline=baseline)
     return model.predict_proba(feats(as_of, as_of_day))
 
 
 def _uplift(session: Session, as_of: dt.datetime, as_of_day: float, pop: _Population,
             first_day: float | None) -> np.ndarray | None:
-    """Incentive uplift per customer from site-wide coupon campaigns in the history (X-learner)."""
+    """Incentive uplift per customer, learnt from the randomised coupon tests in the history."""
     from emma.predict import incentive
 
-    c, d, coupon = F.order_coupons(session=session, before=as_of)
+    c, d, campaign, variant = F.coupon_test_deliveries(session=session, before=as_of)
     pos, ok = _align(c, pop.ids)
-    activity = _activity_features(session)
-    result = incentive.fit_uplift(pos[ok], d[ok], coupon[ok], n_customers=len(pop.ids), as_of_day=as_of_day,
-                                  extra=lambda cut_day: activity(cut_day, pop.ids))
+    sends = incentive.randomized_sends(pos[ok], d[ok], campaign[ok], variant[ok])
+    if not len(sends.day):
+        _record(session, "incentive_uplift", as_of=as_of, train_from=first_day,
+                params={"reason": "no randomised coupon test in the history: no uplift predictions"},
+                metrics={}, baseline={}, chosen="none")
+        return None
+    oc, od, ocoupon = F.order_coupons(session=session, before=as_of)
+    opos, ook = _align(oc, pop.ids)
+    rc, rd = F.message_reactions(session=session, before=as_of)
+    rpos, rok = _align(rc, pop.ids)
+    ac, ad, an = F.activity_days(session=session, before=as_of)
+    apos, aok = _align(ac, pop.ids)
+    history = incentive.History(n_customers=len(pop.ids), order_customer=opos[ook], order_day=od[ook],
+                                order_coupon=ocoupon[ook], sends=sends, opens_customer=rpos[rok], opens_day=rd[rok],
+                                extra=incentive.activity_at(apos[aok], ad[aok], an[aok], n_customers=len(pop.ids)))
+    result = incentive.fit_uplift(history, as_of_day=as_of_day)
     if result is None:
         return None
-    _record(session, "incentive_uplift", as_of=as_of, train_from=first_day, params=result.params,
-            metrics=result.metrics, baseline=result.baseline, chosen="x_learner")
+    _record(session, "incentive_uplift", as_of=as_of, train_from=float(sends.day.min()), params=result.params,
+            metrics=result.metrics, baseline=result.baseline, chosen=result.chosen)
     return result.uplift
 
 
@@ -481,6 +535,8 @@ class _RowContext:
     scores: Scores | None
     churn: np.ndarray | None
     stages: np.ndarray | None
+    still: np.ndarray | None
+    buy_active: np.ndarray | None
     recs: dict[str, Any]
     extras: dict[str, Any]
     lead_p: np.ndarray | None
@@ -599,8 +655,8 @@ def _row(ctx: _RowContext, k: int, cid: int, i: int, personal: bool) -> dict[str
     row["preferred_channel"], reasons["preferred_channel"] = _channel(ex, cid)
     if ctx.uplift is not None:
         row["incentive_uplift"] = float(ctx.uplift[k])
-        reasons["incentive_uplift"] = f"incentive uplift {ctx.uplift[k]:+.3f}: purchase behaviour in coupon " \
-                                      f"campaigns against the weeks before them"
+        reasons["incentive_uplift"] = f"incentive uplift {ctx.uplift[k]:+.3f}: learnt from randomised coupon " \
+                                      f"tests (coupon vs no coupon in the same send)"
     s = ctx.scores
     if s is None or i < 0:  # never ordered before as_of: a lead
         p = float(ctx.lead_p[k]) if ctx.lead_p is not None else None
@@ -625,7 +681,10 @@ def _row(ctx: _RowContext, k: int, cid: int, i: int, personal: bool) -> dict[str
             "churn_probability": churn_reason(churn=churn, days_since_last=float(days_since), usual_gap_days=gap),
             "clv": f"clv {s.clv[i]:.2f}: {int(r.orders[i])} purchase days, average repeat spend "
                    f"{r.monetary[i]:.2f}, p_alive {s.p_alive[i]:.2f}",
-            "lifecycle_stage": f"{row['lifecycle_stage']}: churn {churn:.2f}, clv {s.clv[i]:.2f}",
+            "lifecycle_stage": stage_reason(stage=str(row["lifecycle_stage"]), still=float(ctx.still[i]), churn=churn,
+                                            buy_if_active=float(ctx.buy_active[i]), clv=float(s.clv[i]))
+            if ctx.still is not None and ctx.buy_active is not None
+            else f"{row['lifecycle_stage']}: churn {churn:.2f}, clv {s.clv[i]:.2f}",
             "propensity_30d": f"propensity {s.propensity_30d[i]:.2f}: P(order within 30 days), BG/NBD"})
         if row["next_order_date"]:
             reasons["next_order_date"] = f"next order around {row['next_order_date']}: median wait while active"
