@@ -650,8 +650,8 @@ def _row(ctx: _RowContext, k: int, cid: int, i: int, personal: bool) -> dict[str
     reasons: dict[str, str] = {}
     if "best_hour" in ex and ex["engaged"][k] > 0:
         row["best_send_hour"] = int(ex["best_hour"][k])
-        reasons["best_send_hour"] = f"best send hour {row['best_send_hour']}:00: {int(ex['engaged'][k])} " \
-                                    f"interactions, shrunk toward the population"
+        reasons["best_send_hour"] = f"best send hour {row['best_send_hour']}:00: active in " \
+                                    f"{int(ex['engaged'][k])} quarter hours (local time), shrunk toward the population"
     row["preferred_channel"], reasons["preferred_channel"] = _channel(ex, cid)
     if ctx.uplift is not None:
         row["incentive_uplift"] = float(ctx.uplift[k])
