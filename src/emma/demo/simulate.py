@@ -35,7 +35,8 @@ VIEWS_MEAN = 2.0  # product views per session
 DOI_CONFIRM_P = 0.85  # share of email sign-ups that click the confirmation link
 ABANDONED_CHECKOUT_P = 0.3  # of abandoned carts, those that got as far as the checkout
 FIRST_VISIT_BUY_P = 0.1
-# The shop's newsletter: weekly to everyone with email permission; in each send a random half gets a 10 % coupon.
+# The shop's newsletter: weekly to everyone with email permission until the cut-off; in each send a random half
+# gets a 10 % coupon.
 # The randomised split is what lets the history show who buys only with a coupon (incentive uplift).
 NEWSLETTER_EVERY_DAYS = 7
 NEWSLETTER_COUPON_SHARE = 0.5
@@ -535,8 +536,8 @@ class Simulation:
         """Today's newsletter, if one goes out: recipients, the random coupon half, and their reactions."""
         from emma.demo.response import probabilities
 
-        if d % NEWSLETTER_EVERY_DAYS != NEWSLETTER_EVERY_DAYS // 2:
-            return None
+        if d % NEWSLETTER_EVERY_DAYS != NEWSLETTER_EVERY_DAYS // 2 or d >= self.config.cutoff_day:
+            return None  # after the cut-off (the truth's future, the live days) the product sends the mail
         pop = self.population
         reg, revoke = self.registered_day, pop.revoke_after_days
         confirmed = (np.arange(len(pop)) * 2654435761 % 1000) < DOI_CONFIRM_P * 1000
