@@ -18,6 +18,8 @@ from emma.demo import live, service
 from emma.demo.response import SimCustomer
 from emma.demo.simulate import DemoConfig
 from emma.ingest.models import Event
+from emma.onsite import service as onsite
+from emma.onsite.models import Decision
 from emma.orders.models import Order
 from emma.profiles.models import Customer
 from emma.reports import service as reports
@@ -87,6 +89,13 @@ def test_live_days_deliver_through_real_channels_and_the_customers_react(db_url:
             # ... and buys: the orders arrived through ingest, coupons from the mails were redeemed.
             assert _count(s, select(func.count()).select_from(Order).where(Order.order_id.like("M-%"))) == \
                 sum(run.reactions.ordered.values()) > 0
+            # Known customers on the home page got on-site decisions (logged as impressions at the virtual time)
+            # and clicked an item through the snippet's event.
+            home = s.execute(select(func.count(), func.min(Decision.created_at), func.max(Decision.created_at))
+                             .where(Decision.placement == "home")).one()
+            assert home[0] == run.reactions.decisions > 0 and run.start <= home[1] <= home[2] <= run.end
+            [onsite_row] = onsite.report(session=s, since=run.start)
+            assert onsite_row["clicked"] == run.reactions.clicked["onsite"] == events("Product Clicked") > 0
             # Opt-in confirmations clicked in the delivered confirmation mail granted consent.
             assert run.reactions.confirmed == _count(s, select(func.count()).select_from(ConsentLog).where(
                 ConsentLog.source == "double_opt_in", ConsentLog.recorded_at >= run.start)) > 0

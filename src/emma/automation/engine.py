@@ -504,7 +504,7 @@ class Batch:
         if not self._outbox:
             return
         ids: dict[str, int] = {}
-        channels.enqueue_many(session=self.session, messages=self._outbox, ids=ids)
+        channels.enqueue_many(session=self.session, messages=self._outbox, ids=ids, now=self.now)
         for key, entry, cap in self._patch:
             if entry is not None:
                 entry["inputs"]["message_id"] = ids.get(key)
@@ -1021,7 +1021,7 @@ def _enqueue(ctx: Ctx, message: dict[str, Any]) -> int | None:
     if ctx.batch is not None:
         return None
     run_id = message.pop("run_id")
-    msg = channels.enqueue(session=ctx.session, **message)
+    msg = channels.enqueue(session=ctx.session, now=ctx.now, **message)
     msg.run_id = run_id
     message["run_id"] = run_id
     return msg.id

@@ -128,6 +128,7 @@ def _print_campaigns(session: Session, live: LiveRun) -> None:
                   f"{live.hooks_received:,} requests the webhook/SMS/push sink (127.0.0.1); the customers opened "
                   f"{sum(r.opened.values()):,}, clicked {sum(r.clicked.values()):,}, ordered "
                   f"{sum(r.ordered.values()):,} times ({r.revenue:,.2f} EUR), confirmed {r.confirmed:,} opt-ins, "
+                  f"saw {r.decisions:,} on-site decisions, "
                   f"unsubscribed {r.unsubscribed:,} times; {live.seconds:.1f} s. "
                   f"Tactics: {', '.join(live.tactics) or 'none'}")
     t = Table("tactic", "runs", "holdout", "sent", "goals", "conv. treated", "conv. holdout", "uplift", "p",
@@ -147,6 +148,15 @@ def _print_campaigns(session: Session, live: LiveRun) -> None:
         c.add_row(row["tactic_id"], row["channel"], f"{d:,}", _conv(row["opened"], d), _conv(row["clicked"], d),
                   _conv(row["converted"], d), f"{row['unsubscribed']:,}")
     out.print(c)
+    from emma.onsite import service as onsite
+
+    o = Table("placement", "decisions", "personalised", "clicked", "coupons shown", "coupons redeemed",
+              title="On-site (/v1/decide, home page views of known customers)", title_justify="left")
+    for row in onsite.report(session=session, since=live.start):
+        n = row["impressions"]
+        o.add_row(row["placement"], f"{n:,}", _conv(row["personalized"], n), _conv(row["clicked"], n),
+                  f"{row['coupons_shown']:,}", f"{row['coupons_redeemed']:,}")
+    out.print(o)
 
 
 def _conv(n: int, d: int) -> str:

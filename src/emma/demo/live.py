@@ -22,6 +22,7 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from emma.auth import service as auth
 from emma.automation import jobs as automation
 from emma.automation import library
 from emma.automation import service as tactics_service
@@ -121,6 +122,7 @@ def run_live(*, sessions: sessionmaker[Session], settings: Settings, sim: Simula
                 tactics_service.set_enabled(session=s, tactic_id=tid, enabled=True, force=True)
             live.discarded = start_at_present(session=s, now=clock.now(),
                                               reason="queued while the history was imported, before delivery began")
+            key = auth.create_key(session=s, kind="write", name="demo shop snippet")
         with session_scope(sessions) as s:
             tactics = library.enabled(session=s)
         live.tactics = sorted(tactics)
@@ -130,7 +132,7 @@ def run_live(*, sessions: sessionmaker[Session], settings: Settings, sim: Simula
         app = create_app(settings, clock=clock)
         with AppServer(app, port), httpx.Client(timeout=30) as http:
             people = Recipients(sim=sim, sessions=sessions, settings=settings, http=http, set_clock=clock.set,
-                                behaviour=behaviour)
+                                behaviour=behaviour, write_key=key)
             total = config.days - sim.day
             while sim.day < config.days:
                 _live_day(sim, sessions, settings, clock, tactics, adapters, mail, hooks, people, live)
@@ -175,6 +177,7 @@ def _live_day(sim: Simulation, sessions: sessionmaker[Session], settings: Settin
             with session_scope(sessions) as s:
                 res = ingest.ingest(session=s, raw_messages=slices[h], received_at=now, settings=settings)
             live.events += res.accepted
+            people.visit(slices[h], now)
             live.rejected += [{"day": out.day, "index": r.index, "errors": [e.model_dump() for e in r.errors]}
                               for r in res.rejected]
         # Schedules, birthdays and catalog changes are looked at every few hours (the catalog changes at

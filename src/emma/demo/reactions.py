@@ -98,6 +98,7 @@ class Counts:
     ordered: Counter[str] = field(default_factory=Counter)
     unsubscribed: int = 0
     confirmed: int = 0
+    decisions: int = 0  # on-site decisions asked for (home page views of known customers)
     revenue: float = 0.0
 
 
@@ -105,10 +106,12 @@ class Recipients:
     """The population's mail clients, phones and shop visits after a message."""
 
     def __init__(self, *, sim: Simulation, sessions: sessionmaker[Session], settings: Settings, http: httpx.Client,
-                 set_clock: Callable[[dt.datetime], Any], behaviour: Behaviour | None = None) -> None:
+                 set_clock: Callable[[dt.datetime], Any], behaviour: Behaviour | None = None,
+                 write_key: str | None = None) -> None:
         self.sim, self.sessions, self.settings, self.http = sim, sessions, settings, http
         self.set_clock = set_clock
         self.behaviour = behaviour or true_behaviour
+        self.write_key = write_key
         pop, cat = sim.population, sim.catalog
         self.by_email = {pop.email(i).lower(): i for i in range(len(pop))}
         self.by_user = {u: i for i, u in enumerate(pop.user_id)}
@@ -150,6 +153,46 @@ class Recipients:
             i = self.by_user.get(uid)
             if i is not None:
                 self.confirm_at[i] = at
+
+    def visit(self, messages: list[dict[str, Any]], now: dt.datetime) -> None:
+        """Known customers on the home page: the snippet asks /v1/decide, the customer may click an item."""
+        if not self.write_key:
+            return
+        for m in messages:
+            uid = m.get("userId")
+            if m.get("type") != "page" or m.get("name") != "Startseite" or uid is None:
+                continue
+            i = self.by_user.get(uid)
+            if i is None:
+                continue
+            r = self.http.post(f"{self._base}/v1/decide", auth=(self.write_key, ""),
+                               json={"placement": "home", "userId": uid, "context": {"url": "https://shop.example.com/"}})
+            if r.status_code != 200:
+                continue
+            self.counts.decisions += 1
+            decision = r.json()
+            shown = [(b["kind"], n, item) for b in decision["blocks"] for n, item in enumerate(b["items"])]
+            shown = [(kind, n, item) for kind, n, item in shown if item["sku"] in self.sku_index]
+            if not shown:
+                continue
+            c = customer(self.sim.population, i, alive=bool(self._alive[i]))
+            fits = [offer_fit(c, (item["sku"],), self.sim.catalog, self.sku_index) for _, _, item in shown]
+            best = int(np.argmax(fits))
+            p_seen, p_click, p_buy = self.behaviour(c, fits[best], 0, "onsite", now)
+            u = _uniforms(decision["decision_id"], uid)
+            if u[0] >= p_seen or u[1] >= p_click:
+                continue
+            kind, n, item = shown[best]
+            at = now + dt.timedelta(seconds=20 + 60 * u[2])
+            self.counts.clicked["onsite"] += 1
+            self._track(at, [{"userId": uid, "type": "track", "event": "Product Clicked", "messageId":
+                              f"{decision['decision_id']}-click", "properties": {
+                                  "sku": item["sku"], "product_id": item["sku"], "name": item["name"],
+                                  "price": item["price"], "position": n + 1, "list_id": "home", "block": kind,
+                                  "decision_id": decision["decision_id"]}}])
+            if u[3] < p_buy:
+                self._buy(i, [self.sku_index[item["sku"]]], None, 0, at + dt.timedelta(minutes=3), "onsite",
+                          f"onsite-{decision['decision_id']}")
 
     # -- receiving --------------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ class Runtime:
     def _build(self) -> service.Snapshot:
         session = self.app.state.sessions()
         try:
-            return service.build_snapshot(session=session, settings=self.settings)
+            return service.build_snapshot(session=session, settings=self.settings, now=self._now())
         finally:
             session.close()
 
@@ -59,10 +59,15 @@ class Runtime:
         except Exception:  # a failed rebuild keeps the old snapshot; the next request tries again
             log.exception("on-site catalog snapshot could not be rebuilt")
 
+    def _now(self) -> Any:
+        clock = getattr(self.app.state, "clock", None)
+        return clock.now() if clock is not None else None
+
     def _decide(self, request: DecideRequest, snap: service.Snapshot) -> service.Outcome:
         # Reads only: a plain connection costs less than an ORM session (the coupon write uses one).
         with self.app.state.engine.connect() as conn:
-            return service.decide(session=conn, request=request, snapshot=snap, settings=self.settings)
+            return service.decide(session=conn, request=request, snapshot=snap, settings=self.settings,
+                                  now=self._now())
 
     async def decide(self, request: DecideRequest) -> dict[str, Any]:
         """Decide, issue the coupon when one is due (a write, once per customer), queue the impression."""
@@ -74,14 +79,15 @@ class Runtime:
             outcome = await asyncio.to_thread(self._decide, request, snap)
         if outcome.issue_coupon:
             cid = outcome.impression["customer_id"]
+            now = self._now()
             coupon = await run_with_retry(self.app, lambda s: service.issue_coupon(
                 session=s, customer_id=cid, settings=self.settings, spec=outcome.coupon_spec,
-                served=outcome.served))
+                served=outcome.served, now=now))
             service.attach_coupon(outcome=outcome, coupon=coupon, settings=self.settings)
         elif outcome.served:  # a tactic's upsell content was shown: its outbox row is marked once
             served = outcome.served
-            await run_with_retry(self.app, lambda s: service.mark_served(session=s, message_ids=served,
-                                                                         now=service.utcnow()))
+            now = self._now() or service.utcnow()
+            await run_with_retry(self.app, lambda s: service.mark_served(session=s, message_ids=served, now=now))
         self.pending.append(outcome.impression)
         return outcome.response
 

@@ -569,7 +569,7 @@ def issue_coupon(*, session: Session, customer_id: int, settings: Settings,
     c = coupons.issue(session=session, customer_id=customer_id,
                       campaign=str(spec.get("campaign") or settings.onsite_coupon_campaign),
                       value=spec.get("value") or settings.onsite_coupon_value,
-                      expires_at=now + dt.timedelta(days=days), message_id=(served or [None])[0])
+                      expires_at=now + dt.timedelta(days=days), message_id=(served or [None])[0], now=now)
     mark_served(session=session, message_ids=served or [], now=now)
     session.flush()
     return {"id": c.id, "code": c.code, "value": c.value, "expires_at": c.expires_at, "redeemed_at": c.redeemed_at}
