@@ -117,7 +117,7 @@ class Recipients:
         self.by_user = {u: i for i, u in enumerate(pop.user_id)}
         self.sku_index = {s: i for i, s in enumerate(cat.sku)}
         self.name_index = {n: i for i, n in enumerate(cat.name)}
-        self.carts: dict[int, tuple[str, list[int]]] = {}  # customer -> the open cart (id, products)
+        self.carts: dict[int, dict[str, list[int]]] = {}  # customer -> open carts (id -> products), oldest first
         self.confirm_at: dict[int, dt.datetime] = {}  # customers who will click their opt-in link
         self.counts = Counts()
         self._queue: list[_Action] = []
@@ -141,14 +141,13 @@ class Recipients:
             name = m.get("event")
             if name in ("Product Added", "Product Removed") and props.get("cart_id"):
                 p = self.sku_index.get(props.get("sku"))
-                cart_id, items = self.carts.get(i, (props["cart_id"], []))
-                if cart_id != props["cart_id"]:
-                    cart_id, items = props["cart_id"], []
+                carts = self.carts.setdefault(i, {})
+                items = carts.pop(props["cart_id"], [])  # re-inserted: the most recent cart comes last
                 if p is not None:
                     items = [x for x in items if x != p] + ([p] if name == "Product Added" else [])
-                self.carts[i] = (cart_id, items)
-            elif name == "Order Completed" and self.carts.get(i, ("",))[0] == props.get("cart_id"):
-                del self.carts[i]
+                carts[props["cart_id"]] = items
+            elif name == "Order Completed" and props.get("cart_id"):
+                self.carts.get(i, {}).pop(props["cart_id"], None)
         for uid, _purpose, at in confirmations:
             i = self.by_user.get(uid)
             if i is not None:
@@ -281,7 +280,7 @@ class Recipients:
         clicked = opened + dt.timedelta(minutes=1 + 3 * u[4])
         buys = u[5] < p_buy
         self._plan(clicked, lambda now, href=href, i=i, buys=buys, code=code, percent=percent, key=key:
-                   self._click(i, href, now, buys=buys, code=code, percent=percent, key=key))
+                   self._click(i, href, now, buys=buys, code=code, percent=percent, key=key, offered=offered))
 
     # -- acting -----------------------------------------------------------------------------------
 
@@ -319,7 +318,7 @@ class Recipients:
             self.counts.unsubscribed += 1
 
     def _click(self, i: int, href: str, now: dt.datetime, *, buys: bool, code: str | None, percent: float,
-               key: str) -> None:
+               key: str, offered: list[int]) -> None:
         r = self._get(href)
         if r.status_code not in (301, 302, 303, 307):
             return
@@ -333,9 +332,12 @@ class Recipients:
             self._track(now, [{"userId": uid, "type": "track", "event": "Product Viewed",
                                "properties": _product(self.sim, p), "messageId": f"{key}-view"}])
         if buys:
-            cart = self.carts.get(i)
-            if cart and cart[1]:
-                self._buy(i, cart[1], cart[0], percent if code else 0, now + dt.timedelta(minutes=4), "email", key,
+            # A mail showing products of a cart the customer left brings that cart back; else the clicked product.
+            carts = [(len(set(items) & set(offered)), n, cid, items)
+                     for n, (cid, items) in enumerate(self.carts.get(i, {}).items()) if items]
+            best = max(carts, default=None)
+            if best is not None and best[0] > 0:
+                self._buy(i, best[3], best[2], percent if code else 0, now + dt.timedelta(minutes=4), "email", key,
                           code)
             elif p is not None:
                 self._buy(i, [p], None, percent if code else 0, now + dt.timedelta(minutes=4), "email", key, code)
@@ -361,7 +363,7 @@ class Recipients:
         if code and discount:
             props.update(coupon=code, discount=discount)
         msgs: list[dict[str, Any]] = []
-        if cart_id not in {c for c, _ in self.carts.values()}:
+        if cart_id not in self.carts.get(i, {}):
             msgs += [{"type": "track", "event": "Product Added", "properties": {**line, "cart_id": cart_id}}
                      for line in lines]
         msgs += [{"type": "track", "event": "Checkout Started", "properties": {"cart_id": cart_id, "currency": "EUR"}},
@@ -371,8 +373,7 @@ class Recipients:
         if self._track(now, msgs):
             self.counts.ordered[channel] += 1
             self.counts.revenue += revenue
-            if self.carts.get(i, ("",))[0] == cart_id:
-                del self.carts[i]
+            self.carts.get(i, {}).pop(cart_id, None)
 
     def _track(self, now: dt.datetime, messages: list[dict[str, Any]]) -> bool:
         self.set_clock(now)
