@@ -158,7 +158,11 @@ def _to_driver(dialect: Any, column: Any, values: list[Any]) -> list[Any]:
     if isinstance(column.type, UTCDateTime) and dialect.name == "sqlite":
         return _sqlite_datetimes(values)
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
-    return [None if v is None else process(v) for v in values] if process else values
+    if not process:
+        return values
+    if values and values[0] is not None and all(v is values[0] for v in values):  # one value repeated: once
+        return [process(values[0])] * len(values)
+    return [None if v is None else process(v) for v in values]
 
 
 _ZERO = dt.timedelta(0)
@@ -205,12 +209,14 @@ def insert_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]], *,
 
 
 def insert_columns(session: Session, table: Any, columns: dict[str, list[Any]], *,
-                   on_conflict: Sequence[str] | None = None, returning: Sequence[str] = ()) -> list[tuple[Any, ...]]:
+                   on_conflict: Sequence[str] | None = None, returning: Sequence[str] = (),
+                   encoded: Sequence[str] = ()) -> list[tuple[Any, ...]]:
     """INSERT many rows given column-wise (name -> values); with on_conflict, clashing rows are skipped.
 
     SQLite: executemany, or multi-row VALUES when rows come back. PostgreSQL: one INSERT ... SELECT FROM
     unnest(arrays), a column per parameter. Both skip the per-row parameter handling of an ORM or Core
     executemany, which costs more than the database itself for large chunks. Returns the RETURNING rows.
+    `encoded` names columns whose values are already as the driver takes them (e.g. JSON columns as text).
     """
     table = getattr(table, "__table__", table)
     n = len(next(iter(columns.values()))) if columns else 0
@@ -219,7 +225,8 @@ def insert_columns(session: Session, table: Any, columns: dict[str, list[Any]], 
     conn = session.connection()
     dialect = conn.dialect
     cols = [c for c in table.columns if c.name in columns or (c.default is not None and not c.primary_key)]
-    data = [_to_driver(dialect, c, columns[c.name] if c.name in columns else [_default(c)] * n) for c in cols]
+    data = [columns[c.name] if c.name in encoded else
+            _to_driver(dialect, c, columns[c.name] if c.name in columns else [_default(c)] * n) for c in cols]
     names = ", ".join(dialect.identifier_preparer.quote(c.name) for c in cols)
     conflict = f" ON CONFLICT ({', '.join(on_conflict)}) DO NOTHING" if on_conflict else ""
     ret = f" RETURNING {', '.join(returning)}" if returning else ""

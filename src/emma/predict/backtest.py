@@ -77,6 +77,23 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def customer_sample(cust: np.ndarray, max_customers: int, *, seed: int = 0) -> np.ndarray:
+    """Mask of the order rows of at most max_customers customers, drawn stratified by their number of orders.
+
+    The model choices and the trained classifiers learn curves that a hundred thousand customers pin down as
+    well as a million: beyond that, more customers only cost time. Customers are ranked by order count (ties
+    at random) and every k-th is taken, so each order-count stratum keeps its share.
+    """
+    ids, counts = np.unique(cust, return_counts=True)
+    if len(ids) <= max_customers:
+        return np.ones(len(cust), dtype=bool)
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(ids)), counts))
+    chosen = np.sort(ids[order[(np.arange(max_customers) * (len(ids) / max_customers)).astype(np.int64)]])
+    pos = np.minimum(np.searchsorted(chosen, cust), len(chosen) - 1)
+    return chosen[pos] == cust
+
+
 # -- churn ------------------------------------------------------------------------------------------
 
 
@@ -91,12 +108,13 @@ def fit_bgnbd(r: F.RFM, *, max_rows: int = FIT_ROWS, seed: int = 0) -> BGNBD:
     return BGNBD().fit(r.frequency[idx], r.recency[idx], r.T[idx])
 
 
-def churn_matrix(r: F.RFM, window_days: float) -> tuple[np.ndarray, np.ndarray]:
-    """BG/NBD on an RFM summary, then the churn features and BG/NBD's own P(no purchase in the window)."""
+def churn_matrix(r: F.RFM, window_days: float, *, bg: BGNBD | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """BG/NBD on an RFM summary (unless given one fitted on it), then the churn features and BG/NBD's own
+    P(no purchase in the window)."""
     from emma.predict.estimators.churn import churn_features
     from emma.predict.lifecycle import bgnbd_no_purchase
 
-    bg = fit_bgnbd(r)
+    bg = bg if bg is not None else fit_bgnbd(r)
     w = window_days / 7.0
     pa = bg.p_alive(r.frequency, r.recency, r.T)
     rate = bg.expected_purchases(w, r.frequency, r.recency, r.T) / w
@@ -148,6 +166,8 @@ def choose_churn_model(cust: np.ndarray, day: np.ndarray, rev: np.ndarray, *, as
     r1, X1, nop1, y1 = latest
     stacked = [(t1, latest)]
     for j in range(1, 2 * origins + 1):
+        if len(stacked) >= origins and sum(c <= t1 - window_days for c, _ in stacked) >= origins:
+            break  # enough cut-offs for training and for the holdout: more would only be computed, not used
         got = at(t1 - j * step_days)
         if got is None:
             break

@@ -46,15 +46,43 @@ def fetch_array(session: Session, stmt, ncols: int, *, chunk: int = 500_000) -> 
     return np.concatenate(parts) if parts else np.empty((0, ncols))
 
 
-def order_days(*, session: Session, before: dt.datetime, since: dt.datetime | None = None,
-               chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(customer_id, day number, revenue) of every non-cancelled order in [since, before)."""
-    stmt = (select(Order.customer_id, _day_expr(session, Order.ordered_at), cast(Order.revenue, Float))
-            .where(Order.ordered_at < before, Order.status.not_in(EXCLUDED_STATUSES)))
+@dataclass(frozen=True)
+class Orders:
+    """Every non-cancelled order before a cut-off as parallel arrays, sorted by the order's primary key."""
+
+    pk: np.ndarray
+    customer_id: np.ndarray
+    day: np.ndarray
+    revenue: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pk)
+
+
+def orders(*, session: Session, before: dt.datetime, since: dt.datetime | None = None,
+           chunk: int = 500_000) -> Orders:
+    """(primary key, customer_id, day number, revenue) of every non-cancelled order in [since, before)."""
+    stmt = (select(Order.id, Order.customer_id, _day_expr(session, Order.ordered_at), cast(Order.revenue, Float))
+            .where(Order.ordered_at < before, Order.status.not_in(EXCLUDED_STATUSES)).order_by(Order.id))
     if since is not None:
         stmt = stmt.where(Order.ordered_at >= since)
-    arr = fetch_array(session, stmt, 3, chunk=chunk)
-    return arr[:, 0].astype(np.int64), arr[:, 1], np.nan_to_num(arr[:, 2])
+    arr = fetch_array(session, stmt, 4, chunk=chunk)
+    return Orders(arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], np.nan_to_num(arr[:, 3]))
+
+
+def order_days(*, session: Session, before: dt.datetime, since: dt.datetime | None = None,
+               chunk: int = 500_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer_id, day number, revenue) of every non-cancelled order in [since, before)."""
+    o = orders(session=session, before=before, since=since, chunk=chunk)
+    return o.customer_id, o.day, o.revenue
+
+
+def _day_keys(customer_id: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """One int64 per (customer, purchase day): a 1-d unique is many times faster than np.unique(axis=0)."""
+    dayi = np.floor(day).astype(np.int64)
+    lo = int(dayi.min())
+    span = int(dayi.max()) - lo + 1
+    return customer_id.astype(np.int64) * span + (dayi - lo), lo, span
 
 
 @dataclass(frozen=True)
@@ -80,12 +108,11 @@ def rfm(customer_id: np.ndarray, day: np.ndarray, revenue: np.ndarray, *, as_of_
     if len(customer_id) == 0:
         e = np.empty(0)
         return RFM(np.empty(0, np.int64), e, e, e, e, e, e, e, e)
-    dayi = np.floor(day).astype(np.int64)
-    key = np.stack([customer_id, dayi], axis=1)
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
-    inv = inv.ravel()
+    key, lo, span = _day_keys(customer_id, day)
+    uniq, inv = np.unique(key, return_inverse=True)
     day_rev = np.bincount(inv, weights=revenue, minlength=len(uniq))
-    cust, dayu = uniq[:, 0], uniq[:, 1].astype(np.float64)
+    cust, dayu = np.divmod(uniq, span)
+    dayu = (dayu + lo).astype(np.float64)
     # uniq is sorted by (customer, day): group boundaries give first and last day per customer
     starts = np.flatnonzero(np.r_[True, cust[1:] != cust[:-1]])
     ends = np.r_[starts[1:], len(cust)] - 1
@@ -106,9 +133,8 @@ def future_purchase_days(customer_id: np.ndarray, day: np.ndarray, revenue: np.n
     """Purchase days and revenue per customer (aligned to `customers`) from order rows of a later window."""
     if len(customer_id) == 0:
         return np.zeros(len(customers)), np.zeros(len(customers))
-    key = np.stack([customer_id, np.floor(day).astype(np.int64)], axis=1)
-    uniq = np.unique(key, axis=0)
-    cust_days, counts = np.unique(uniq[:, 0], return_counts=True)
+    key, _, span = _day_keys(customer_id, day)
+    cust_days, counts = np.unique(np.unique(key) // span, return_counts=True)
     rev_c, rev_inv = np.unique(customer_id, return_inverse=True)
     rev = np.bincount(rev_inv.ravel(), weights=revenue)
     pos = np.searchsorted(cust_days, customers)
@@ -178,26 +204,30 @@ def items(*, session: Session) -> Items:
         accessories=[[index[s] for s in (a.get("accessory_skus") or []) if s in index] for a in attrs])
 
 
-def order_lines(*, session: Session, before: dt.datetime, items: Items,
+def order_lines(*, session: Session, before: dt.datetime, items: Items, known: Orders | None = None,
                 chunk: int = 500_000) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(customer_id, day number, item index, quantity) of every line of a non-cancelled order before `before`.
 
     Lines whose sku is not (or no longer) in the catalog are left out: nothing can be recommended from them.
+    Given the orders already read (`known`, from `orders`), the lines take customer and day from them by primary key
+    instead of joining the orders table again, which is a third of the reading time at ten million lines.
     """
     from emma.catalog.models import Product
     from emma.orders.models import OrderLine
 
-    stmt = (select(Order.customer_id, _day_expr(session, Order.ordered_at), Product.id, OrderLine.quantity)
-            .select_from(OrderLine).join(Order, Order.id == OrderLine.order_pk)
-            .join(Product, Product.sku == OrderLine.sku)
-            .where(Order.ordered_at < before, Order.status.not_in(EXCLUDED_STATUSES)))
-    arr = fetch_array(session, stmt, 4, chunk=chunk)
-    if not len(arr):
+    o_rows = known if known is not None else orders(session=session, before=before, chunk=chunk)
+    stmt = (select(OrderLine.order_pk, Product.id, OrderLine.quantity).select_from(OrderLine)
+            .join(Product, Product.sku == OrderLine.sku))
+    arr = fetch_array(session, stmt, 3, chunk=chunk)
+    if not len(arr) or not len(o_rows) or not len(items):
         return np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64), np.empty(0)
-    pos = np.searchsorted(items.product_id, arr[:, 2].astype(np.int64))
-    pos = np.minimum(pos, max(len(items) - 1, 0))
-    ok = items.product_id[pos] == arr[:, 2].astype(np.int64) if len(items) else np.zeros(len(arr), bool)
-    return arr[ok, 0].astype(np.int64), arr[ok, 1], pos[ok], np.maximum(np.nan_to_num(arr[ok, 3]), 1.0)
+    opk = arr[:, 0].astype(np.int64)
+    o = np.minimum(np.searchsorted(o_rows.pk, opk), len(o_rows) - 1)
+    pid = arr[:, 1].astype(np.int64)
+    pos = np.minimum(np.searchsorted(items.product_id, pid), len(items) - 1)
+    ok = (o_rows.pk[o] == opk) & (items.product_id[pos] == pid)  # the order is in the window, the item active
+    o, pos = o[ok], pos[ok]
+    return o_rows.customer_id[o], o_rows.day[o], pos, np.maximum(np.nan_to_num(arr[ok, 2]), 1.0)
 
 
 # Shop-side status events: they say when the shop acted, not when the customer was there.

@@ -12,13 +12,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from sqlalchemy import Integer, delete, insert, select
+from sqlalchemy import Integer, delete, select
 from sqlalchemy.orm import Session
 
 from emma.consent.models import Consent
-from emma.db import utcnow
+from emma.db import insert_columns, utcnow
 from emma.predict import backtest as B
 from emma.predict import features as F
+from emma.predict import rows
 from emma.predict.estimators.bgnbd import BGNBD
 from emma.predict.estimators.churn import LeadPropensity
 from emma.predict.estimators.gammagamma import GammaGamma
@@ -34,9 +35,7 @@ from emma.predict.lifecycle import (
     VIP_QUANTILE,
     bgnbd_no_purchase,
     buy_if_alive,
-    churn_reason,
     lifecycle_stage,
-    stage_reason,
     still_customer,
 )
 from emma.predict.models import ItemRelation, ModelVersion, Prediction, ScoreRun
@@ -51,6 +50,8 @@ MAX_PER_CATEGORY = 3
 RELATED_PER_ITEM = 10
 POPULAR_STORED = 50
 BACKTEST_SAMPLE = 20_000
+REC_FIT_CUSTOMERS = 200_000
+MODEL_SAMPLE_CUSTOMERS = 100_000
 Progress = Callable[[int, int], None]
 CHANNEL_CONSENT = {"email_marketing": "email", "push": "push", "sms_marketing": "sms"}
 
@@ -69,6 +70,7 @@ class Scores:
     next_order_days: np.ndarray  # nan where none is expected
     rfm: F.RFM
     params: dict[str, Any] = field(default_factory=dict)
+    bg: BGNBD | None = None
 
 
 def value_scores(*, rfm: F.RFM, horizon_days: int, discount_monthly: float = 0.01,
@@ -104,7 +106,8 @@ def value_scores(*, rfm: F.RFM, horizon_days: int, discount_monthly: float = 0.0
     wait_weeks = (bg.alpha_ + rfm.T) * (2.0 ** (1.0 / (bg.r_ + rfm.frequency)) - 1.0)
     next_days = np.where(p_alive >= 0.5, wait_weeks * 7.0, np.nan)
     params = {"bgnbd": bg.params_, "gammagamma": gg_params}
-    return Scores(rfm.customer_id, p_alive, exp_orders, exp_revenue, clv, churn, propensity, next_days, rfm, params)
+    return Scores(rfm.customer_id, p_alive, exp_orders, exp_revenue, clv, churn, propensity, next_days, rfm, params,
+                  bg)
 
 
 def _from_day(day: float) -> dt.datetime:
@@ -158,9 +161,10 @@ def score(*, session: Session, as_of: dt.datetime, horizon_days: int = 365, chun
     """Compute and store every prediction for every customer from data strictly before as_of."""
     from threadpoolctl import threadpool_limits
 
-    # One OpenMP thread for the boosted models: on a busy machine their spinning worker threads made the fits
-    # 15x slower (66 s instead of 4 s for 100,000 rows); scoring scales out by process, not by thread.
-    with threadpool_limits(limits=1, user_api="openmp"):
+    # One thread for the boosted models (OpenMP) and for BLAS: on a busy machine their spinning worker threads
+    # made the fits 15x slower (66 s instead of 4 s for 100,000 rows), and a BLAS dot product in the BG/NBD
+    # likelihood 40x slower (34 ms instead of 0.9 ms); scoring scales out by process, not by thread.
+    with threadpool_limits(limits=1):
         return _score(session=session, as_of=as_of, horizon_days=horizon_days, chunk=chunk, progress=progress)
 
 
@@ -172,20 +176,24 @@ def _score(*, session: Session, as_of: dt.datetime, horizon_days: int, chunk: in
     as_of_day = F.epoch_days(as_of)
     pop = _population(session, as_of)
     n = len(pop.ids)
-    cids, days, revs = F.order_days(session=session, before=as_of)
+    orders = F.orders(session=session, before=as_of)
+    cids, days, revs = orders.customer_id, orders.day, orders.revenue
     first_day = float(days.min()) if len(days) else None
     rfm = F.rfm(cids, days, revs, as_of_day=as_of_day)
     scores, stages, churn, still, buy_active = None, None, None, None, None
     models: dict[str, Any] = {"version": MODEL_VERSION}
     if len(rfm) >= 20:
-        choice = B.choose_value_model(cids, days, revs, as_of_day=as_of_day, window_days=CHURN_WINDOW_DAYS)
+        # model choice and training on a sample of the buyers; the chosen models then score every customer
+        s = B.customer_sample(cids, MODEL_SAMPLE_CUSTOMERS)
+        choice = B.choose_value_model(cids[s], days[s], revs[s], as_of_day=as_of_day, window_days=CHURN_WINDOW_DAYS)
         scores = value_scores(rfm=rfm, horizon_days=horizon_days, hybrid=choice.hybrid,
                               hybrid_window_days=CHURN_WINDOW_DAYS)
         extra = _activity_features(session)
-        cc = B.choose_churn_model(cids, days, revs, as_of_day=as_of_day, window_days=CHURN_WINDOW_DAYS, extra=extra)
+        cc = B.choose_churn_model(cids[s], days[s], revs[s], as_of_day=as_of_day, window_days=CHURN_WINDOW_DAYS,
+                                  extra=extra)
         churn = scores.churn
         if cc.model is not None:
-            X, _ = B.churn_matrix(rfm, CHURN_WINDOW_DAYS)
+            X, _ = B.churn_matrix(rfm, CHURN_WINDOW_DAYS, bg=scores.bg)
             X = np.column_stack([X, extra(as_of_day, rfm.customer_id)])
             churn = cc.model.predict_proba(X)  # type: ignore[attr-defined]
         bgp = scores.params["bgnbd"]
@@ -215,7 +223,7 @@ def _score(*, session: Session, as_of: dt.datetime, horizon_days: int, chunk: in
     allowed = granted.get("personalization", set())
     personal = np.array([int(c) in allowed for c in pop.ids], dtype=bool)
 
-    recs = _recommendations(session, run, as_of, as_of_day, pop, first_day)
+    recs = _recommendations(session, run, as_of, as_of_day, pop, first_day, personal=personal, orders=orders)
     extras = _engagement(session, as_of, as_of_day, pop, granted, first_day)
     lead_p = _lead_propensity(session, as_of, as_of_day, pop, rfm, first_day)
     uplift = _uplift(session, as_of, as_of_day, pop, first_day)
@@ -226,16 +234,13 @@ def _score(*, session: Session, as_of: dt.datetime, horizon_days: int, chunk: in
     index = np.full(n, -1, dtype=np.int64)
     pos, ok = _align(rfm.customer_id, pop.ids)
     index[pos[ok]] = np.flatnonzero(ok)
-    ctx = _RowContext(run=run, as_of=as_of, as_of_day=as_of_day, scores=scores, churn=churn, stages=stages,
-                      still=still, buy_active=buy_active,
-                      recs=recs, extras=extras, lead_p=lead_p, uplift=uplift)
+    ctx = rows.RowContext(run=run, as_of=as_of, as_of_day=as_of_day, scores=scores, churn=churn, stages=stages,
+                          still=still, buy_active=buy_active,
+                          recs=recs, extras=extras, lead_p=lead_p, uplift=uplift)
     done = 0
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        _prepare_affinities(ctx, np.arange(start, stop)[personal[start:stop]])
-        rows = [_row(ctx, k, int(pop.ids[k]), int(index[k]), bool(personal[k])) for k in range(start, stop)]
-        session.connection().execute(Prediction.__table__.insert(), rows)
-        done += len(rows)
+        done += rows.write_chunk(session, ctx, pop.ids, np.arange(start, stop), index, personal)
         run.customers_done, run.last_customer_id = done, int(pop.ids[stop - 1])
         if progress:
             progress(done, n)
@@ -266,14 +271,16 @@ def _activity_features(session: Session) -> B.Extra:
 
 
 def _recommendations(session: Session, run: ScoreRun, as_of: dt.datetime, as_of_day: float, pop: _Population,
-                     first_day: float | None) -> dict[str, Any]:
-    """Fit the next-order recommender (the backtest picks the co-purchase weight), score everyone, store relations."""
+                     first_day: float | None, *, personal: np.ndarray,
+                     orders: F.Orders | None = None) -> dict[str, Any]:
+    """Fit the next-order recommender (the backtest picks the co-purchase weight), score everyone who consented
+    to personalization, store the item relations."""
     it = F.items(session=session)
     session.execute(delete(ItemRelation))
     out: dict[str, Any] = {"items": it, "recs": None, "popular": np.empty(0, np.int64)}
     if not len(it):
         return out
-    lc, lday, litem, lqty = F.order_lines(session=session, before=as_of, items=it)
+    lc, lday, litem, lqty = F.order_lines(session=session, before=as_of, items=it, known=orders)
     pos, ok = _align(lc, pop.ids)
     cust, lday, litem, lqty = pos[ok], lday[ok], litem[ok], lqty[ok]
     n = len(pop.ids)
@@ -283,24 +290,35 @@ def _recommendations(session: Session, run: ScoreRun, as_of: dt.datetime, as_of_
     best = {"co_weight": 0.0}
     old = lday < t1
     if old.sum() >= 50:
+        rng = np.random.default_rng(0)
         buyers_then = np.unique(cust[old])
         later = np.unique(cust[(lday >= t1)])
         sample = np.intersect1d(buyers_then, later)
         if len(sample) > BACKTEST_SAMPLE:
-            sample = np.random.default_rng(0).choice(sample, BACKTEST_SAMPLE, replace=False)
-            sample.sort()
+            sample = np.sort(rng.choice(sample, BACKTEST_SAMPLE, replace=False))
         if len(sample) >= 20:
             truth = B.next_order_items(cust, lday, litem, sample, n_items=len(it), start=t1, end=as_of_day)
+            # The backtest model learns from the histories of at most REC_FIT_CUSTOMERS customers (the evaluated
+            # ones among them): popularity and co-purchase need no more, and fitting on all costs seconds a try.
+            fit_set = np.zeros(n, dtype=bool)
+            fit_set[buyers_then if len(buyers_then) <= REC_FIT_CUSTOMERS else
+                    rng.choice(buyers_then, REC_FIT_CUSTOMERS - len(sample), replace=False)] = True
+            fit_set[sample] = True
+            m_fit = old & fit_set[cust]
+            m = _fit_recommender(cust[m_fit], lday[m_fit], litem[m_fit], lqty[m_fit], n, it, t1, co_weight=0.0)
             # the stock of then is not known here: rules other than stock apply
             tried = {}
-            for w in (0.0, 0.05, 0.15):
-                m = _fit_recommender(cust[old], lday[old], litem[old], lqty[old], n, it, t1, co_weight=w)
+            for w in (0.0, 0.05, 0.15):  # the weight only enters scoring: one fit serves every try
+                m.co_weight = w
                 cols, _, _ = m.recommend(sample, 10, group=it.subcategory, max_per_group=MAX_PER_CATEGORY)
                 tried[w] = B.hit_recall(cols, truth)
             w_best = max(tried, key=lambda w: tried[w])
             best["co_weight"] = w_best
             popular = np.tile(m.popular(10), (len(sample), 1))
-            own = _own_most_frequent(cust[old], litem[old], sample, len(it))
+            in_sample = np.zeros(n, dtype=bool)
+            in_sample[sample] = True
+            m_own = old & in_sample[cust]
+            own = _own_most_frequent(cust[m_own], litem[m_own], sample, len(it))
             metrics = {"hit_rate_at_10": tried[w_best][0], "recall_at_10": tried[w_best][1],
                        "customers": float(len(sample)),
                        **{f"hit_rate_at_10_co_{w}": v[0] for w, v in tried.items()}}
@@ -316,7 +334,8 @@ def _recommendations(session: Session, run: ScoreRun, as_of: dt.datetime, as_of_
     has_history = np.zeros(n, dtype=bool)
     has_history[cust] = True
     out["has_history"] = has_history
-    hist = np.flatnonzero(has_history)
+    # only customers who consented get individual recommendations: the others see the popular items
+    hist = np.flatnonzero(has_history & personal)
     cols = np.full((n, RECOMMENDATIONS_STORED), -1, dtype=np.int64)
     vals = np.zeros((n, RECOMMENDATIONS_STORED))
     reasons = np.full((n, RECOMMENDATIONS_STORED), -1, dtype=np.int64)
@@ -354,19 +373,28 @@ def _own_most_frequent(cust: np.ndarray, item: np.ndarray, sample: np.ndarray, n
 
 def _store_relations(session: Session, run: ScoreRun, model: NextOrderRecommender, it: F.Items,
                      popular: np.ndarray) -> None:
-    rows: list[dict[str, Any]] = [
-        {"sku": "*", "related_sku": it.sku[j], "kind": "popular", "score": float(model.popularity_[j]), "rank": r,
-         "run_id": run.id} for r, j in enumerate(popular.tolist())]
-    S = model.similarity_
-    for i in np.flatnonzero(np.diff(S.indptr) > 0).tolist():
-        for r, (j, s, reason) in enumerate(model.related(i, RELATED_PER_ITEM)):
-            rows.append({"sku": it.sku[i], "related_sku": it.sku[j], "kind": REASONS[reason], "score": s, "rank": r,
-                         "run_id": run.id})
-        if len(rows) >= 50_000:
-            session.execute(insert(ItemRelation), rows)
-            rows = []
-    if rows:
-        session.execute(insert(ItemRelation), rows)
+    from emma.predict.estimators.recommend import sparse_top_k
+
+    sku = np.array(it.sku, dtype=object)
+    S = model.similarity_.tocsr()
+    top, score = sparse_top_k(S.copy(), RELATED_PER_ITEM)
+    item = np.repeat(np.arange(S.shape[0]), RELATED_PER_ITEM)
+    rank = np.tile(np.arange(RELATED_PER_ITEM), S.shape[0])
+    top, score = top.ravel(), score.ravel()
+    ok = top >= 0
+    item, rank, top, score = item[ok], rank[ok], top[ok], score[ok]
+    acc = np.asarray(model.accessory_[item, top]).ravel() > 0 if len(item) else np.zeros(0, dtype=bool)
+    kinds = np.where(acc, REASONS[4], REASONS[2])
+    n_pop = len(popular)
+    columns = {
+        "sku": ["*"] * n_pop + sku[item].tolist(),
+        "related_sku": sku[popular].tolist() + sku[top].tolist(),
+        "kind": ["popular"] * n_pop + kinds.tolist(),
+        "score": model.popularity_[popular].tolist() + score.tolist(),
+        "rank": list(range(n_pop)) + rank.tolist(),
+        "run_id": [run.id] * (n_pop + len(item)),
+    }
+    insert_columns(session, ItemRelation, columns)
 
 
 # -- affinities, send hour, channel, leads, uplift ---------------------------------------------------
@@ -524,82 +552,7 @@ def _uplift(session: Session, as_of: dt.datetime, as_of_day: float, pop: _Popula
     return result.uplift
 
 
-# -- one prediction row -----------------------------------------------------------------------------
-
-
-@dataclass
-class _RowContext:
-    run: ScoreRun
-    as_of: dt.datetime
-    as_of_day: float
-    scores: Scores | None
-    churn: np.ndarray | None
-    stages: np.ndarray | None
-    still: np.ndarray | None
-    buy_active: np.ndarray | None
-    recs: dict[str, Any]
-    extras: dict[str, Any]
-    lead_p: np.ndarray | None
-    uplift: np.ndarray | None
-
-
-def _rec_list(ctx: _RowContext, k: int) -> list[list[Any]]:
-    it: F.Items = ctx.recs["items"]
-    recs = ctx.recs.get("recs")
-    if recs is None or not ctx.recs["has_history"][k]:
-        return _generic(ctx)
-    out = []
-    for j, v, r in zip(recs[k].tolist(), ctx.recs["scores"][k].tolist(), ctx.recs["reasons"][k].tolist(), strict=True):
-        if j < 0:
-            break
-        reason = REASONS[r]
-        if reason == "affinity":
-            reason = f"affinity:{it.categories[it.category[j]]}"
-        out.append({"sku": it.sku[j], "score": round(v, 5), "reason": reason})
-    return out
-
-
-def _next_best_offer(ctx: _RowContext, recs: list[dict[str, Any]], propensity: float | None) -> tuple[str | None, str]:
-    it: F.Items = ctx.recs["items"]
-    if not recs:
-        return None, ""
-    index = {s: i for i, s in enumerate(it.sku)} if "sku_index" not in ctx.recs else ctx.recs["sku_index"]
-    ctx.recs["sku_index"] = index
-    p = propensity if propensity is not None else 1.0
-    ev = [(p * float(r["score"]) * float(it.margin[index[r["sku"]]]), r["sku"]) for r in recs]
-    best = max(ev)
-    return best[1], f"next best offer {best[1]}: expected margin {best[0]:.2f} (P(buy) x margin)"
-
-
-def _prepare_affinities(ctx: _RowContext, ks: np.ndarray) -> None:
-    """Top affinities of a chunk of customers at once (one sparse slice instead of one per customer)."""
-    model: NextOrderRecommender | None = ctx.recs.get("model")
-    ctx.recs["aff_chunk"] = {}
-    if model is None:
-        return
-    it: F.Items = ctx.recs["items"]
-    if "sustainability" not in ctx.recs:
-        ctx.recs["sustainability"] = _attribute_lift(model, it.sustainable.astype(float))
-    sus = ctx.recs["sustainability"]
-    ks = ks[ctx.recs["has_history"][ks]]
-    if not len(ks):
-        return
-    lift = model.affinity(ks) / model.category_share_
-    top = np.argsort(-lift, axis=1)[:, :3]
-    names = it.categories
-    for row, k in enumerate(ks.tolist()):
-        out = [{"name": names[c], "score": round(float(lift[row, c]), 3)} for c in top[row].tolist()
-               if lift[row, c] >= 1.2]
-        if sus[k] >= 1.2:
-            out.append({"name": "sustainability", "score": round(float(sus[k]), 3)})
-        ctx.recs["aff_chunk"][k] = sorted(out, key=lambda x: -x["score"])
-
-
-def _affinities(ctx: _RowContext, k: int) -> tuple[list[dict[str, Any]], float | None]:
-    early = ctx.recs.get("early")
-    if not ctx.recs.get("has_history", np.zeros(k + 1, bool))[k]:
-        return [], None
-    return ctx.recs["aff_chunk"].get(k, []), float(early[k]) if early is not None else None
+# -- affinities at score time ------------------------------------------------------------------------
 
 
 def _early_adopter(model: NextOrderRecommender, it: F.Items, first_day: float | None,
@@ -619,105 +572,6 @@ def _early_adopter(model: NextOrderRecommender, it: F.Items, first_day: float | 
     base = max(float(hits.sum() / n.sum()), 1e-6)
     return (hits + strength * base) / (n + strength) / base
 
-
-def _attribute_lift(model: NextOrderRecommender, flag: np.ndarray, strength: float = 3.0) -> np.ndarray:
-    """Share of a customer's purchased items having the attribute, shrunk, over the population's share."""
-    bought = model.last_day_.copy()
-    bought.data[:] = 1.0
-    n = np.asarray(bought.sum(axis=1)).ravel()
-    hits = bought @ flag
-    base = max(float(hits.sum() / max(n.sum(), 1)), 1e-6)
-    return (hits + strength * base) / (n + strength) / base
-
-
-_EMPTY_ROW = dict.fromkeys(c.name for c in Prediction.__table__.columns)
-
-
-def _row(ctx: _RowContext, k: int, cid: int, i: int, personal: bool) -> dict[str, Any]:
-    # every key in every row: the rows go to one executemany
-    row: dict[str, Any] = {**_EMPTY_ROW, "customer_id": cid, "run_id": ctx.run.id, "as_of": ctx.as_of,
-                           "personalized": personal, "top_affinities": [], "recommendations": [], "reasons": {}}
-    if not personal:
-        # no profiling: the popular items everyone sees, nothing derived from this customer's data
-        row["recommendations"] = _generic(ctx)
-        row["reasons"] = {"personalized": "no personalization consent: generic content only"}
-        return row
-    recs = _rec_list(ctx, k)
-    row["recommendations"] = recs
-    aff, early = _affinities(ctx, k)
-    row["top_affinities"], row["early_adopter"] = aff, early
-    ex = ctx.extras
-    reasons: dict[str, str] = {}
-    if "best_hour" in ex and ex["engaged"][k] > 0:
-        row["best_send_hour"] = int(ex["best_hour"][k])
-        reasons["best_send_hour"] = f"best send hour {row['best_send_hour']}:00: active in " \
-                                    f"{int(ex['engaged'][k])} quarter hours (local time), shrunk toward the population"
-    row["preferred_channel"], reasons["preferred_channel"] = _channel(ex, cid)
-    if ctx.uplift is not None:
-        row["incentive_uplift"] = float(ctx.uplift[k])
-        reasons["incentive_uplift"] = f"incentive uplift {ctx.uplift[k]:+.3f}: learnt from randomised coupon " \
-                                      f"tests (coupon vs no coupon in the same send)"
-    s = ctx.scores
-    if s is None or i < 0:  # never ordered before as_of: a lead
-        p = float(ctx.lead_p[k]) if ctx.lead_p is not None else None
-        row.update(p_alive=None, expected_orders=0.0, expected_revenue=0.0, clv=0.0, churn_probability=None,
-                   lifecycle_stage="lead", propensity_30d=p)
-        reasons["lifecycle_stage"] = "no order yet"
-        if p is not None:
-            reasons["propensity_30d"] = f"propensity {p:.2f}: lead, scored from recent activity"
-    else:
-        r = s.rfm
-        days_since = ctx.as_of_day - r.last_day[i]
-        gap = (r.last_day[i] - r.first_day[i]) / r.frequency[i] if r.frequency[i] > 0 else None
-        nd = s.next_order_days[i]
-        churn = float(ctx.churn[i]) if ctx.churn is not None else float(s.churn[i])
-        row.update(
-            p_alive=float(s.p_alive[i]), expected_orders=float(s.expected_orders[i]),
-            expected_revenue=float(s.expected_revenue[i]), clv=float(s.clv[i]), churn_probability=churn,
-            propensity_30d=float(s.propensity_30d[i]),
-            lifecycle_stage=str(ctx.stages[i]) if ctx.stages is not None else None,
-            next_order_date=None if np.isnan(nd) else (ctx.as_of + dt.timedelta(days=float(nd))).date())
-        reasons.update({
-            "churn_probability": churn_reason(churn=churn, days_since_last=float(days_since), usual_gap_days=gap),
-            "clv": f"clv {s.clv[i]:.2f}: {int(r.orders[i])} purchase days, average repeat spend "
-                   f"{r.monetary[i]:.2f}, p_alive {s.p_alive[i]:.2f}",
-            "lifecycle_stage": stage_reason(stage=str(row["lifecycle_stage"]), still=float(ctx.still[i]), churn=churn,
-                                            buy_if_active=float(ctx.buy_active[i]), clv=float(s.clv[i]))
-            if ctx.still is not None and ctx.buy_active is not None
-            else f"{row['lifecycle_stage']}: churn {churn:.2f}, clv {s.clv[i]:.2f}",
-            "propensity_30d": f"propensity {s.propensity_30d[i]:.2f}: P(order within 30 days), BG/NBD"})
-        if row["next_order_date"]:
-            reasons["next_order_date"] = f"next order around {row['next_order_date']}: median wait while active"
-    nbo, why = _next_best_offer(ctx, recs, row.get("propensity_30d"))
-    row["next_best_offer"] = nbo
-    if nbo:
-        reasons["next_best_offer"] = why
-    if recs:
-        reasons["recommendations"] = f"top pick {recs[0]['sku']}: {recs[0]['reason']}"
-    row["reasons"] = reasons
-    return row
-
-
-def _generic(ctx: _RowContext) -> list[dict[str, Any]]:
-    cached = ctx.recs.get("generic")
-    if cached is None:
-        it: F.Items = ctx.recs["items"]
-        model = ctx.recs.get("model")
-        cached = [{"sku": it.sku[j], "score": round(float(model.popularity_[j]), 4) if model else 0.0,
-                   "reason": "popular"} for j in ctx.recs["popular"][:RECOMMENDATIONS_STORED].tolist()]
-        ctx.recs["generic"] = cached
-    return cached
-
-
-def _channel(ex: dict[str, Any], cid: int) -> tuple[str, str]:
-    counts = ex["channel_counts"].get(cid, {})
-    if counts:
-        ch = max(counts, key=lambda c: counts[c])
-        return ch, f"preferred channel {ch}: {counts[ch]} of {sum(counts.values())} message interactions"
-    for ch in ("email", "push", "sms"):
-        if cid in ex["consent_channels"][ch]:
-            return ch, f"preferred channel {ch}: no message interactions yet, first channel with consent"
-    return "onsite", "preferred channel onsite: no message interactions and no channel consent"
 
 
 # -- read side: recommendations for the decision API ------------------------------------------------
