@@ -2,7 +2,8 @@
 
 This benchmarks scoring, not ingestion: the shop is bulk-inserted straight into a fresh, migrated SQLite
 file (customers, personalization consents, products, orders and lines drawn from a BG/NBD-like process
-with category preferences). Prints the data generation time, then the scoring wall time and peak RSS.
+with category preferences). Prints the data generation time, then the scoring wall time, its CPU time (the
+figure to trust on a shared machine), peak RSS and the load average before and after.
 
     .venv/bin/python bench/predict.py                          # 1,000,000 customers
     .venv/bin/python bench/predict.py --customers 100000       # a quicker look
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import resource
 import sqlite3
 import sys
@@ -89,7 +91,7 @@ def generate(path: Path, customers: int, seed: int) -> tuple[int, int]:
     alive_span = first[oc] * rng.random(len(oc))
     odays = np.where(k == 0, first[oc], alive_span)  # days before END
     pref = rng.integers(0, CATEGORIES, (customers, 2))
-    n_lines = np.minimum(rng.geometric(0.42, len(oc)), 8)
+    n_lines = np.minimum(rng.geometric(0.38, len(oc)), 8)  # 2.6 lines an order: 10M lines at 1M customers
     lc = np.repeat(np.arange(len(oc)), n_lines)
     use = np.where(rng.random(len(lc)) < 0.75, pref[oc[lc], rng.integers(0, 2, len(lc))],
                    rng.integers(0, CATEGORIES, len(lc)))
@@ -141,7 +143,9 @@ def main() -> None:
         sys.exit(subprocess.call([sys.executable, __file__, "--reuse", str(path)]))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     engine = make_engine(f"sqlite:///{path}")
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -153,13 +157,17 @@ def main() -> None:
         run = predict.score(session=session, as_of=END, horizon_days=365, progress=progress)
         models = run.models
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     engine.dispose()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"emma score: {run.customers_done:,} customers in {wall:.1f} s wall, peak RSS {peak:,.0f} MB "
-          f"(before scoring {rss_before:,.0f} MB); models {models}")
+    load_after = os.getloadavg()
+    print(f"emma score: {run.customers_done:,} customers in {wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS "
+          f"{peak:,.0f} MB (before scoring {rss_before:,.0f} MB); models {models}")
+    print(f"load average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
+          f"after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f} on {os.cpu_count()} cores")
     tmp.cleanup()
-    ok = wall < 120 and peak < 8192
-    print("target (< 120 s, < 8 GB):", "met" if ok else "NOT met")
+    print("target (< 120 s, < 8 GB):", "met" if wall < 120 and peak < 8192 else "NOT met",
+          f"by wall time; {'met' if cpu < 120 and peak < 8192 else 'NOT met'} by CPU time")
     sys.exit(0)
 
 
