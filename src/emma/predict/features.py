@@ -10,6 +10,7 @@ from sqlalchemy import Float, Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from emma.orders.models import Order
+from emma.predict.estimators.recommend import distinct
 
 EXCLUDED_STATUSES = ("cancelled",)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -134,7 +135,7 @@ def future_purchase_days(customer_id: np.ndarray, day: np.ndarray, revenue: np.n
     if len(customer_id) == 0:
         return np.zeros(len(customers)), np.zeros(len(customers))
     key, _, span = _day_keys(customer_id, day)
-    cust_days, counts = np.unique(np.unique(key) // span, return_counts=True)
+    cust_days, counts = np.unique(distinct(key) // span, return_counts=True)
     rev_c, rev_inv = np.unique(customer_id, return_inverse=True)
     rev = np.bincount(rev_inv.ravel(), weights=revenue)
     pos = np.searchsorted(cust_days, customers)

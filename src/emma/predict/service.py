@@ -291,9 +291,10 @@ def _recommendations(session: Session, run: ScoreRun, as_of: dt.datetime, as_of_
     old = lday < t1
     if old.sum() >= 50:
         rng = np.random.default_rng(0)
-        buyers_then = np.unique(cust[old])
-        later = np.unique(cust[(lday >= t1)])
-        sample = np.intersect1d(buyers_then, later)
+        # distinct customer positions by counting (np.unique hashes: seconds at ten million lines)
+        buyers_then = np.flatnonzero(np.bincount(cust[old], minlength=n))
+        later = np.bincount(cust[lday >= t1], minlength=n) > 0
+        sample = buyers_then[later[buyers_then]]
         if len(sample) > BACKTEST_SAMPLE:
             sample = np.sort(rng.choice(sample, BACKTEST_SAMPLE, replace=False))
         if len(sample) >= 20:

@@ -162,6 +162,20 @@ class BGNBD(BaseEstimator):
         """E[purchases in (T, T + t] | x, t_x, T] (FHL 2005, eq. 10); ``t`` broadcasts against the customers."""
         r, alpha, a, b = self._params()
         t, x, tx, TT = _as_float(t, frequency, recency, T)
+        if x.ndim == 1 and x.shape == TT.shape and len(x) > 10_000 and t.ndim <= 2 and t.shape[-1:] in ((), (1,)):
+            # The Gauss hypergeometric part depends on (x, T) only, which take far fewer distinct values than
+            # there are customers: evaluate it once per distinct pair (one call per customer costs seconds).
+            keys, inv = np.unique(np.column_stack([x, TT]).view(np.complex128).ravel(), return_inverse=True)
+            term = self._term(t, keys.real, keys.imag)[..., inv.ravel()]
+        else:
+            term = self._term(t, x, TT)
+        first = (a + b + x - 1.0) / (a - 1.0)
+        odds_dead = np.where(x > 0, a / (b + np.maximum(x, 1.0) - 1.0) * ((alpha + TT) / (alpha + tx)) ** (r + x), 0.0)
+        return first * (1.0 - term) / (1.0 + odds_dead)
+
+    def _term(self, t: np.ndarray, x: np.ndarray, TT: np.ndarray) -> np.ndarray:
+        """((alpha + T) / (alpha + T + t))^(r + x) 2F1(r + x, b + x; a + b + x - 1; t / (alpha + T + t))."""
+        r, alpha, a, b = self._params()
         c = a + b + x - 1.0
         z = t / (alpha + TT + t)
         ratio = (alpha + TT) / (alpha + TT + t)
@@ -173,9 +187,7 @@ class BGNBD(BaseEstimator):
             if np.any(bad):
                 alt = ratio ** (a - 1.0) * hyp2f1(a + b - 1.0 - r, a - 1.0, c, z)
                 term = np.where(bad, alt, term)
-        first = (a + b + x - 1.0) / (a - 1.0)
-        odds_dead = np.where(x > 0, a / (b + np.maximum(x, 1.0) - 1.0) * ((alpha + TT) / (alpha + tx)) ** (r + x), 0.0)
-        return first * (1.0 - term) / (1.0 + odds_dead)
+        return term
 
     def expected_purchases_new(self, t: ArrayLike) -> np.ndarray:
         """E[X(t)]: expected repeat purchases within t of the first purchase, for a new customer (FHL 2005, eq. 9)."""
