@@ -55,6 +55,7 @@ class Orders:
     customer_id: np.ndarray
     day: np.ndarray
     revenue: np.ndarray
+    coupon: np.ndarray  # the order used a coupon
 
     def __len__(self) -> int:
         return len(self.pk)
@@ -62,13 +63,15 @@ class Orders:
 
 def orders(*, session: Session, before: dt.datetime, since: dt.datetime | None = None,
            chunk: int = 500_000) -> Orders:
-    """(primary key, customer_id, day number, revenue) of every non-cancelled order in [since, before)."""
-    stmt = (select(Order.id, Order.customer_id, _day_expr(session, Order.ordered_at), cast(Order.revenue, Float))
+    """(primary key, customer_id, day number, revenue, coupon used) of every non-cancelled order in [since, before)."""
+    stmt = (select(Order.id, Order.customer_id, _day_expr(session, Order.ordered_at), cast(Order.revenue, Float),
+                   Order.coupon.is_not(None))
             .where(Order.ordered_at < before, Order.status.not_in(EXCLUDED_STATUSES)).order_by(Order.id))
     if since is not None:
         stmt = stmt.where(Order.ordered_at >= since)
-    arr = fetch_array(session, stmt, 4, chunk=chunk)
-    return Orders(arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], np.nan_to_num(arr[:, 3]))
+    arr = fetch_array(session, stmt, 5, chunk=chunk)
+    return Orders(arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], np.nan_to_num(arr[:, 3]),
+                  arr[:, 4] > 0)
 
 
 def order_days(*, session: Session, before: dt.datetime, since: dt.datetime | None = None,

@@ -230,51 +230,58 @@ def write_chunk(session: Session, ctx: RowContext, ids: np.ndarray, ks: np.ndarr
     best_ev = ev[np.arange(n), best]
 
     cids = ids[ks].tolist()
-    channel = [None] * n
-    reasons: list[Any] = [None] * n
+    channel: list[str | None] = [None] * n
     pers_rows = np.flatnonzero(pers).tolist()
     ch, ch_reason = _channels(ex, [cids[r] for r in pers_rows])
-    not_pers = json.dumps(NOT_PERSONALIZED)
-    for r in range(n):
-        reasons[r] = not_pers
-    # reasons of the consenting customers, in the order `emma customers show` lists them
+    reasons = [json.dumps(NOT_PERSONALIZED)] * n
+    # reasons of the consenting customers, in the order `emma customers show` lists them; the loop reads Python
+    # lists, not numpy scalars (indexing and formatting a numpy scalar costs several times more)
     rfm = s.rfm if s is not None else None
-    engaged = ex.get("engaged")
+    if rfm is not None:
+        freq, last, first = rfm.frequency[i].tolist(), rfm.last_day[i].tolist(), rfm.first_day[i].tolist()
+        n_days, spend = rfm.orders[i].tolist(), rfm.monetary[i].tolist()
+    churn_l, clv_l, pa_l, prop_l = churn.tolist(), clv.tolist(), p_alive.tolist(), prop.tolist()
+    stage_l, date_l, scored_l = stage.tolist(), next_date.tolist(), scored.tolist()
+    hour_l = hour_mask.tolist()
+    best_hour_l = best_hour.tolist() if best_hour is not None else None
+    engaged_l = ex["engaged"][ks].tolist() if "engaged" in ex else None
+    uplift_l = uplift.tolist() if uplift is not None else None
+    lead_l = lead_p.tolist() if lead_p is not None else None
+    still_l = ctx.still[i].tolist() if ctx.still is not None and rfm is not None else None
+    buy_l = ctx.buy_active[i].tolist() if ctx.buy_active is not None and rfm is not None else None
+    rec_l, best_l, ev_l, top_l = has_rec.tolist(), best_item.tolist(), best_ev.tolist(), top_cols[:, 0].tolist()
+    first_reason_l, sku_of, as_of_day = first_reason.tolist(), it.sku, ctx.as_of_day
     for pos, r in enumerate(pers_rows):
         channel[r] = ch[pos]
         why: dict[str, str] = {}
-        if hour_mask[r]:
-            why["best_send_hour"] = f"best send hour {int(best_hour[r])}:00: active in {int(engaged[ks[r]])} " \
+        if hour_l[r]:
+            why["best_send_hour"] = f"best send hour {int(best_hour_l[r])}:00: active in {int(engaged_l[r])} " \
                                     f"quarter hours (local time), shrunk toward the population"
         why["preferred_channel"] = ch_reason[pos]
-        if uplift is not None:
-            why["incentive_uplift"] = f"incentive uplift {uplift[r]:+.3f}: learnt from randomised coupon " \
+        if uplift_l is not None:
+            why["incentive_uplift"] = f"incentive uplift {uplift_l[r]:+.3f}: learnt from randomised coupon " \
                                       f"tests (coupon vs no coupon in the same send)"
-        if scored[r]:
-            j = int(i[r])
-            x = rfm.frequency[j]
-            gap = (rfm.last_day[j] - rfm.first_day[j]) / x if x > 0 else None
-            c = float(churn[r])
-            why["churn_probability"] = churn_reason(churn=c, days_since_last=float(ctx.as_of_day - rfm.last_day[j]),
-                                                    usual_gap_days=gap)
-            why["clv"] = f"clv {clv[r]:.2f}: {int(rfm.orders[j])} purchase days, average repeat spend " \
-                         f"{rfm.monetary[j]:.2f}, p_alive {p_alive[r]:.2f}"
+        if scored_l[r]:
+            x = freq[r]
+            c, value = churn_l[r], clv_l[r]
+            why["churn_probability"] = churn_reason(churn=c, days_since_last=as_of_day - last[r],
+                                                    usual_gap_days=(last[r] - first[r]) / x if x > 0 else None)
+            why["clv"] = f"clv {value:.2f}: {int(n_days[r])} purchase days, average repeat spend " \
+                         f"{spend[r]:.2f}, p_alive {pa_l[r]:.2f}"
             why["lifecycle_stage"] = (
-                stage_reason(stage=str(stage[r]), still=float(ctx.still[j]), churn=c,
-                             buy_if_active=float(ctx.buy_active[j]), clv=float(clv[r]))
-                if ctx.still is not None and ctx.buy_active is not None
-                else f"{stage[r]}: churn {c:.2f}, clv {clv[r]:.2f}")
-            why["propensity_30d"] = f"propensity {prop[r]:.2f}: P(order within 30 days), BG/NBD"
-            if next_date[r] is not None:
-                why["next_order_date"] = f"next order around {next_date[r]}: median wait while active"
+                stage_reason(stage=str(stage_l[r]), still=still_l[r], churn=c, buy_if_active=buy_l[r], clv=value)
+                if still_l is not None and buy_l is not None else f"{stage_l[r]}: churn {c:.2f}, clv {value:.2f}")
+            why["propensity_30d"] = f"propensity {prop_l[r]:.2f}: P(order within 30 days), BG/NBD"
+            if date_l[r] is not None:
+                why["next_order_date"] = f"next order around {date_l[r]}: median wait while active"
         else:
             why["lifecycle_stage"] = "no order yet"
-            if lead_p is not None:
-                why["propensity_30d"] = f"propensity {lead_p[r]:.2f}: lead, scored from recent activity"
-        if has_rec[r]:
-            sku = it.sku[best_item[r]]
-            why["next_best_offer"] = f"next best offer {sku}: expected margin {best_ev[r]:.2f} (P(buy) x margin)"
-            why["recommendations"] = f"top pick {it.sku[top_cols[r, 0]]}: {first_reason[r]}"
+            if lead_l is not None:
+                why["propensity_30d"] = f"propensity {lead_l[r]:.2f}: lead, scored from recent activity"
+        if rec_l[r]:
+            why["next_best_offer"] = f"next best offer {sku_of[best_l[r]]}: expected margin {ev_l[r]:.2f} " \
+                                     f"(P(buy) x margin)"
+            why["recommendations"] = f"top pick {sku_of[top_l[r]]}: {first_reason_l[r]}"
         reasons[r] = json.dumps(why)
 
     run_id = ctx.run.id

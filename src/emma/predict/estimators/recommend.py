@@ -105,7 +105,7 @@ REASONS = ("popular", "affinity", "also_bought", "replenish", "accessory")
 
 
 def sparse_top_k(M: sp.csr_matrix, k: int, *, group: np.ndarray | None = None,
-                 max_per_group: int | None = None, shortlist: int = 40) -> tuple[np.ndarray, np.ndarray]:
+                 max_per_group: int | None = None, shortlist: int = 25) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k largest entries (column, value), at most max_per_group columns from one group; -1 pads.
 
     Ties go to the lower group, then the lower column. Sorting every entry of every row costs most of the
