@@ -12,11 +12,13 @@ from sqlalchemy import select
 from emma.automation import engine, jobs, library
 from emma.automation.clock import VirtualClock
 from emma.automation.models import Run, RunStep
+from emma.catalog import service as catalog
 from emma.channels.models import OutboxMessage
 from emma.config import Settings
 from emma.consent import service as consent
 from emma.db import session_scope
 from emma.ingest import service as ingest
+from emma.predict.models import Prediction, ScoreRun
 from emma.profiles.models import Customer, Identity
 
 START = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)  # a Monday, 10:00 in Berlin
@@ -112,3 +114,24 @@ def simple(tid: str, entry: dict[str, Any], nodes: list[dict[str, Any]], **extra
             "scenario": {"expect": {}}}
     data.update(extra)
     return data
+
+
+def products(world: Any, **rows: Any) -> None:
+    """Upsert products by sku at the world's clock (name = sku)."""
+    with session_scope(world.sessions) as s:
+        catalog.upsert_products(session=s, at=world.clock.now(),
+                                products=[{"sku": sku, "name": sku, **vals} for sku, vals in rows.items()])
+
+
+def predictions(world: Any, values: dict[int, dict[str, Any]]) -> None:
+    """Store prediction fields per customer id under a fresh score run."""
+    with session_scope(world.sessions) as s:
+        run = ScoreRun(as_of=world.clock.now(), horizon_days=365, status="done")
+        s.add(run)
+        s.flush()
+        for cid, fields in values.items():
+            p = s.get(Prediction, cid) or Prediction(customer_id=cid, run_id=run.id, as_of=world.clock.now())
+            p.run_id = run.id
+            for k, v in fields.items():
+                setattr(p, k, v)
+            s.add(p)

@@ -6,49 +6,29 @@ from __future__ import annotations
 import datetime as dt
 
 from emma.automation import library, scenario
-from emma.catalog import service as catalog
 from emma.config import Settings
 from emma.db import session_scope
-from emma.predict.models import Prediction, ScoreRun
-from tests.automation.conftest import simple
+from tests.automation.conftest import predictions, products, simple
 
 H = dt.timedelta(hours=1)
 D = dt.timedelta(days=1)
 MAIL = [{"id": "m", "kind": "message", "content": "mail"}]
 
 
-def _products(world, **rows):
-    with session_scope(world.sessions) as s:
-        catalog.upsert_products(session=s, at=world.clock.now(),
-                                products=[{"sku": sku, "name": sku, **vals} for sku, vals in rows.items()])
-
-
-def _predict(world, values):
-    with session_scope(world.sessions) as s:
-        run = ScoreRun(as_of=world.clock.now(), horizon_days=365, status="done")
-        s.add(run)
-        s.flush()
-        for cid, fields in values.items():
-            p = s.get(Prediction, cid) or Prediction(customer_id=cid, run_id=run.id, as_of=world.clock.now())
-            p.run_id = run.id
-            for k, v in fields.items():
-                setattr(p, k, v)
-            s.add(p)
-
 
 def test_back_in_stock_counts_only_views_while_sold_out(world):
     world.tactic("back_in_stock", holdout=0.0)
-    _products(world, S1={"price": 10, "stock": 2})
+    products(world, S1={"price": 10, "stock": 2})
     early, late = world.customer("early"), world.customer("late")
     world.track("early", "Product Viewed", sku="S1")  # could have bought it
     world.tick()
     world.clock.advance(H)
-    _products(world, S1={"stock": 0})
+    products(world, S1={"stock": 0})
     world.clock.advance(H)
     world.track("late", "Product Viewed", sku="S1")  # wanted it and could not have it
     world.tick()
     world.clock.advance(H)
-    _products(world, S1={"stock": 5})
+    products(world, S1={"stock": 5})
     world.tick()
     assert [r.customer_id for r in world.runs()] == [late]
     assert early not in {m.customer_id for m in world.messages()}
@@ -58,7 +38,7 @@ def test_push_where_the_customer_allows_it(world):
     from emma.consent import service as consent
 
     world.tactic("back_in_stock", holdout=0.0)
-    _products(world, S1={"price": 10, "stock": 0})
+    products(world, S1={"price": 10, "stock": 0})
     cid = world.customer("c-1")
     with session_scope(world.sessions) as s:
         consent.record(session=s, customer_id=cid, purpose="push", status="granted", source="test",
@@ -66,7 +46,7 @@ def test_push_where_the_customer_allows_it(world):
     world.track("c-1", "Product Viewed", sku="S1")
     world.tick()
     world.clock.advance(H)
-    _products(world, S1={"stock": 1})
+    products(world, S1={"stock": 1})
     world.tick()
     assert [(m.channel, m.template) for m in world.messages(cid)] == [("push", "back_in_stock")]
 
@@ -74,13 +54,13 @@ def test_push_where_the_customer_allows_it(world):
 def test_the_higher_priority_tactic_wins_a_shared_catalog_change(world):
     world.tactic("back_in_stock", holdout=0.0)
     world.tactic("wishlist_back_in_stock", holdout=0.0)
-    _products(world, S1={"price": 10, "stock": 0})
+    products(world, S1={"price": 10, "stock": 0})
     cid = world.customer("c-1")
     world.track("c-1", "Product Viewed", sku="S1")
     world.track("c-1", "Product Added to Wishlist", sku="S1")
     world.tick()
     world.clock.advance(H)
-    _products(world, S1={"stock": 3})
+    products(world, S1={"stock": 3})
     world.tick()
     sent = [(m.tactic_id, m.status) for m in world.messages(cid)]
     assert sent == [("wishlist_back_in_stock", "queued")]  # the email cap (1 a day) held back back_in_stock
@@ -89,15 +69,15 @@ def test_the_higher_priority_tactic_wins_a_shared_catalog_change(world):
 
 def test_new_product_reaches_category_and_attribute_affinities(world):
     world.tactic(simple("novelty", {"kind": "catalog", "change": "new_product", "audience": "affinity"}, MAIL))
-    _products(world, OLD={"price": 1, "category": "Garten"})
+    products(world, OLD={"price": 1, "category": "Garten"})
     garden, green, furniture, nobody = (world.customer(x) for x in ("garden", "green", "furniture", "nobody"))
-    _predict(world, {garden: {"top_affinities": [{"name": "Garten", "score": 2.0}]},
+    predictions(world, {garden: {"top_affinities": [{"name": "Garten", "score": 2.0}]},
                      green: {"top_affinities": [{"name": "sustainability", "score": 1.6}]},
                      furniture: {"top_affinities": [{"name": "Gartenmöbel", "score": 3.0}]},
                      nobody: {"top_affinities": []}})
     world.tick()
     world.clock.advance(H)
-    _products(world, G1={"price": 20, "category": "Garten > Grillen"},
+    products(world, G1={"price": 20, "category": "Garten > Grillen"},
               ECO={"price": 9, "category": "Küche", "attributes": {"sustainable": True}})
     world.tick()
     got = sorted((r.key, r.customer_id) for r in world.runs())
@@ -106,13 +86,13 @@ def test_new_product_reaches_category_and_attribute_affinities(world):
 
 def test_new_product_without_predictions_reaches_buyers_of_the_category(world):
     world.tactic("new_product", holdout=0.0)
-    _products(world, G0={"price": 5, "category": "Garten > Saatgut"}, K0={"price": 5, "category": "Küche"})
+    products(world, G0={"price": 5, "category": "Garten > Saatgut"}, K0={"price": 5, "category": "Küche"})
     buyer, other = world.customer("buyer"), world.customer("other")
     world.track("buyer", "Order Completed", order_id="o-1", revenue=5, products=[{"sku": "G0", "price": 5}])
     world.track("other", "Order Completed", order_id="o-2", revenue=5, products=[{"sku": "K0", "price": 5}])
     world.tick()
     world.clock.advance(H)
-    _products(world, G1={"price": 20, "category": "Garten > Grillen"})
+    products(world, G1={"price": 20, "category": "Garten > Grillen"})
     world.run_until(D)
     assert [r.customer_id for r in world.runs()] == [buyer]
     assert [m.template for m in world.messages(buyer)] == ["new_product"]
@@ -121,7 +101,7 @@ def test_new_product_without_predictions_reaches_buyers_of_the_category(world):
 
 def test_successor_named_by_either_product_skips_owners_of_the_successor(world):
     world.tactic("successor_product", holdout=0.0)
-    _products(world, OLD={"price": 100, "category": "Technik"})
+    products(world, OLD={"price": 100, "category": "Technik"})
     owner, both = world.customer("owner"), world.customer("both")
     world.track("owner", "Order Completed", order_id="o-1", revenue=100, products=[{"sku": "OLD", "price": 100}])
     world.track("both", "Order Completed", order_id="o-2", revenue=240,
@@ -129,7 +109,7 @@ def test_successor_named_by_either_product_skips_owners_of_the_successor(world):
     world.tick()
     world.clock.advance(H)
     # The old product names its successor, which arrives in the same import.
-    _products(world, OLD={"attributes": {"successor_sku": "NEW2"}}, NEW2={"price": 150, "category": "Technik"})
+    products(world, OLD={"attributes": {"successor_sku": "NEW2"}}, NEW2={"price": 150, "category": "Technik"})
     world.run_until(D)
     [run] = world.runs()
     assert run.customer_id == owner and run.key == "NEW2" and run.state["entry"]["predecessor_sku"] == "OLD"

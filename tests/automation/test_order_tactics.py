@@ -8,34 +8,15 @@ import datetime as dt
 from emma.automation import library
 from emma.catalog import service as catalog
 from emma.db import session_scope
-from emma.predict.models import Prediction, ScoreRun
-from tests.automation.conftest import START, simple
+from tests.automation.conftest import START, predictions, products, simple
 
 H = dt.timedelta(hours=1)
 D = dt.timedelta(days=1)
 
 
-def _products(world, **rows):
-    with session_scope(world.sessions) as s:
-        catalog.upsert_products(session=s, at=world.clock.now(),
-                                products=[{"sku": sku, "name": sku, **vals} for sku, vals in rows.items()])
-
-
-def _predict(world, values):
-    with session_scope(world.sessions) as s:
-        run = ScoreRun(as_of=world.clock.now(), horizon_days=365, status="done")
-        s.add(run)
-        s.flush()
-        for cid, fields in values.items():
-            p = s.get(Prediction, cid) or Prediction(customer_id=cid, run_id=run.id, as_of=world.clock.now())
-            p.run_id = run.id
-            for k, v in fields.items():
-                setattr(p, k, v)
-            s.add(p)
-
 
 def test_better_versions_prefer_the_named_upgrade_then_the_next_step_up(world):
-    _products(world, A={"price": 20, "category": "K"}, A_PLUS={"price": 26, "category": "K"},
+    products(world, A={"price": 20, "category": "K"}, A_PLUS={"price": 26, "category": "K"},
               A_PRO={"price": 40, "category": "K"}, A_LUX={"price": 90, "category": "K"},
               A_SOLD={"price": 24, "category": "K", "stock": 0},
               B={"price": 10, "category": "L", "attributes": {"upgrade_sku": "B_NAMED"}},
@@ -49,7 +30,7 @@ def test_better_versions_prefer_the_named_upgrade_then_the_next_step_up(world):
 
 def test_quality_trade_up_offers_the_upgrade_and_skips_returned_orders(world):
     world.tactic("quality_trade_up", holdout=0.0)
-    _products(world, PAN={"price": 30, "category": "Pfannen"}, PAN_PRO={"price": 50, "category": "Pfannen"},
+    products(world, PAN={"price": 30, "category": "Pfannen"}, PAN_PRO={"price": 50, "category": "Pfannen"},
               SALT={"price": 3, "category": "Gewürze"})
     keeper, returner, salty = world.customer("keeper"), world.customer("returner"), world.customer("salty")
     world.track("keeper", "Order Completed", order_id="o-1", revenue=30, products=[{"sku": "PAN", "price": 30}])
@@ -70,7 +51,7 @@ def test_quality_trade_up_offers_the_upgrade_and_skips_returned_orders(world):
 
 def test_warranty_cross_sell_lists_only_warranty_lines(world):
     world.tactic("warranty_cross_sell", holdout=0.0)
-    _products(world, TV={"price": 800, "attributes": {"warranty_months": 24}}, CABLE={"price": 10})
+    products(world, TV={"price": 800, "attributes": {"warranty_months": 24}}, CABLE={"price": 10})
     cid = world.customer("c-1")
     world.track("c-1", "Order Completed", order_id="o-1", revenue=810,
                 products=[{"sku": "TV", "price": 800}, {"sku": "CABLE", "price": 10}])
@@ -94,7 +75,7 @@ def test_warranty_counts_from_delivery(world):
                         [{"id": "m", "kind": "message", "content": "mail"}]))
     world.clock = VirtualClock(dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC))
     cid = world.customer("c-1")
-    _products(world, DRILL={"price": 99, "attributes": {"warranty_months": 24}})
+    products(world, DRILL={"price": 99, "attributes": {"warranty_months": 24}})
     world.track("c-1", "Order Completed", order_id="o-1", revenue=99, products=[{"sku": "DRILL", "price": 99}])
     world.clock.set(dt.datetime(2024, 6, 11, 12, tzinfo=dt.UTC))
     world.track("c-1", "Order Delivered", order_id="o-1")
@@ -141,12 +122,12 @@ def test_early_adopters_only_above_the_score_and_future_launches_only(world):
     keen, average, unscored = world.customer("keen"), world.customer("average"), world.customer("unscored")
     world.tick()
     world.clock.advance(H)
-    _products(world, SOON={"price": 10, "attributes": {"launch_date": "2026-04-01"}})
+    products(world, SOON={"price": 10, "attributes": {"launch_date": "2026-04-01"}})
     world.tick()
     assert world.runs() == []  # no scores yet: nobody is invited
-    _predict(world, {keen: {"early_adopter": 2.0}, average: {"early_adopter": 1.0}})
+    predictions(world, {keen: {"early_adopter": 2.0}, average: {"early_adopter": 1.0}})
     world.clock.advance(H)
-    _products(world, PAST={"price": 10, "attributes": {"launch_date": "2026-02-01"}},
+    products(world, PAST={"price": 10, "attributes": {"launch_date": "2026-02-01"}},
               NEXT={"price": 10, "attributes": {"launch_date": "2026-05-01"}})
     world.tick()
     assert [(r.customer_id, r.key) for r in world.runs()] == [(keen, "NEXT")]
@@ -163,7 +144,7 @@ def test_win_back_inactive_coupon_only_with_uplift_and_not_for_recent_buyers(wor
             {"type": "track", "userId": "lapsed", "event": "Order Completed", "messageId": "o1",
              "timestamp": (START - 100 * D).isoformat(), "properties": {"order_id": "o-1", "revenue": 10}}])
     world.track("recent", "Order Completed", order_id="o-2", revenue=10)
-    _predict(world, {lapsed: {"propensity_30d": 0.01, "incentive_uplift": 0.2},
+    predictions(world, {lapsed: {"propensity_30d": 0.01, "incentive_uplift": 0.2},
                      recent: {"propensity_30d": 0.02}, never: {"propensity_30d": 0.0}})
     world.run_until(D)
     [msg] = world.messages()
@@ -178,7 +159,7 @@ def test_warranty_expiry_last_call_only_without_an_order(world):
     world.tactic("warranty_expiry", holdout=0.0)
     world.clock = VirtualClock(dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC))
     buyer, waiter = world.customer("buyer"), world.customer("waiter")
-    _products(world, WM={"price": 500, "attributes": {"warranty_months": 24}})
+    products(world, WM={"price": 500, "attributes": {"warranty_months": 24}})
     for ext in ("buyer", "waiter"):
         world.track(ext, "Order Completed", order_id=f"o-{ext}", revenue=500, products=[{"sku": "WM", "price": 500}])
     world.clock.set(dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC))  # 90 days before 2026-06-01 is 2026-03-03
@@ -197,7 +178,7 @@ def test_order_fields_of_a_run_keyed_by_something_else_read_the_latest_order(wor
         {"id": "c", "kind": "condition", "when": {"field": "order.skus", "op": "contains", "value": "B"},
          "then": "m", "else": "x"},
         {"id": "m", "kind": "message", "content": "mail"}, {"id": "x", "kind": "exit"}]))
-    _products(world, A={"price": 1}, B={"price": 2})
+    products(world, A={"price": 1}, B={"price": 2})
     cid = world.customer("c-1")
     world.track("c-1", "Order Completed", order_id="o-1", revenue=1, products=[{"sku": "A", "price": 1}])
     world.clock.advance(H)

@@ -19,7 +19,8 @@ from emma.orders.models import Order, OrderLine
 from emma.profiles.models import Customer
 
 
-def _plain(v: Any) -> Any:
+def plain(v: Any) -> Any:
+    """A JSON-ready value: Decimal as float, dates as ISO text."""
     if isinstance(v, Decimal):
         return float(v)
     if isinstance(v, dt.datetime | dt.date):
@@ -29,7 +30,7 @@ def _plain(v: Any) -> Any:
 
 def product_data(p: Product) -> dict[str, Any]:
     """A catalog entry as template data (with its attributes)."""
-    return {"sku": p.sku, "name": p.name, "price": _plain(p.price), "currency": p.currency, "url": p.url,
+    return {"sku": p.sku, "name": p.name, "price": plain(p.price), "currency": p.currency, "url": p.url,
             "image_url": p.image_url, "brand": p.brand, "category": p.category, "stock": p.stock,
             "attributes": dict(p.attributes or {})}
 
@@ -60,7 +61,7 @@ def order_data(*, session: Session, run: Run, customer: Customer | None, setting
     for ln in lines:
         p = products.get(ln.sku)
         data = product_data(p) if p is not None else {"sku": ln.sku, "name": ln.sku, "attributes": {}}
-        data.update(quantity=ln.quantity, unit_price=_plain(ln.unit_price))
+        data.update(quantity=ln.quantity, unit_price=plain(ln.unit_price))
         counts.update(k for k, v in data["attributes"].items() if _truthy(v))
         out_lines.append(data)
     bought = set(session.scalars(select(OrderLine.sku).join(Order, Order.id == OrderLine.order_pk)
@@ -68,9 +69,9 @@ def order_data(*, session: Session, run: Run, customer: Customer | None, setting
     ups = catalog.better_versions(session=session, skus=skus, exclude=bought)
     upgrades = [{**product_data(up), "for_sku": sku, "for_name": products[sku].name if sku in products else sku}
                 for sku, up in ups.items()]
-    return {"order_id": order.order_id, "status": order.status, "revenue": _plain(order.revenue),
-            "currency": order.currency, "ordered_at": _plain(order.ordered_at),
-            "delivered_at": _plain(order.delivered_at), "item_count": sum(ln.quantity for ln in lines),
+    return {"order_id": order.order_id, "status": order.status, "revenue": plain(order.revenue),
+            "currency": order.currency, "ordered_at": plain(order.ordered_at),
+            "delivered_at": plain(order.delivered_at), "item_count": sum(ln.quantity for ln in lines),
             "skus": skus, "lines": out_lines, "count_with": dict(counts), "upgrades": upgrades,
             "upgrade_count": len(upgrades)}
 

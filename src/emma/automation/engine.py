@@ -12,7 +12,6 @@ import hashlib
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import event as sa_event
@@ -22,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from emma.automation import nodes
 from emma.automation import schemas as S
+from emma.automation.context import plain
 from emma.automation.models import LIVE, Run, RunStep, SalesTask
 from emma.channels import service as channels
 from emma.channels.models import OutboxMessage
@@ -89,14 +89,6 @@ def after_quiet_hours(when: dt.datetime, tz: zoneinfo.ZoneInfo, settings: Settin
     t = when.astimezone(tz).time()
     inside = (start <= t or t < end) if start > end else (start <= t < end)
     return next_local_time(when, end, tz) if inside else when
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, Decimal):
-        return float(v)
-    if isinstance(v, dt.datetime | dt.date):
-        return v.isoformat()
-    return v
 
 
 def _path(data: Any, path: str) -> Any:
@@ -266,11 +258,11 @@ class Ctx:
             if rest.startswith("attributes."):
                 return _path(c.attributes or {}, rest[len("attributes."):])
             if rest in Customer.__table__.columns:
-                return _plain(getattr(c, rest))
+                return plain(getattr(c, rest))
             return _path(c.attributes or {}, rest)
         if root == "prediction":
             p = self.prediction()
-            return _plain(getattr(p, rest, None)) if p is not None and rest in Prediction.__table__.columns else None
+            return plain(getattr(p, rest, None)) if p is not None and rest in Prediction.__table__.columns else None
         if root == "cart":
             return _path(self.cart() or {}, rest)
         if root == "consent":
@@ -555,7 +547,7 @@ def journal(*, session: Session, run: Run, node_id: str | None, kind: str, outco
     run.steps = (run.steps or 0) + 1
     row = {"run": run, "customer_id": run.customer_id, "tactic_id": run.tactic_id, "node_id": node_id,
            "kind": kind, "outcome": outcome, "reason": reason[:2000],
-           "inputs": {k: _plain(v) for k, v in (inputs or {}).items()}, "at": at}
+           "inputs": {k: plain(v) for k, v in (inputs or {}).items()}, "at": at}
     session.info.setdefault(_JOURNAL, []).append(row)
     return row
 
@@ -1035,11 +1027,11 @@ def _payload(data: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
             out[k] = dict((ctx.run.state or {}).get("entry", {}))
         elif v in ("$order", "$store"):
             data = ctx.context(v[1:])
-            out[k] = {kk: _plain(vv) for kk, vv in data.items()} if data else None
+            out[k] = {kk: plain(vv) for kk, vv in data.items()} if data else None
         elif v == "$product":
             sku = (ctx.run.state or {}).get("entry", {}).get("sku") or ctx.run.key
             found = channels.products_by_sku(session=ctx.session, skus=[str(sku)]) if sku else {}
-            out[k] = {kk: _plain(vv) for kk, vv in found.get(str(sku), {}).items()} or None
+            out[k] = {kk: plain(vv) for kk, vv in found.get(str(sku), {}).items()} or None
         elif isinstance(v, dict):
             out[k] = _payload(v, ctx)
         elif v in nodes.PRODUCT_REFS:
@@ -1047,7 +1039,7 @@ def _payload(data: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
             ctx.journal(None, "payload", "filled", f"{k}: {note}", {"reference": v})
         elif isinstance(v, str) and v.startswith("$") and v[1:].split(".")[0] in S.FIELD_ROOTS \
                 and v[1:].split(".")[0] not in ("event",):
-            out[k] = _plain(ctx.value(v[1:]))
+            out[k] = plain(ctx.value(v[1:]))
         else:
             out[k] = substitute(v, ctx.run)
     return out

@@ -104,9 +104,10 @@ def field_value(ctx: Ctx, root: str, rest: str) -> Any:
 
 
 def _path_of(data: Any, path: str) -> Any:
-    from emma.automation.engine import _path, _plain
+    from emma.automation.context import plain
+    from emma.automation.engine import _path
 
-    return _plain(_path(data, path))
+    return plain(_path(data, path))
 
 
 def product_facts(ctx: Ctx) -> dict[str, Any]:
@@ -291,11 +292,11 @@ HANDLERS: dict[str, Any] = {"wait_until": wait_until, "double_opt_in": double_op
 # Product lists for message payloads
 
 def _products(ctx: Ctx, skus: list[str], limit: int = LIST_LIMIT) -> list[dict[str, Any]]:
-    from emma.automation.engine import _plain
+    from emma.automation.context import plain
     from emma.channels import service as channels
 
     found = channels.products_by_sku(session=ctx.session, skus=list(dict.fromkeys(skus)))
-    out = [{k: _plain(v) for k, v in found[s].items()} for s in dict.fromkeys(skus) if s in found]
+    out = [{k: plain(v) for k, v in found[s].items()} for s in dict.fromkeys(skus) if s in found]
     return out[:limit]
 
 
