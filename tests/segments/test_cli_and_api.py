@@ -37,6 +37,7 @@ def test_cli(shop, session, db_url, tmp_path, monkeypatch):
     bad.write_text("all:\n  - country: DE\n  - event: Product Viewed\n    within_days: 0\n", encoding="utf-8")
     monkeypatch.setenv("EMMA_DATABASE_URL", db_url)
     monkeypatch.setattr(common.console, "width", 200)
+    monkeypatch.setattr(common.err_console, "width", 200)
     get_settings.cache_clear()
     run = CliRunner().invoke
     try:
@@ -45,6 +46,16 @@ def test_cli(shop, session, db_url, tmp_path, monkeypatch):
         out = run(cli, ["segments", "create", "kaputt", "--file", str(bad)])
         assert out.exit_code == 1 and "rule.all[1].within_days: must be a positive integer" in out.output
         assert run(cli, ["segments", "create", "gartenfreunde", "--file", str(rule)]).exit_code == 1
+        out = run(cli, ["segments", "create", "gartenfreunde", "--replace", "--file", str(bad)])
+        assert out.exit_code == 1 and "rule.all[1].within_days: must be a positive integer" in out.output
+        broken = tmp_path / "broken.yaml"
+        broken.write_text("all:\n  - country: DE\n   - city: Köln\n", encoding="utf-8")
+        out = run(cli, ["segments", "create", "kaputt", "--file", str(broken)])
+        assert out.exit_code == 1 and f"{broken}:3:" in out.output and "not valid YAML" in out.output
+        broken_json = tmp_path / "broken.json"
+        broken_json.write_text('{"country": "DE",}', encoding="utf-8")
+        out = run(cli, ["segments", "create", "kaputt", "--file", str(broken_json)])
+        assert out.exit_code == 1 and "not valid JSON" in out.output
         at = (now + dt.timedelta(minutes=1)).isoformat()
         out = run(cli, ["segments", "count", "gartenfreunde", "--at", at])
         assert out.exit_code == 0 and out.output.strip() == "1"
@@ -73,9 +84,18 @@ def test_api(shop, session, db_url):
     r = client.post("/v1/segments", json=body, headers=h)
     assert r.status_code == 201 and r.json()["version"] == 1
     assert client.post("/v1/segments", json=body, headers=h).status_code == 409
-    r = client.post("/v1/segments", json={"key": "x", "rule": {"any": [{"country": 1}]}}, headers=h)
+    r = client.post("/v1/segments", json={"key": "x", "rule": {"any": [{"country": 1}, {"colour": "rot"}]}},
+                    headers=h)
     assert r.status_code == 400
-    assert "rule.any[0].country.eq: must be text" in r.json()["errors"][0]["reason"]
+    assert r.json()["errors"] == [
+        {"field": "rule.any[0].country.eq", "reason": "must be text, not number"},
+        {"field": "rule.any[1].colour", "reason": r.json()["errors"][1]["reason"]}]
+    assert r.json()["errors"][1]["reason"].startswith("unknown condition; expected all, any, not")
+    r = client.post("/v1/segments", json={"key": "x", "rule": "country = DE"}, headers=h)
+    assert r.status_code == 400 and r.json()["errors"] == [{"field": "rule", "reason": "must be a mapping, not text"}]
+    r = client.patch("/v1/segments/dach", json={"rule": {"all": []}}, headers=h)
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "rule.all"
+    assert client.get("/v1/segments/dach", headers=h).json()["version"] == 1  # the bad rule changed nothing
     assert client.get("/v1/segments/dach/count", headers=h).json()["count"] == 2
     page = client.get("/v1/segments/dach/members", params={"limit": 1}, headers=h).json()
     assert page["customer_ids"] == [a] and page["next_after_id"] == a

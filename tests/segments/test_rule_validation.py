@@ -50,6 +50,25 @@ def errors_of(rule) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     ({"birthday": {"in_days": 400}}, "rule.birthday.in_days", "must be at most 366"),
     ("country = DE", "rule", "must be a mapping, not text"),
     ({"created_at": {"gt": "gestern"}}, "rule.created_at.gt", "must be a date or time"),
+    # A duration written the tactic way is not a number of days: the error says which it must be.
+    ({"event": "X", "within_days": "3d"}, "rule.within_days", "(a number of days, e.g. 30), not text '3d'"),
+    ({"last_order": {"older_than_days": "90 Tage"}}, "rule.last_order.older_than_days", "not text '90 Tage'"),
+    ({"revenue": {"gte": "100 EUR"}}, "rule.revenue.gte", "must be a number, not text '100 EUR'"),
+    ({"event": "X", "where": {"preis-eur": 1}}, "rule.where.preis-eur", "property names are letters"),
+    ({"event": "X", "where": {"category": {"within_days": 3}}}, "rule.where.category.within_days", "not allowed"),
+    ({"event": "X", "where": {"category": {"like": "Gar%"}}}, "rule.where.category.like", "unknown operator"),
+    ({"event": "X", "where": {}}, "rule.where", "must not be empty"),
+    ({"event": "X", "count": {"exists": True}}, "rule.count.exists", "not allowed here"),
+    ({"anonymous": {"gt": True}}, "rule.anonymous.gt", "not allowed here; expected one of eq, ne, exists"),
+    ({"all": []}, "rule.all", "must be a non-empty list"),
+    ({"not": {}}, "rule.not", "must not be empty"),
+    ({"any": [{"country": "DE"}, None]}, "rule.any[1]", "must be a mapping, not null"),
+    ({"event": "   "}, "rule.event", "must be non-empty text, not empty"),
+    ({"wishlist": "some"}, "rule.wishlist", "must be any, or a mapping with sku and/or category"),
+    ({"cart": "voll"}, "rule.cart", "must be open, or a mapping"),
+    ({"bought": "everything"}, "rule.bought", "must be anything, or a mapping"),
+    ({"birthday": "tomorrow"}, "rule.birthday", "must be today, {in_days: N} or a date"),
+    ({"consent.push": "ja"}, "rule.consent.push.eq", "not text 'ja'"),
 ])
 def test_error_names_path_and_reason(rule, path, reason):
     errors = errors_of(rule)

@@ -26,12 +26,24 @@ def _now(at: str | None) -> dt.datetime:
 
 
 def _load(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        return json.loads(text)
+    """The rule file's data; a file that is not valid YAML / JSON ends the command with the place and the reason."""
     import yaml
 
-    return yaml.safe_load(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        reason = f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        reason = f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}"
+    except UnicodeDecodeError as exc:
+        reason = f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    err_console.print(f"[red]{reason}[/red]", highlight=False)
+    raise typer.Exit(1)
 
 
 def _fail(exc: Exception) -> typer.Exit:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 
 from emma.auth.dependencies import admin_only
 from emma.db import utcnow
@@ -20,8 +21,10 @@ def _not_found(exc: SegmentNotFound) -> HTTPException:
     return HTTPException(404, detail=[{"field": "key", "reason": str(exc)}])
 
 
-def _invalid(exc: InvalidRule) -> HTTPException:
-    return HTTPException(400, detail=[{"field": path, "reason": reason} for path, reason in exc.errors])
+def _invalid(exc: InvalidRule) -> JSONResponse:
+    # The same shape as every other 400 (request validation, /v1/track): one entry per error, named by its path.
+    errors = [{"field": path, "reason": reason} for path, reason in exc.errors]
+    return JSONResponse({"success": False, "errors": errors}, status_code=400)
 
 
 def _at(at: dt.datetime | None) -> dt.datetime:
@@ -37,7 +40,7 @@ def list_(request: Request) -> list[SegmentOut]:
         return [SegmentOut.model_validate(s) for s in service.list_segments(session=session)]
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses={400: {"description": "invalid rule: every error with its path"}})
 async def create(body: SegmentIn, request: Request) -> SegmentOut:
     """Create a segment; 409 if the key exists."""
     try:
@@ -46,7 +49,7 @@ async def create(body: SegmentIn, request: Request) -> SegmentOut:
     except SegmentExists as exc:
         raise HTTPException(409, detail=[{"field": "key", "reason": str(exc)}]) from exc
     except InvalidRule as exc:
-        raise _invalid(exc) from exc
+        return _invalid(exc)  # type: ignore[return-value]
     return SegmentOut.model_validate(seg)
 
 
@@ -60,7 +63,7 @@ def show(key: str, request: Request) -> SegmentOut:
             raise _not_found(exc) from exc
 
 
-@router.patch("/{key}")
+@router.patch("/{key}", responses={400: {"description": "invalid rule: every error with its path"}})
 async def patch(key: str, body: SegmentPatch, request: Request) -> SegmentOut:
     """Change name, description, rule (raises the version) or active."""
     try:
@@ -68,6 +71,8 @@ async def patch(key: str, body: SegmentPatch, request: Request) -> SegmentOut:
             session=s, key=key, rule=body.rule, name=body.name, description=body.description, active=body.active))
     except SegmentNotFound as exc:
         raise _not_found(exc) from exc
+    except InvalidRule as exc:
+        return _invalid(exc)  # type: ignore[return-value]
     return SegmentOut.model_validate(seg)
 
 

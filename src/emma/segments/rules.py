@@ -62,7 +62,8 @@ OPS_BY_KIND: dict[str, tuple[str, ...]] = {
 ALL_OPS = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "between", "contains", "exists",
            "within_days", "older_than_days", "within_next_days")
 RELATIVE = ("within_days", "older_than_days", "within_next_days")
-_KEY = re.compile(r"^[^\W\d]\w{0,63}$")  # starts with a letter or _, so never an array index
+_KEY = re.compile(r"^[^\W\d]\w{0,63}$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")  # starts with a letter or _, so never an array index
 CART_STATUSES = ("open", "checkout")  # a cart not yet ordered
 ORDER_EXCLUDED = ("cancelled", "refunded")
 
@@ -248,6 +249,9 @@ def _node(data: Any, path: str, errors: _Errors) -> Node | None:
     name, value = next(iter(d.items()))
     if name == "birthday" and (value == "today" or (isinstance(value, dict) and "in_days" in value)):
         return _birthday(value, f"{path}.birthday", errors)
+    if name == "birthday" and isinstance(value, str) and not _ISO_DATE.match(value):
+        errors.add(f"{path}.birthday", f"must be today, {{in_days: N}} or a date (YYYY-MM-DD), not {_shown(value)}")
+        return None
     return _field(name, value, f"{path}.{name}", errors)
 
 
@@ -258,9 +262,19 @@ def _unknown_keys(d: dict[str, Any], allowed: tuple[str, ...], path: str, errors
     return bool(bad)
 
 
-def _positive_int(v: Any, path: str, errors: _Errors, *, zero: bool = False) -> int | None:
+def _shown(v: Any) -> str:
+    """A value as an error message quotes it: its type, and short text or numbers themselves."""
+    if isinstance(v, str) and len(v) <= 40:
+        return f"text {v!r}"
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return f"{v!r}"
+    return _typename(v)
+
+
+def _positive_int(v: Any, path: str, errors: _Errors, *, zero: bool = False, unit: str = "days") -> int | None:
     if isinstance(v, bool) or not isinstance(v, int) or v < (0 if zero else 1):
-        errors.add(path, "must be a non-negative integer" if zero else "must be a positive integer")
+        what = "a non-negative integer" if zero else "a positive integer"
+        errors.add(path, f"must be {what} (a number of {unit}, e.g. 30), not {_shown(v)}")
         return None
     return v
 
@@ -280,8 +294,11 @@ def _window(d: dict[str, Any], path: str, errors: _Errors) -> Window | None:
 
 
 def _text(v: Any, path: str, errors: _Errors) -> str | None:
-    if not isinstance(v, str) or not v.strip():
+    if not isinstance(v, str):
         errors.add(path, f"must be non-empty text, not {_typename(v)}")
+        return None
+    if not v.strip():
+        errors.add(path, "must be non-empty text, not empty")
         return None
     return v
 
@@ -366,6 +383,9 @@ def _bought(d: dict[str, Any], path: str, errors: _Errors) -> Node | None:
     window = _window(d, path, errors)
     if spec == "anything":
         parsed: tuple[tuple[str, ...], str | None] | None = ((), None)
+    elif not isinstance(spec, dict):
+        errors.add(f"{path}.bought", f"must be anything, or a mapping with sku and/or category, not {_shown(spec)}")
+        parsed = None
     else:
         inner = _expect_mapping(spec, f"{path}.bought", errors)
         parsed = _sku_or_category(inner, f"{path}.bought", errors) if inner is not None else None
@@ -377,6 +397,9 @@ def _bought(d: dict[str, Any], path: str, errors: _Errors) -> Node | None:
 def _cart(spec: Any, path: str, errors: _Errors) -> Node | None:
     if spec in ("open", "any"):
         return CartCond(Test((("gte", 1),)), None, None, ())
+    if not isinstance(spec, dict):
+        errors.add(path, f"must be open, or a mapping of items, value, idle_minutes and sku, not {_shown(spec)}")
+        return None
     d = _expect_mapping(spec, path, errors)
     if d is None or _unknown_keys(d, ("items", "value", "idle_minutes", "sku"), path, errors):
         return None
@@ -393,6 +416,9 @@ def _cart(spec: Any, path: str, errors: _Errors) -> Node | None:
 def _wishlist(spec: Any, path: str, errors: _Errors) -> Node | None:
     if spec == "any":
         return WishlistCond((), None)
+    if not isinstance(spec, dict):
+        errors.add(path, f"must be any, or a mapping with sku and/or category, not {_shown(spec)}")
+        return None
     d = _expect_mapping(spec, path, errors)
     if d is None:
         return None
@@ -464,7 +490,7 @@ def _typed(v: Any, kind: str, path: str, errors: _Errors) -> Any:
         return v
     if kind == ENUM:
         if v not in STATUSES:
-            errors.add(path, f"must be one of {', '.join(STATUSES)}")
+            errors.add(path, f"must be one of {', '.join(STATUSES)}, not {_shown(v)}")
             return _BAD
         return v
     if kind == STR:
@@ -474,12 +500,12 @@ def _typed(v: Any, kind: str, path: str, errors: _Errors) -> Any:
         return v
     if kind in (NUM, INT):
         if _literal_class(v) != NUM or (kind == INT and not float(v).is_integer()):
-            errors.add(path, "must be an integer" if kind == INT else "must be a number")
+            errors.add(path, f"must be {'an integer' if kind == INT else 'a number'}, not {_shown(v)}")
             return _BAD
         return int(v) if kind == INT else v
     if kind == BOOL:
         if not isinstance(v, bool):
-            errors.add(path, "must be true or false")
+            errors.add(path, f"must be true or false, not {_shown(v)}")
             return _BAD
         return v
     if kind == DATE:
@@ -488,7 +514,7 @@ def _typed(v: Any, kind: str, path: str, errors: _Errors) -> Any:
         try:
             return dt.date.fromisoformat(v)
         except (TypeError, ValueError):
-            errors.add(path, "must be a date (YYYY-MM-DD)")
+            errors.add(path, f"must be a date (YYYY-MM-DD), not {_shown(v)}")
             return _BAD
     if kind == DATETIME:
         if isinstance(v, dt.datetime):
@@ -499,7 +525,7 @@ def _typed(v: Any, kind: str, path: str, errors: _Errors) -> Any:
             try:
                 value = dt.datetime.fromisoformat(v)
             except (TypeError, ValueError):
-                errors.add(path, "must be a date or time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS+01:00)")
+                errors.add(path, f"must be a date or time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS+01:00), not {_shown(v)}")
                 return _BAD
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
     raise AssertionError(kind)
