@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     onsite_coupon_discount: float = 0.10
     onsite_coupon_margin: float = 0.35
     onsite_coupon_valid_days: int = 7
+    # A product page or cart decision waits up to this long for the automation worker to handle the visitor's
+    # events of this very page view (a product view, a cart add), so the content an on-site tactic queues for
+    # them (in_session_upsell) shows on the same page, not from the next one. 0: never wait.
+    onsite_tactic_wait_ms: int = 400
 
     # Automation. Customers without a time zone are treated as living in default_timezone.
     default_timezone: str = "Europe/Berlin"

@@ -98,7 +98,10 @@ class Shop:
         self.settings: dict[str, Any] = {}
 
     def start(self) -> None:
-        app = create_app(Settings(database_url=self.db_url, cors_origins=[self.origin], onsite_flush_seconds=0.1))
+        # With the worker, as `emma serve` runs it: a decision waits for it to handle the page's product view
+        # (generously here: a busy test machine).
+        app = create_app(Settings(database_url=self.db_url, cors_origins=[self.origin], onsite_flush_seconds=0.1,
+                                  worker_embedded=True, onsite_tactic_wait_ms=10_000))
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.api_port, log_level="warning"))
         threading.Thread(target=self.server.run, daemon=True).start()
         shop = self
@@ -168,10 +171,12 @@ def test_known_customer_events_widget_exit_overlay_and_clicks(browser, shop):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{shop.origin}/p/PAN-1")
 
-    # The product_page placement is filled: English, as the customer's profile says (en-GB).
-    page.wait_for_selector("#recs .emma-widget .emma-item", timeout=10_000)
+    # The product_page placement is filled: English, as the customer's profile says (en-GB). The snippet sent the
+    # product view before asking, so in_session_upsell's content (the pan's accessories first) is already in this
+    # first decision of the page, not only on the next page.
+    page.wait_for_selector("#recs .emma-widget .emma-item", timeout=20_000)
     headings = page.locator("#recs .emma-heading").all_inner_texts()
-    assert headings == ["Customers also bought", "Goes with your product"]
+    assert headings == ["Goes with your product", "Customers also bought"]
     assert page.locator("#recs [data-emma-kind=accessories] .emma-name").all_inner_texts() == ["Glass lid", "Olive oil"]
     decision_id = page.get_attribute("#recs .emma-widget", "data-emma-decision")
 
@@ -229,6 +234,7 @@ def test_known_customer_events_widget_exit_overlay_and_clicks(browser, shop):
     decisions = shop.wait_for("impressions", lambda: (lambda d: d if len(d) == 3 else None)(logged()))
     assert [d.placement for d in decisions] == ["product_page", "exit_intent", "product_page"]
     assert decisions[0].decision_id == decision_id and decisions[0].context["sku"] == "PAN-1"
+    assert "in_session_upsell" in decisions[0].reasons["tactic"]
     assert decisions[1].coupon_id == coupon.id and decisions[2].context["sku"] == clicked_sku
     assert not errors
     context.close()

@@ -12,6 +12,7 @@ from emma.channels.models import OutboxMessage
 from emma.config import Settings
 from emma.coupons.models import Coupon
 from emma.ingest import service as ingest
+from emma.onsite import service as onsite
 
 
 def _track(shop, user, event, at, **props):
@@ -82,3 +83,53 @@ def test_in_session_upsell_puts_the_accessories_first_on_the_product_page(shop):
     assert "tactic" not in other["reasons"]  # the content belongs to the product it was made for
     with shop.session_factory() as s:
         assert s.get(OutboxMessage, msg.id).status == "sent"
+
+
+def test_a_product_page_decision_waits_for_the_worker_to_handle_the_product_view(shop):
+    """The decision that follows the product view in the same page view already carries the upsell content."""
+    now = dt.datetime.now(dt.UTC)
+    watch = (["Product Viewed"], ["in_session_upsell"])
+    with shop.session_factory() as s:
+        pending = lambda at: onsite.tactic_work_pending(  # noqa: E731
+            session=s, user_id="c-consent", anonymous_id=None, events=watch[0], tactic_ids=watch[1], now=at)
+        assert not pending(now)
+    _track(shop, "c-consent", "Product Viewed", now, sku="PAN-1")
+    with shop.session_factory() as s:
+        assert onsite.tactic_work_pending(session=s, user_id="c-consent", anonymous_id=None, events=watch[0],
+                                          tactic_ids=watch[1], now=now)
+        # A backlog the worker has not reached (a view minutes ago) is not waited for.
+        assert not onsite.tactic_work_pending(session=s, user_id="c-consent", anonymous_id=None, events=watch[0],
+                                              tactic_ids=watch[1], now=now + dt.timedelta(minutes=5))
+        assert not onsite.tactic_work_pending(session=s, user_id="c-noconsent", anonymous_id=None, events=watch[0],
+                                              tactic_ids=watch[1], now=now)
+    _tick(shop, "in_session_upsell", now)
+    with shop.session_factory() as s:
+        assert not onsite.tactic_work_pending(session=s, user_id="c-consent", anonymous_id=None, events=watch[0],
+                                              tactic_ids=watch[1], now=now)
+
+
+def test_the_upsell_shows_in_the_decision_right_after_the_view(db_url, session_factory):
+    """A real server with its worker, as `emma serve` runs it: track the view, then decide at once."""
+    from fastapi.testclient import TestClient
+
+    from emma.app import create_app
+    from emma.auth import service as auth
+    from tests.onsite.conftest import seed
+
+    with session_factory() as s:
+        seed(s)
+        key = auth.create_key(session=s, kind="write")
+        s.commit()
+    app = create_app(Settings(database_url=db_url, worker_embedded=True, onsite_tactic_wait_ms=20_000,
+                              quiet_hours="", onsite_flush_seconds=60))
+    with TestClient(app) as client:
+        assert app.state.onsite.tactic_watch[1] == ["abandoned_cart", "in_session_upsell"]
+        r = client.post("/v1/batch", auth=(key, ""), json={"batch": [
+            {"type": "track", "userId": "c-consent", "event": "Product Viewed", "properties": {"sku": "PAN-1"},
+             "messageId": "view-pan-1"}]})
+        assert r.status_code == 200
+        got = client.post("/v1/decide", auth=(key, ""), json={
+            "placement": "product_page", "userId": "c-consent", "context": {"sku": "PAN-1"}}).json()
+    assert "in_session_upsell" in got["reasons"]["tactic"]
+    assert got["blocks"][0]["kind"] == "accessories"
+    assert [i["sku"] for i in got["blocks"][0]["items"]] == ["LID-2", "OIL-3"]

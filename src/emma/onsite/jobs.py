@@ -29,11 +29,15 @@ class Runtime:
         self._build_lock = asyncio.Lock()
         self._refreshing: asyncio.Task[None] | None = None
         self.inline_reads = app.state.engine.dialect.name == "sqlite"
+        # Enabled tactics that queue on-site content, read with each snapshot: (entry events, tactic ids).
+        self.tactic_watch: tuple[list[str], list[str]] = ([], [])
 
     def _build(self) -> service.Snapshot:
         session = self.app.state.sessions()
         try:
-            return service.build_snapshot(session=session, settings=self.settings, now=self._now())
+            snap = service.build_snapshot(session=session, settings=self.settings, now=self._now())
+            self.tactic_watch = _onsite_tactics(session)
+            return snap
         finally:
             session.close()
 
@@ -69,9 +73,30 @@ class Runtime:
             return service.decide(session=conn, request=request, snapshot=snap, settings=self.settings,
                                   now=self._now())
 
+    def _pending(self, request: DecideRequest) -> bool:
+        with self.app.state.engine.connect() as conn:
+            return service.tactic_work_pending(session=conn, user_id=request.userId, anonymous_id=request.anonymousId,
+                                               events=self.tactic_watch[0], tactic_ids=self.tactic_watch[1],
+                                               now=self._now() or service.utcnow())
+
+    async def settle(self, request: DecideRequest) -> float:
+        """Wait (up to onsite_tactic_wait_ms) until the worker has handled the visitor's events of this page view
+        and stepped the on-site tactic runs they started; returns the seconds waited."""
+        limit = self.settings.onsite_tactic_wait_ms / 1000
+        if limit <= 0 or request.placement not in ("product_page", "cart") or not any(self.tactic_watch):
+            return 0.0
+        t0 = time.monotonic()
+        while True:
+            pending = self._pending(request) if self.inline_reads else await asyncio.to_thread(self._pending, request)
+            waited = time.monotonic() - t0
+            if not pending or waited >= limit:
+                return waited
+            await asyncio.sleep(min(0.01, limit - waited))
+
     async def decide(self, request: DecideRequest) -> dict[str, Any]:
         """Decide, issue the coupon when one is due (a write, once per customer), queue the impression."""
         snap = await self.current()
+        await self.settle(request)
         if self.inline_reads:
             # A few indexed SQLite reads take less time than handing the work to a thread and back.
             outcome = self._decide(request, snap)
@@ -110,6 +135,26 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.onsite_flush_seconds)
             await self.flush()
+
+
+def _onsite_tactics(session: Any) -> tuple[list[str], list[str]]:
+    """Entry events and ids of the enabled tactics with on-site content (e.g. in_session_upsell)."""
+    from emma.automation import library
+    from emma.automation import schemas as S
+
+    events: set[str] = set()
+    ids: list[str] = []
+    try:
+        tactics = library.enabled(session=session)
+    except Exception:  # noqa: BLE001 - a database without the automation tables: nothing to wait for
+        log.warning("enabled tactics could not be read; on-site decisions do not wait for them", exc_info=True)
+        return [], []
+    for t in tactics.values():
+        if "onsite" in t.channels:
+            ids.append(t.id)
+            if isinstance(t.entry, S.EventEntry):
+                events.update(t.entry.names)
+    return sorted(events), sorted(ids)
 
 
 @contextlib.asynccontextmanager

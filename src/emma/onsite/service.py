@@ -335,6 +335,34 @@ def tactic_content(*, session: Session | Connection, customer_id: int, placement
     return out
 
 
+# Events of a page view that has just happened: only these are waited for (an older backlog is the worker's).
+PENDING_WINDOW = dt.timedelta(seconds=60)
+
+
+def tactic_work_pending(*, session: Session | Connection, user_id: str | None, anonymous_id: str | None,
+                        events: list[str], tactic_ids: list[str], now: dt.datetime) -> bool:
+    """Whether the automation worker still has to handle something that may queue on-site content for this visitor:
+    one of their recent entry events past the worker's event cursor, or a run of an on-site tactic due to step.
+
+    One statement on indexed columns: identity (kind, value), events (customer_id, timestamp), runs (customer_id).
+    """
+    from emma.automation.jobs import EVENT_CURSOR
+    from emma.automation.models import Cursor
+
+    ids = [v for v in (user_id, anonymous_id) if v]
+    if not ids or not (events or tactic_ids):
+        return False
+    who = select(_i.c.customer_id).where(or_(and_(_i.c.kind == "user_id", _i.c.value == user_id),
+                                             and_(_i.c.kind == "anonymous_id", _i.c.value == anonymous_id)))
+    e, r, cur = Event.__table__, Run.__table__, Cursor.__table__
+    position = func.coalesce(select(cur.c.position).where(cur.c.name == EVENT_CURSOR).scalar_subquery(), 0)
+    unread = select(e.c.id).where(e.c.customer_id.in_(who), e.c.timestamp >= now - PENDING_WINDOW,
+                                  e.c.name.in_(events or [""]), e.c.id > position).exists()
+    due = select(r.c.id).where(r.c.customer_id.in_(who), r.c.tactic_id.in_(tactic_ids or [""]),
+                               r.c.status == "active", r.c.due_at <= now).exists()
+    return bool(session.execute(select(or_(unread, due))).scalar())
+
+
 def _skus(items: Any) -> list[str]:
     return [str(i.get("sku") if isinstance(i, dict) else i) for i in (items or []) if i]
 

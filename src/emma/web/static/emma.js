@@ -14,7 +14,7 @@
   "use strict";
   if (window.emma && window.emma.version) { return; }
 
-  var VERSION = "1.0.0";
+  var VERSION = "1.1.0";
   var AID = "emma_aid", UID = "emma_uid", CART = "emma_cart", EXIT = "emma_exit_shown";
   var LABELS = {
     de: { copy: "Code kopieren", copied: "Kopiert", close: "Schließen", why: "Warum sehe ich das?" },
@@ -22,7 +22,7 @@
   };
   var cfg = { host: "", writeKey: "", userId: null, anonymousId: null, flushInterval: 1000, batchSize: 20,
               autoPage: true, scroll: true, exitIntent: true, placements: true, locale: null };
-  var queue = [], timer = null, started = false, scrollSent = {}, exitDone = false;
+  var queue = [], timer = null, started = false, scrollSent = {}, exitDone = false, sending = Promise.resolve();
 
   // --- storage: first-party localStorage with a cookie as fallback -----------------------------
   function store(key, value) {
@@ -84,15 +84,19 @@
   }
   function flush(keepalive) {
     if (timer) { window.clearTimeout(timer); timer = null; }
-    if (!queue.length || !cfg.writeKey) { return Promise.resolve(); }
+    // Resolves when everything queued so far has been sent (or has failed and gone back to the queue),
+    // including a batch already on its way.
+    if (!queue.length || !cfg.writeKey) { return sending; }
     var batch = queue.splice(0, queue.length);
     // messageIds make a resend harmless: what failed goes back to the queue for the next flush.
-    return post("/v1/batch", { batch: batch, sentAt: new Date().toISOString() }, keepalive).then(function (r) {
+    var sent = post("/v1/batch", { batch: batch, sentAt: new Date().toISOString() }, keepalive).then(function (r) {
       if (r.status >= 500 || r.status === 429) { throw new Error("HTTP " + r.status); }
     }).catch(function () {
       queue = batch.concat(queue).slice(-500);
       if (!timer) { timer = window.setTimeout(function () { flush(false); }, cfg.flushInterval * 5); }
     });
+    sending = Promise.all([sending, sent]).then(function () {});
+    return sending;
   }
 
   // --- the cart this browser knows (for the cart and exit-intent placements) -------------------------
@@ -132,7 +136,9 @@
     if (cfg.userId) { body.userId = cfg.userId; }
     if (!body.context.locale) { body.context.locale = cfg.locale || navigator.language; }
     if (!body.context.url) { body.context.url = location.href; }
-    return post("/v1/decide", body).then(function (r) {
+    // This page's events (the product view, a cart add) go first: a tactic that reacts to them in real time
+    // (in_session_upsell) then answers in this very decision, not on the next page.
+    return flush().then(function () { return post("/v1/decide", body); }).then(function (r) {
       if (!r.ok) { throw new Error("decide: HTTP " + r.status); }
       return r.json();
     });
