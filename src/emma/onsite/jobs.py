@@ -113,7 +113,7 @@ class Runtime:
             served = outcome.served
             now = self._now() or service.utcnow()
             await run_with_retry(self.app, lambda s: service.mark_served(session=s, message_ids=served, now=now))
-        self.pending.append(outcome.impression)
+        self.pending.append(service.impression_row(outcome.impression))
         return outcome.response
 
     async def flush(self) -> int:
