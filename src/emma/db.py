@@ -165,6 +165,11 @@ def _to_driver(dialect: Any, column: Any, values: list[Any]) -> list[Any]:
     return [None if v is None else process(v) for v in values]
 
 
+def driver_datetimes(dialect_name: str, values: list[Any]) -> list[Any]:
+    """Datetimes as the driver takes them for a UTCDateTime column (SQLite stores them as text), for plain SQL."""
+    return _sqlite_datetimes(values) if dialect_name == "sqlite" else values
+
+
 _ZERO = dt.timedelta(0)
 
 

@@ -8,6 +8,7 @@ visitor (profile, consent, stored predictions and coupon in one statement) and a
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import time
 import uuid
@@ -27,7 +28,7 @@ from emma.config import Settings
 from emma.consent.models import Consent
 from emma.coupons import service as coupons
 from emma.coupons.models import Coupon
-from emma.db import insert_columns, utcnow
+from emma.db import driver_datetimes, insert_columns, utcnow
 from emma.ingest.models import Event
 from emma.onsite.models import Decision
 from emma.onsite.schemas import DecideRequest
@@ -348,20 +349,32 @@ def tactic_work_pending(*, session: Session | Connection, user_id: str | None, a
     One statement on indexed columns: identity (kind, value), events (customer_id, timestamp), runs (customer_id).
     """
     from emma.automation.jobs import EVENT_CURSOR
-    from emma.automation.models import Cursor
 
-    ids = [v for v in (user_id, anonymous_id) if v]
-    if not ids or not (events or tactic_ids):
+    if not (user_id or anonymous_id) or not (events or tactic_ids):
         return False
-    who = select(_i.c.customer_id).where(or_(and_(_i.c.kind == "user_id", _i.c.value == user_id),
-                                             and_(_i.c.kind == "anonymous_id", _i.c.value == anonymous_id)))
-    e, r, cur = Event.__table__, Run.__table__, Cursor.__table__
-    position = func.coalesce(select(cur.c.position).where(cur.c.name == EVENT_CURSOR).scalar_subquery(), 0)
-    unread = select(e.c.id).where(e.c.customer_id.in_(who), e.c.timestamp >= now - PENDING_WINDOW,
-                                  e.c.name.in_(events or [""]), e.c.id > position).exists()
-    due = select(r.c.id).where(r.c.customer_id.in_(who), r.c.tactic_id.in_(tactic_ids or [""]),
-                               r.c.status == "active", r.c.due_at <= now).exists()
-    return bool(session.execute(select(or_(unread, due))).scalar())
+    conn = session.connection() if isinstance(session, Session) else session
+    # Plain SQL on the driver: it runs before most product page and cart decisions, and building and
+    # compiling the statement per call cost more than the query (0.6 ms against well under 0.1 ms).
+    pg = conn.dialect.name == "postgresql"
+    events, tactic_ids = events or [""], tactic_ids or [""]
+    sql = _pending_sql(pg, len(events), len(tactic_ids))
+    since = now - PENDING_WINDOW
+    stamps = driver_datetimes(conn.dialect.name, [since, now])
+    args = (user_id, anonymous_id, stamps[0], *events, EVENT_CURSOR, user_id, anonymous_id, *tactic_ids, stamps[1])
+    return bool(conn.exec_driver_sql(sql, args).scalar())
+
+
+@functools.cache
+def _pending_sql(pg: bool, n_events: int, n_tactics: int) -> str:
+    mark = "%s" if pg else "?"
+    who = (f"SELECT customer_id FROM identities WHERE (kind = 'user_id' AND value = {mark}) "
+           f"OR (kind = 'anonymous_id' AND value = {mark})")
+    unread = (f"SELECT 1 FROM events WHERE customer_id IN ({who}) AND timestamp >= {mark} "
+              f"AND name IN ({', '.join([mark] * n_events)}) "
+              f"AND id > COALESCE((SELECT position FROM automation_cursors WHERE name = {mark}), 0)")
+    due = (f"SELECT 1 FROM automation_runs WHERE customer_id IN ({who}) "
+           f"AND tactic_id IN ({', '.join([mark] * n_tactics)}) AND status = 'active' AND due_at <= {mark}")
+    return f"SELECT EXISTS ({unread}) OR EXISTS ({due})"
 
 
 def _skus(items: Any) -> list[str]:
