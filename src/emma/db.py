@@ -6,6 +6,8 @@ import datetime as dt
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii as _encode_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +132,14 @@ def rows_among(session: Session, table: Any, columns: Sequence[str], key: str, v
         cond = f" AND {where.replace('{p}', '?')}" if where else ""
         sql = f"SELECT {cols} FROM {name} WHERE {key} IN (SELECT value FROM json_each(?)){cond}"
         args = (json.dumps(values), *params)
-    return [tuple(r) for r in conn.exec_driver_sql(sql, args)]
+    return driver_rows(conn.exec_driver_sql(sql, args))
+
+
+def driver_rows(result: Any) -> list[Any]:
+    """All rows of a result as the driver's tuples, without building a Row object for each."""
+    rows = result.cursor.fetchall()
+    result.close()
+    return rows
 
 
 _MISSING = object()
@@ -153,10 +162,13 @@ def _raw_values(column: Any, rows: Sequence[dict[str, Any]]) -> list[Any]:
         return [_default(column) if v is _MISSING else v for v in values]
 
 
-def _to_driver(dialect: Any, column: Any, values: list[Any]) -> list[Any]:
+def _to_driver(dialect: Any, column: Any, values: list[Any], memo: dict[int, Any] | None = None) -> list[Any]:
     """Values as the driver takes them, by SQLAlchemy's own bind processing of the column type."""
-    if isinstance(column.type, UTCDateTime) and dialect.name == "sqlite":
-        return _sqlite_datetimes(values)
+    if dialect.name == "sqlite":
+        if isinstance(column.type, UTCDateTime):
+            return _sqlite_datetimes(values, memo)
+        if isinstance(column.type, JSON) and dialect._json_serializer is None:
+            return [None if v is None else json_text(v) for v in values]
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
     if not process:
         return values
@@ -172,23 +184,44 @@ def driver_datetimes(dialect_name: str, values: list[Any]) -> list[Any]:
 
 _ZERO = dt.timedelta(0)
 
+if _c_make_encoder is not None:
+    # json.dumps builds an encoder for every call, which costs more than encoding a small object; this one is
+    # built once. Same output as json.dumps with compact separators (ASCII, NaN allowed, TypeError on
+    # values JSON cannot hold).
+    _encode = _c_make_encoder(None, json.JSONEncoder().default, _encode_ascii, None, ":", ",", False, False, True)
 
-def _sqlite_datetimes(values: list[Any]) -> list[Any]:
-    """The text SQLAlchemy's SQLite DATETIME writes, without its per-value strftime."""
+    def json_text(value: Any) -> str:
+        """value as compact JSON text, as a JSON column stores it."""
+        if not value and type(value) is dict:
+            return "{}"
+        return "".join(_encode(value, 0))
+else:  # pragma: no cover - Python without the C accelerator
+    def json_text(value: Any) -> str:
+        """value as compact JSON text, as a JSON column stores it."""
+        return json.dumps(value, separators=(",", ":"))
+
+
+def _sqlite_datetimes(values: list[Any], memo: dict[int, Any] | None = None) -> list[Any]:
+    """The text SQLAlchemy's SQLite DATETIME writes, without its per-value strftime.
+
+    A batch repeats datetime objects (received_at, an order's time in its columns and lines): each object is
+    formatted once per memo. The memo holds the object with its text, so its id cannot be reused meanwhile.
+    """
+    memo = {} if memo is None else memo
     out: list[Any] = []
-    last, text = None, None
+    append = out.append
     for v in values:
         if v is None:
-            out.append(None)
+            append(None)
             continue
-        if v is not last:  # a batch often repeats one object (received_at, now)
-            offset = v.utcoffset()
-            if offset == _ZERO:  # UTC already: cut the "+00:00" off instead of converting
+        known = memo.get(id(v))
+        if known is None:
+            if v.utcoffset() == _ZERO:  # UTC already: cut the "+00:00" off instead of converting
                 text = v.isoformat(" ", "microseconds")[:26]
             else:
                 text = _utc_naive(v).isoformat(" ", "microseconds")
-            last = v
-        out.append(text)
+            memo[id(v)] = known = (v, text)
+        append(known[1])
     return out
 
 
@@ -230,8 +263,9 @@ def insert_columns(session: Session, table: Any, columns: dict[str, list[Any]], 
     conn = session.connection()
     dialect = conn.dialect
     cols = [c for c in table.columns if c.name in columns or (c.default is not None and not c.primary_key)]
+    memo: dict[int, Any] = {}
     data = [columns[c.name] if c.name in encoded else
-            _to_driver(dialect, c, columns[c.name] if c.name in columns else [_default(c)] * n) for c in cols]
+            _to_driver(dialect, c, columns[c.name] if c.name in columns else [_default(c)] * n, memo) for c in cols]
     names = ", ".join(dialect.identifier_preparer.quote(c.name) for c in cols)
     conflict = f" ON CONFLICT ({', '.join(on_conflict)}) DO NOTHING" if on_conflict else ""
     ret = f" RETURNING {', '.join(returning)}" if returning else ""
@@ -283,7 +317,8 @@ def update_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]], *,
     conn = session.connection()
     dialect = conn.dialect
     cols = [table.c[key]] + [table.c[n] for n in rows[0] if n != key]
-    data = [_to_driver(dialect, c, _raw_values(c, rows)) for c in cols]
+    memo: dict[int, Any] = {}
+    data = [_to_driver(dialect, c, _raw_values(c, rows), memo) for c in cols]
     q = dialect.identifier_preparer.quote
     if dialect.name == "postgresql":
         sets = ", ".join(f"{q(c.name)} = u.{q(c.name)}" for c in cols[1:])

@@ -168,6 +168,8 @@ def run_import(*, sessions: Callable[[], Session], kind: str, path: Path, fmt: s
             summary.add(result)
             if progress is not None:
                 progress(source.position(), source.size)
+            # The chunk's rows are garbage by now: dropped first, the collector does not walk them.
+            del chunk, good, bad, result
             gc.collect(2 if chunks % 50 == 0 else 1)  # now and then a full pass, so old garbage cannot pile up
     finally:
         if collecting:

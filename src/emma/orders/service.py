@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from emma.db import among, for_update, insert_columns, insert_rows, update_rows
+from emma.db import allocate_ids, among, for_update, insert_columns, insert_rows, rows_among, update_rows
 from emma.orders.models import Cart, CartItem, Order, OrderLine, WishlistItem
 
 ORDER_STATUSES = ("completed", "processing", "produced", "shipped", "delivered", "cancelled", "returned",
@@ -427,12 +427,10 @@ def import_lines(*, session: Session, lines: Sequence[dict[str, Any]], at: dt.da
             heads[ln["order_id"]] = ln
     existing: dict[str, tuple[int, str]] = {}
     owner = {oid: h["customer_id"] for oid, h in heads.items()}
-    ids = list(heads)
-    for i in range(0, len(ids), 5000):
-        for oid, pk, status, cid in session.execute(select(Order.order_id, Order.id, Order.status, Order.customer_id)
-                                                    .where(among(session, Order.order_id, ids[i:i + 5000]))):
-            existing[oid] = (pk, status)
-            owner[oid] = cid
+    for oid, pk, status, cid in rows_among(session, Order, ["order_id", "id", "status", "customer_id"], "order_id",
+                                           list(heads)):
+        existing[oid] = (pk, status)
+        owner[oid] = cid
     pks: dict[str, int] = {oid: pk for oid, (pk, _) in existing.items()}
     fresh = [h for oid, h in heads.items() if oid not in existing]
     if fresh:
@@ -441,13 +439,23 @@ def import_lines(*, session: Session, lines: Sequence[dict[str, Any]], at: dt.da
             oid = ln["order_id"]
             if oid not in existing and ln["customer_id"] == owner[oid]:
                 totals[oid] = totals.get(oid, 0) + ln["unit_price"] * ln["quantity"]
-        created = dict(insert_columns(session, Order, {
+        columns = {
             "order_id": [h["order_id"] for h in fresh], "customer_id": [h["customer_id"] for h in fresh],
             "status": [h["status"] or "completed" for h in fresh], "ordered_at": [h["ordered_at"] for h in fresh],
             "currency": [h["currency"] or "EUR" for h in fresh], "revenue": [totals[h["order_id"]] for h in fresh],
             "source": [source] * len(fresh), "updated_at": [h["ordered_at"] for h in fresh],
             "delivered_at": [h["ordered_at"] if h["status"] == "delivered" else None for h in fresh],
-        }, on_conflict=["order_id"], returning=["order_id", "id"]))
+        }
+        if session.get_bind().dialect.name == "sqlite":
+            # One writer at a time: an order (or id) another writer stored since the lookup above makes this
+            # insert fail on its unique key, and the transaction is retried. So the ids are chosen here and the
+            # rows go in with a plain executemany, without RETURNING.
+            columns["id"] = allocate_ids(session, Order, len(fresh))
+            insert_columns(session, Order, columns)
+            created = dict(zip(columns["order_id"], columns["id"], strict=True))
+        else:
+            created = dict(insert_columns(session, Order, columns, on_conflict=["order_id"],
+                                          returning=["order_id", "id"]))
         counts["orders_created"] = len(created)
         pks.update(created)
         seen: dict[int, dt.datetime] = counts["seen"]
@@ -462,11 +470,8 @@ def import_lines(*, session: Session, lines: Sequence[dict[str, Any]], at: dt.da
                 existing[oid] = (pk, status)
                 pks[oid] = pk
                 owner[oid] = cid
-    present: set[tuple[int, int]] = set()
-    old_pks = [pk for pk, _ in existing.values()]
-    for i in range(0, len(old_pks), 5000):
-        present.update((pk, n) for pk, n in session.execute(select(OrderLine.order_pk, OrderLine.line_no).where(
-            among(session, OrderLine.order_pk, old_pks[i:i + 5000]))))
+    present: set[tuple[int, int]] = set(rows_among(session, OrderLine, ["order_pk", "line_no"], "order_pk",
+                                                   [pk for pk, _ in existing.values()]))
     new = [ln for ln in lines if ln["order_id"] not in existing]  # the common case: lines of new orders
     if existing:
         new, added = [], {}

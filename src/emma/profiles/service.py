@@ -457,10 +457,8 @@ def customers_for(*, session: Session, external_ids: Iterable[str], at: dt.datet
     first_seen gives a new customer's created_at (e.g. its first order); at is used otherwise.
     """
     ids = list(dict.fromkeys(external_ids))
-    out: dict[str, int] = {}
-    for i in range(0, len(ids), 900):
-        out.update(session.execute(select(Identity.value, Identity.customer_id).where(
-            Identity.kind == "user_id", among(session, Identity.value, ids[i:i + 900]))).all())
+    out: dict[str, int] = dict(rows_among(session, Identity, ["value", "customer_id"], "value", ids,
+                                          where="kind = {p}", params=["user_id"]))
     missing = [x for x in ids if x not in out]
     if not missing:
         return out, set()
