@@ -137,6 +137,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def other_db_url(db_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A second fresh database of db_url's kind: to run one scenario two ways and compare the tables."""
+    (tmp_path / "other").mkdir()
+    url, handle = _new_db_url("sqlite" if db_url.startswith("sqlite") else "postgres", request, tmp_path / "other")
+    yield url
+    _drop(handle)
+
+
+@pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url)
     yield eng

@@ -748,13 +748,19 @@ def _land_orders(session: Session, rows: list[tuple[Record, dict[str, Any]]], no
     result = ChunkResult()
     first_seen: dict[str, dt.datetime] = {}
     for _, r in rows:
-        seen = first_seen.get(r["customer_id"])
+        # The shop's id is kept aside and customer_id becomes the internal id in place (cheaper than a copy
+        # of every row); a retried chunk maps it again from external_id.
+        ext = r.setdefault("external_id", r["customer_id"])
+        seen = first_seen.get(ext)
         if seen is None or r["ordered_at"] < seen:
-            first_seen[r["customer_id"]] = r["ordered_at"]
+            first_seen[ext] = r["ordered_at"]
     ids, created = profiles.customers_for(session=session, external_ids=list(first_seen), at=now,
                                           first_seen=first_seen)
     result.customers_created = len(created)
-    lines = [{**r, "customer_id": ids[r["customer_id"]]} for _, r in rows]
+    lines = []
+    for _, r in rows:
+        r["customer_id"] = ids[r["external_id"]]
+        lines.append(r)
     counts = orders.import_lines(session=session, lines=lines, at=now)
     for i in counts.pop("conflicting"):
         rec, r = rows[i]

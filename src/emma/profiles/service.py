@@ -212,9 +212,65 @@ class Resolver:
     def apply_merges(self) -> list[MergeLog]:
         """Write the new identities and carry out the merges that resolution decided on."""
         self.flush()
-        done = [self.merge(source_id=s, target_id=t, reason=r) for s, t, r in self._pending]
-        self._pending.clear()
-        return done
+        pending, self._pending = self._pending, []
+        sources = [s for s, _, _ in pending]
+        if len(pending) > 1 and len(set(sources)) == len(sources) and not set(sources) & {t for _, t, _ in pending}:
+            return self._merge_many(pending)
+        # A profile merged twice, or into one that is merged itself: one by one, in order.
+        return [self.merge(source_id=s, target_id=t, reason=r) for s, t, r in pending]
+
+    def _merge_many(self, pending: list[tuple[int, int, str]]) -> list[MergeLog]:
+        """merge for each (source, target, reason) in order, with a few statements per table for all of them.
+
+        Only for distinct sources that are no one's target: then no merge moves rows another one moves, and the
+        outcome is the one of merging one after another (a target's own consent or wishlist rows win, also over
+        those an earlier merge of the same batch brought in).
+        """
+        for source, _, _ in pending:
+            if not self.is_anonymous(source):
+                raise ValueError("only anonymous profiles are merged automatically")
+        self.session.flush()
+        sources = sorted({s for s, _, _ in pending})
+        targets = sorted({t for _, t, _ in pending})
+        moved: dict[int, dict[str, list[int]]] = {s: {} for s in sources}
+        for name in (*_MOVABLE, "identities"):
+            key = _UNIQUE_PER_CUSTOMER.get(name)
+            cols = ["id", "customer_id", key] if key else ["id", "customer_id"]
+            rows = sorted(rows_among(self.session, name, cols, "customer_id", sources))
+            if not rows:
+                continue
+            by_source: dict[int, list[tuple[Any, ...]]] = {}
+            for row in rows:
+                by_source.setdefault(row[1], []).append(row)
+            own: dict[int, set[Any]] = {}
+            if key:
+                for cid, value in rows_among(self.session, name, ["customer_id", key], "customer_id", targets):
+                    own.setdefault(cid, set()).add(value)
+            updates = []
+            for source, target, _ in pending:
+                mine = by_source.get(source, [])
+                if key:
+                    # The known customer's own rows win; those stay with the anonymous profile (reversible).
+                    taken = own.setdefault(target, set())
+                    mine = [r for r in mine if r[2] not in taken]
+                    taken.update(r[2] for r in mine)
+                if mine:
+                    moved[source][name] = [r[0] for r in mine]
+                    updates += [{"id": r[0], "customer_id": target} for r in mine]
+            update_rows(self.session, _table(name), updates)
+        update_rows(self.session, Customer, [{"id": s, "merged_into_id": t} for s, t, _ in pending])
+        into = {s: t for s, t, _ in pending}
+        for k, cid in self._cache.items():
+            if cid in into:
+                self._cache[k] = into[cid]
+        logs = []
+        for source, target, reason in pending:
+            log = MergeLog(source_customer_id=source, target_customer_id=target, reason=reason,
+                           moved=moved[source], created_at=self.now)
+            self.session.add(log)
+            self.merges.append(log)
+            logs.append(log)
+        return logs
 
     def merge(self, *, source_id: int, target_id: int, reason: str) -> MergeLog:
         """Move an anonymous profile's rows into the known customer, logging what moved."""
