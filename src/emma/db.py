@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
@@ -64,6 +66,70 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA cache_size=-65536")
     cur.close()
+
+
+class WalCheckpointer:
+    """SQLite: copies the write-ahead log into the database file in a thread of its own, for a bulk writer.
+
+    A connection that commits runs the checkpoint itself once the log holds 1,000 pages: it copies the
+    pages and waits for fsync while the writer could go on. With start(session) the writer's connection
+    leaves that to this thread, which checkpoints (PASSIVE, never blocking the writer) after every commit
+    the writer reports with committed(). What is committed and when it is synced does not change (the
+    same checkpoints, with synchronous=NORMAL); they run on the other core. A no-op except for SQLite files.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        url = engine.url
+        self.path = url.database if url.get_backend_name() == "sqlite" else None
+        if self.path in ("", ":memory:") or (self.path or "").startswith("file:"):
+            self.path = None
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self, session: Session) -> None:
+        """Take over the checkpoints of the session's connection (call in each transaction of the writer)."""
+        if self.path is None:
+            return
+        session.connection().exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="emma-wal-checkpoint", daemon=True)
+            self._thread.start()
+
+    def committed(self) -> None:
+        """The writer committed: checkpoint what it wrote."""
+        self._wake.set()
+
+    def stop(self, session: Session | None = None) -> None:
+        """Last checkpoint, end the thread; the session's connection checkpoints by itself again."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        self._thread = None
+        if session is not None:
+            session.connection().exec_driver_sql(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT}")
+
+    def _run(self) -> None:
+        import sqlite3
+
+        conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")  # as the writer's connections: sync at checkpoints
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                last = self._stopping  # read before the checkpoint: it then covers every commit before stop()
+                with contextlib.suppress(sqlite3.Error):  # busy or locked: the next commit's checkpoint catches up
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if last:
+                    return
+        finally:
+            conn.close()
+
+
+_WAL_AUTOCHECKPOINT = 1000  # SQLite's default, pages
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:

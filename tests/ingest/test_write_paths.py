@@ -140,3 +140,33 @@ def test_raw_event_insert_stores_what_the_orm_reads_back(session):
     else:  # pragma: no cover
         raise AssertionError("object() was stored as JSON")
     assert Base.metadata.tables["events"] is Event.__table__
+
+
+def test_an_import_on_sqlite_checkpoints_in_its_own_thread_and_hands_the_connection_back(tmp_path):
+    import csv
+    import sqlite3
+    import threading
+
+    from emma.db import upgrade
+    from emma.ingest import jobs
+
+    url = f"sqlite:///{tmp_path / 'wal.db'}"
+    upgrade(url)
+    path = tmp_path / "orders.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["order_id", "customer_id", "ordered_at", "sku", "quantity", "unit_price"])
+        w.writerows([f"o-{i // 3}", f"c-{i // 3 % 50}", "2026-01-02T03:04:05Z", f"S{i % 7}", 1, "2.50"]
+                    for i in range(3000))
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    summary = jobs.run_import(sessions=sessions, kind="orders", path=path, chunk_rows=500)
+    assert summary.landed == 3000
+    assert not [t for t in threading.enumerate() if t.name == "emma-wal-checkpoint"]
+    with engine.connect() as c:  # the writer's connection checkpoints by itself again
+        assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 1000
+    # everything committed reached the database file itself (immutable: read without the log)
+    raw = sqlite3.connect(f"file:{tmp_path / 'wal.db'}?immutable=1", uri=True)
+    assert raw.execute("SELECT count(*) FROM order_lines").fetchone()[0] == 3000
+    raw.close()
+    engine.dispose()

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from emma.db import utcnow
+from emma.db import WalCheckpointer, utcnow
 from emma.ingest import bulk
 
 T = TypeVar("T")
@@ -149,6 +149,13 @@ def run_import(*, sessions: Callable[[], Session], kind: str, path: Path, fmt: s
     # validation, measured); rows hold no cycles, so collect once per chunk instead.
     collecting = gc.isenabled()
     gc.disable()
+    with sessions() as probe:
+        checkpointer = WalCheckpointer(probe.get_bind())
+
+    def _land(session: Session, rows: list[Any]) -> bulk.ChunkResult:
+        checkpointer.start(session)
+        return bulk.land(session=session, kind=kind, rows=rows, now=now)
+
     try:
         records = source.records()
         state.set_header(source.header)
@@ -160,9 +167,8 @@ def run_import(*, sessions: Callable[[], Session], kind: str, path: Path, fmt: s
             chunks += 1
             summary.rows += len(chunk)
             good, bad = bulk.validate_chunk(chunk, state)
-            result = (run_in_transaction(sessions, lambda s, good=good: bulk.land(session=s, kind=kind, rows=good,
-                                                                                    now=now))
-                      if good else bulk.ChunkResult())
+            result = run_in_transaction(sessions, lambda s, good=good: _land(s, good)) if good else bulk.ChunkResult()
+            checkpointer.committed()
             result.rejected = bad + result.rejected
             writer.write(result.rejected)
             summary.add(result)
@@ -174,6 +180,8 @@ def run_import(*, sessions: Callable[[], Session], kind: str, path: Path, fmt: s
     finally:
         if collecting:
             gc.enable()
+        with sessions() as last:
+            checkpointer.stop(last)
         writer.close()
         source.close()
     if writer.count:
