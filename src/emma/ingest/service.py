@@ -35,7 +35,9 @@ from emma.orders.models import Cart, CartItem, Order, WishlistItem
 from emma.profiles import service as profiles
 from emma.profiles.models import Customer
 
-_CHUNK = 2000
+# Messages per set of statements: preloads and inserts amortise better with more (5,000 took 9 % less
+# CPU per event than 2,000 in the bulk import of bench/ingest.py).
+_CHUNK = 5000
 
 
 def _sku(p: dict[str, Any]) -> str:
