@@ -77,6 +77,19 @@ def test_errors_name_path_and_reason():
     assert "not valid YAML" in errs[0][1]
 
 
+def test_a_schedule_rule_is_a_valid_segment_rule():
+    good = BASE.replace("{kind: event, event: Signed Up}",
+                        "{kind: schedule, rule: {consent.email_marketing.recorded_at: {older_than_days: 700}}}")
+    assert library.load_text(good, source="t.yaml").entry.rule is not None
+    errs = _errors(BASE.replace("{kind: event, event: Signed Up}",
+                                "{kind: schedule, rule: {all: [{country: DE}, {consent.email: granted}]}}"))
+    assert any(path == "entry.schedule.rule" and reason.startswith("rule.all[1].consent.email: unknown consent purpose")
+               for path, reason in errs), errs
+    both = "{kind: schedule, segment: vip, rule: {country: DE}}"
+    errs = _errors(BASE.replace("{kind: event, event: Signed Up}", both))
+    assert any("not both" in reason for _, reason in errs), errs
+
+
 def test_transactional_message_may_not_carry_a_coupon():
     text = BASE.replace("content: m}", "content: m, transactional: true, payload: {coupon: {campaign: x}}}")
     errs = _errors(text)

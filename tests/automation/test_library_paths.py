@@ -92,16 +92,19 @@ def test_replenishment_exits_when_reordered_before_the_reminder(tmp_path):
 
 
 def test_consent_refresh_falls_back_to_email_and_ends_unchanged(tmp_path):
-    r = _play("consent_refresh", tmp_path, timeline=[], customer={"prediction": None}, run_for="22d")
+    r = _play("consent_refresh", tmp_path, timeline=[], run_for="22d",
+              customer={"consent": {"email_marketing": "granted"},
+                        "consent_recorded": {"email_marketing": dt.date(2024, 4, 1)}})
     assert [(m["channel"], m["template"]) for m in r.messages] == [("email", "consent_refresh")]
     assert r.runs[0]["status"] == "exited" and "no renewal" in r.runs[0]["outcome"]
 
 
-def test_consent_refresh_confirms_a_pending_consent_again(tmp_path):
+def test_consent_refresh_sends_no_second_double_opt_in_mail(tmp_path):
+    # An unconfirmed double opt-in with no other channel to ask on: nothing, not the confirmation mail again.
     r = _play("consent_refresh", tmp_path, timeline=[], run_for="1d",
               customer={"consent": {"email_marketing": "pending"},
                         "consent_recorded": {"email_marketing": dt.date(2024, 4, 1)}})
-    assert [(m["template"], m["transactional"]) for m in r.messages] == [("double_opt_in", True)]
+    assert r.messages == [] and r.runs == []
 
 
 def test_progressive_profiling_asks_nothing_when_the_profile_is_complete(tmp_path):

@@ -43,8 +43,9 @@ class Shop:
         self.s.add(Product(sku=sku, name=sku, category=category, price=Decimal(price)))
         self.s.flush()
 
-    def consent(self, cid: int, purpose: str, status: str) -> None:
-        self.s.add(Consent(customer_id=cid, purpose=purpose, status=status, source="test", recorded_at=NOW))
+    def consent(self, cid: int, purpose: str, status: str, days_ago: float = 0) -> None:
+        self.s.add(Consent(customer_id=cid, purpose=purpose, status=status, source="test",
+                           recorded_at=NOW - dt.timedelta(days=days_ago)))
 
     def event(self, cid: int, name: str, days_ago: float, **props: Any) -> None:
         self.n += 1

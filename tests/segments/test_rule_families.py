@@ -42,9 +42,9 @@ def test_profile_fields_and_attributes(shop, members):
 
 def test_consent_and_predictions(shop, members):
     a, b, c = shop.customer(), shop.customer(), shop.customer()
-    shop.consent(a, "email_marketing", "granted")
+    shop.consent(a, "email_marketing", "granted", days_ago=800)
     shop.consent(b, "email_marketing", "revoked")
-    shop.consent(b, "sms_marketing", "pending")
+    shop.consent(b, "sms_marketing", "pending", days_ago=20)
     shop.prediction(a, clv=820.5, churn_probability=0.1, p_alive=0.9, lifecycle_stage="loyal",
                     top_affinities=["Garten", "Küche"])
     shop.prediction(b, clv=40.0, churn_probability=0.75, p_alive=0.2, lifecycle_stage="at_risk", propensity_30d=0.05,
@@ -55,6 +55,12 @@ def test_consent_and_predictions(shop, members):
     assert members({"consent.email_marketing": {"ne": "granted"}}) == {b}
     assert members({"consent.email_marketing": {"exists": False}}) == {c}
     assert members({"consent.sms_marketing": {"in": ["pending", "granted"]}}) == {b}
+    # When it was recorded: a consent nearing two years, a double opt-in left unconfirmed for two weeks.
+    assert members({"consent.email_marketing.recorded_at": {"older_than_days": 700}}) == {a}
+    assert members({"consent.email_marketing.recorded_at": {"within_days": 700}}) == {b}
+    assert members({"all": [{"consent.sms_marketing": "pending"},
+                            {"consent.sms_marketing.recorded_at": {"older_than_days": 14}}]}) == {b}
+    assert members({"consent.sms_marketing.recorded_at": {"exists": False}}) == {a, c}
     assert members({"prediction.churn_probability": {"gte": 0.6}}) == {b}
     assert members({"prediction.clv": {"between": [100, 1000]}}) == {a}
     assert members({"prediction.lifecycle_stage": {"in": ["at_risk", "lapsed"]}}) == {b}

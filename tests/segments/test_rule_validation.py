@@ -89,3 +89,13 @@ def test_shorthands_mean_what_they_say():
         {"event": "Order Completed", "within_days": 90, "count": 0})
     assert rules.parse({"event": "X", "where": {"properties.a.b": 1}}) == rules.parse(
         {"event": "X", "where": {"a.b": 1}})
+
+
+def test_consent_recorded_at_is_a_time():
+    assert rules.parse({"consent.email_marketing.recorded_at": {"older_than_days": 700}}) == rules.Field(
+        "consent_recorded", "email_marketing", (), rules.DATETIME, rules.Test((("older_than_days", 700),)))
+    assert errors_of({"consent.email_marketing.given_at": {"exists": True}}) == [
+        ("rule.consent.email_marketing.given_at", "unknown consent field 'given_at'; consent.<purpose> is the status, "
+                                                   "consent.<purpose>.recorded_at the time it was recorded")]
+    assert errors_of({"consent.email_marketing.recorded_at": "granted"})[0][0] == \
+        "rule.consent.email_marketing.recorded_at.eq"

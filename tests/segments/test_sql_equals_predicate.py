@@ -34,7 +34,7 @@ customer_st = st.fixed_dictionaries({
     "is_anonymous": st.booleans(),
     "created_days": DAYS,
     "attributes": st.dictionaries(st.sampled_from(["a", "b", "d"]), JSON_VALUES, max_size=3),
-    "consents": st.dictionaries(PURPOSES, STATUSES, max_size=2),
+    "consents": st.dictionaries(PURPOSES, st.tuples(STATUSES, DAYS), max_size=2),
     "prediction": st.one_of(st.none(), st.fixed_dictionaries({
         "clv": st.one_of(st.none(), NUMBERS), "churn_probability": st.sampled_from([None, 0.1, 0.6, 0.9]),
         "lifecycle_stage": st.sampled_from([None, "new", "loyal", "at_risk"]),
@@ -114,7 +114,11 @@ def leaf(draw: Any) -> dict[str, Any]:
     if family == "attribute":
         return {f"attributes.{draw(st.sampled_from(['a', 'b', 'd', 'd.x', 'a.x']))}": draw(json_test())}
     if family == "consent":
-        return {f"consent.{draw(PURPOSES)}": draw(_ops(STATUSES, ordered=False))}
+        return draw(st.one_of(
+            st.builds(lambda p, t: {f"consent.{p}": t}, PURPOSES, _ops(STATUSES, ordered=False)),
+            st.builds(lambda p, op, n: {f"consent.{p}.recorded_at": {op: n if op != "exists" else n > 7}}, PURPOSES,
+                      st.sampled_from(["within_days", "older_than_days", "exists"]), st.sampled_from([1, 7, 30, 90])),
+        ))
     if family == "prediction":
         return draw(st.one_of(
             st.builds(lambda t: {"prediction.clv": t}, _ops(NUMBERS)),
@@ -170,8 +174,8 @@ def _populate(shop: Any, customers: list[dict[str, Any]]) -> None:
         cid = shop.customer(country=c["country"], city=c["city"], birthday=c["birthday"], timezone=c["timezone"],
                             is_anonymous=c["is_anonymous"], created_at=NOW - dt.timedelta(days=c["created_days"]),
                             attributes=c["attributes"])
-        for purpose, status in c["consents"].items():
-            shop.consent(cid, purpose, status)
+        for purpose, (status, days) in c["consents"].items():
+            shop.consent(cid, purpose, status, days)
         if c["prediction"] is not None:
             shop.prediction(cid, **c["prediction"])
         for name, days, props in c["events"]:

@@ -134,7 +134,28 @@ class ScheduleEntry(_Entry):
     at: ClockStr = "06:00"  # UTC
     weekday: int | None = Field(default=None, ge=0, le=6)  # 0 = Monday, for every: week
     day: int | None = Field(default=None, ge=1, le=28)  # for every: month
-    segment: str | None = None  # absent: every known customer
+    segment: str | None = None  # a stored segment's key; absent (and no rule): every known customer
+    # Or a segment rule written into the tactic (docs/segments.md), so a library tactic needs no stored segment.
+    rule: dict[str, Any] | None = None
+
+    @field_validator("rule")
+    @classmethod
+    def _rule(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from emma.segments import service as segments
+            from emma.segments.exceptions import InvalidRule
+
+            try:
+                segments.validate_rule(rule=v)
+            except InvalidRule as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_audience(self) -> ScheduleEntry:
+        if self.segment is not None and self.rule is not None:
+            raise ValueError("a schedule reaches a stored segment or the members of its own rule, not both")
+        return self
 
 
 class DateEntry(_Entry):

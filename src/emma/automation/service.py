@@ -50,7 +50,8 @@ def describe_entry(t: S.Tactic) -> str:
     if isinstance(e, S.SegmentEntry):
         return f"{e.kind.replace('_', ' ')} {e.segment}"
     if isinstance(e, S.ScheduleEntry):
-        return f"every {e.every} at {e.at} UTC" + (f" over segment {e.segment}" if e.segment else "")
+        return f"every {e.every} at {e.at} UTC" + (f" over segment {e.segment}" if e.segment else
+                                                   " over its rule" if e.rule else "")
     if isinstance(e, S.DateEntry):
         return f"date {e.attribute}" + (f" {e.offset_days:+d} days" if e.offset_days else "")
     if isinstance(e, S.CatalogEntry):

@@ -123,19 +123,28 @@ def _schedule(session: Session, tactic: S.Tactic, settings: Settings, now: dt.da
         cur.value, cur.position = occ.isoformat(), 0
     if cur.position < 0:
         return 0  # this occurrence is complete
-    ids = _members(session, entry.segment, now, after=cur.position, limit=CHUNK)
-    reason = f"scheduled {entry.every} {occ.isoformat()}" + (f" over segment {entry.segment}" if entry.segment else "")
+    ids = _members(session, entry.rule if entry.rule is not None else entry.segment, now, after=cur.position,
+                   limit=CHUNK)
+    reason = f"scheduled {entry.every} {occ.isoformat()}" + (
+        f" over segment {entry.segment}" if entry.segment else " over the tactic's rule" if entry.rule else "")
     n = _enter_many(session, tactic, ids, now, f"schedule:{occ.isoformat()}", reason)
     cur.position = ids[-1] if len(ids) == CHUNK else -1
     return n
 
 
-def _members(session: Session, segment: str | None, now: dt.datetime, *, after: int, limit: int) -> list[int]:
+def _members(session: Session, segment: str | dict[str, Any] | None, now: dt.datetime, *, after: int,
+             limit: int) -> list[int]:
+    """Members of a stored segment (by key) or of a rule given as data, in id order after `after`."""
     if segment is None:
         return list(session.scalars(_known_customers(session).where(Customer.id > after)
                                     .order_by(Customer.id).limit(limit)))
     from emma.segments import service as segments
 
+    if isinstance(segment, dict):
+        # Like "every known customer": anonymous profiles have no address to ask on.
+        q = (segments.members_query(segment=segment, now=now)
+             .where(Customer.id > after, Customer.is_anonymous.is_(False)).limit(limit))
+        return list(session.scalars(q))
     return segments.members(session=session, segment=segment, now=now, limit=limit, after_id=after)
 
 

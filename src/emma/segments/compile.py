@@ -357,9 +357,9 @@ def _field(node: r.Field, now: dt.datetime) -> ColumnElement[bool]:
         return check(extract(node.name, Customer.birthday), node.test, node.kind, now)
     if node.source == "attribute":
         return check_json(Customer.attributes, node.keys, node.test, now)
-    if node.source == "consent":
-        status = Consent.status
-        return _single_row(select(Consent.customer_id).where(Consent.purpose == node.name), status, node, now,
+    if node.source in ("consent", "consent_recorded"):
+        col = Consent.status if node.source == "consent" else Consent.recorded_at
+        return _single_row(select(Consent.customer_id).where(Consent.purpose == node.name), col, node, now,
                            Consent.customer_id)
     if node.source == "prediction":
         col = Prediction.__table__.c[node.name]

@@ -47,6 +47,7 @@ class Facts:
 
     customer: dict[str, Any]
     consents: dict[str, str] = field(default_factory=dict)
+    consent_times: dict[str, dt.datetime] = field(default_factory=dict)  # purpose -> recorded_at
     prediction: dict[str, Any] | None = None
     events: list[tuple[str, dt.datetime, dict[str, Any]]] = field(default_factory=list)
     orders: list[tuple[dt.datetime, str, Decimal, list[str]]] = field(default_factory=list)
@@ -75,7 +76,7 @@ class Needs:
         for root in nodes:
             for n in r.walk(root):
                 if isinstance(n, r.Field):
-                    flags["consents"] |= n.source == "consent"
+                    flags["consents"] |= n.source in ("consent", "consent_recorded")
                     flags["prediction"] |= n.source == "prediction"
                     flags["orders"] |= n.source == "order_date"
                 elif isinstance(n, r.EventCond):
@@ -134,7 +135,8 @@ def _statements(dialect: str) -> dict[str, Any]:
     c = Customer.__table__
     return {
         "customers": select(c).where(of(c.c.id), c.c.merged_into_id.is_(None)),
-        "consents": select(Consent.customer_id, Consent.purpose, Consent.status).where(of(Consent.customer_id)),
+        "consents": select(Consent.customer_id, Consent.purpose, Consent.status, Consent.recorded_at)
+        .where(of(Consent.customer_id)),
         "prediction": select(Prediction.__table__).where(of(Prediction.customer_id)),
         "events": select(Event.customer_id, Event.name, Event.timestamp, Event.properties)
         .where(of(Event.customer_id), unindexed(Event.name).in_(bindparam("names", expanding=True))),
@@ -158,8 +160,9 @@ def _load_chunk(session: Session, ids: list[int], needs: Needs) -> dict[int, Fac
     if not facts:
         return facts
     if needs.consents:
-        for cid, purpose, status in session.execute(q["consents"], found):
+        for cid, purpose, status, recorded_at in session.execute(q["consents"], found):
             facts[cid].consents[purpose] = status
+            facts[cid].consent_times[purpose] = recorded_at
     if needs.prediction:
         pcols = [col.name for col in Prediction.__table__.columns]
         for row in session.execute(q["prediction"], found):
@@ -282,6 +285,8 @@ def _field_value(node: r.Field, facts: Facts, now: dt.datetime) -> Any:
         return _json_at(c["attributes"], node.keys)
     if node.source == "consent":
         return facts.consents.get(node.name)
+    if node.source == "consent_recorded":
+        return facts.consent_times.get(node.name)
     if node.source == "prediction":
         if facts.prediction is None:
             return None

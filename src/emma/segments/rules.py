@@ -4,6 +4,7 @@ A rule is a mapping. Logic: `all: [...]`, `any: [...]`, `not: {...}`. Everything
 
     country: {in: [DE, AT, CH]}                  profile fields, `attributes.<key>`, `birthday.month`
     consent.email_marketing: granted             consent per purpose (granted | revoked | pending)
+    consent.email_marketing.recorded_at: {older_than_days: 700}   when it was recorded
     prediction.churn_probability: {gte: 0.6}     the latest predictions
     event: Product Viewed                        events, with where / within_days / older_than_days / count
     orders: {gte: 2}  /  revenue: {gte: 500}     orders (not cancelled or refunded), with a time window
@@ -92,7 +93,8 @@ class Not:
 
 @dataclass(frozen=True, slots=True)
 class Field:
-    """A value of the customer: source is profile | birthday_part | attribute | consent | prediction | order_date."""
+    """A value of the customer: source is profile | birthday_part | attribute | consent | consent_recorded |
+    prediction | order_date."""
 
     source: str
     name: str  # column, birthday part, consent purpose, prediction column, first_order / last_order
@@ -450,11 +452,18 @@ def _field(name: str, value: Any, path: str, errors: _Errors) -> Node | None:
             errors.add(path, "attribute names are letters, digits and _ (not first) joined by dots")
             return None
         source, fname, keys, kind = "attribute", "attributes", tuple(parts[1:]), JSON
-    elif parts[0] == "consent" and len(parts) == 2:
+    elif parts[0] == "consent" and len(parts) in (2, 3):
         if parts[1] not in PURPOSES:
             errors.add(path, f"unknown consent purpose; expected one of {', '.join(PURPOSES)}")
             return None
-        source, fname, keys, kind = "consent", parts[1], (), ENUM
+        if len(parts) == 3 and parts[2] != "recorded_at":
+            errors.add(path, f"unknown consent field {parts[2]!r}; consent.<purpose> is the status, "
+                             "consent.<purpose>.recorded_at the time it was recorded")
+            return None
+        if len(parts) == 3:
+            source, fname, keys, kind = "consent_recorded", parts[1], (), DATETIME
+        else:
+            source, fname, keys, kind = "consent", parts[1], (), ENUM
     elif parts[0] == "prediction" and len(parts) == 2:
         if parts[1] not in PREDICTION_FIELDS:
             errors.add(path, f"unknown prediction; expected one of {', '.join(PREDICTION_FIELDS)}")
@@ -465,7 +474,7 @@ def _field(name: str, value: Any, path: str, errors: _Errors) -> Node | None:
     else:
         errors.add(path, "unknown condition; expected all, any, not, event, did_not, orders, revenue, bought, cart, "
                          "wishlist, birthday, a profile field (" + ", ".join(PROFILE_FIELDS) + "), attributes.<name>, "
-                         "consent.<purpose>, prediction.<name>, first_order or last_order")
+                         "consent.<purpose>[.recorded_at], prediction.<name>, first_order or last_order")
         return None
     test = _test(value, kind, path, errors)
     return Field(source, fname, keys, kind, test) if test is not None else None
