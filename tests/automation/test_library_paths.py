@@ -51,10 +51,12 @@ def test_abandoned_browse_stops_when_a_cart_follows(tmp_path):
 def test_first_to_repeat_buyer_without_predictions_falls_back(tmp_path):
     order = {"at": "0m", "track": {"event": "Order Completed", "properties": {
         "order_id": "o-1", "revenue": 39.9, "products": [{"sku": "F-1", "quantity": 1, "price": 39.9}]}}}
-    r = _play("first_to_repeat_buyer", tmp_path, timeline=[order], customer={"prediction": None}, run_for="31d")
-    assert _sent(r) == [("next_best_offer", dt.timedelta(days=30))]
+    r = _play("first_to_repeat_buyer", tmp_path, timeline=[order], customer={"prediction": None, "birthday": None},
+              run_for="31d")
+    # Without a predicted date or a birthday, the next holiday is the occasion: Easter (5 April) ten days before.
+    assert _sent(r) == [("next_best_offer", dt.timedelta(days=24))]
     text = _journal(r)
-    assert "no prediction.next_order_date: wait the fallback 30d" in text
+    assert "wait until the earliest occasion: occasion.holiday 2026-04-05 -10d at 10:00" in text
     assert "no next-best-offer prediction" in text
 
 

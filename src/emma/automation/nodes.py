@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from emma.automation import occasions
 from emma.automation import schemas as S
 from emma.automation.models import BanditArm, Run
 from emma.catalog.models import Product
@@ -88,6 +89,7 @@ def order_facts(ctx: Ctx) -> dict[str, Any]:
                  "runout_date": first[0].date().isoformat() if first else None,
                  "runout_sku": first[1] if first else None, "status": order.status,
                  "days_since": (ctx.now - order.ordered_at).days}
+        facts.update(occasions.category_repeat(ctx, order, [ln.sku for ln in lines]))
     ctx._cache["order_facts"] = facts
     return facts
 
@@ -100,6 +102,8 @@ def field_value(ctx: Ctx, root: str, rest: str) -> Any:
         return order_facts(ctx).get(rest)
     if root == "product":
         return _path_of(product_facts(ctx), rest)
+    if root == "occasion":
+        return occasions.occasion_value(ctx, rest)
     return None
 
 
@@ -155,18 +159,41 @@ def _as_date(value: Any) -> dt.date | None:
 
 
 def date_target(node: S.WaitNode, ctx: Ctx) -> tuple[dt.datetime, str, dict[str, Any]]:
-    """(until, why, inputs) of a wait until_date: the date at the local time, moved by the offset; else fallback."""
+    """(until, why, inputs) of a wait until_date: the date at the local time, moved by the offset; else fallback.
+
+    With several occasions, the earliest moment still ahead wins (within node.within, when given); when all of
+    them have passed, the wait ends at once; when none has a date, it lasts the fallback."""
     assert node.until_date is not None and node.fallback is not None
-    raw = ctx.value(node.until_date)
-    day = _as_date(raw)
-    inputs = {node.until_date: raw}
-    if day is None:
+    inputs: dict[str, Any] = {}
+    found: list[tuple[dt.datetime, str]] = []
+    for o in node.occasions():
+        raw = ctx.value(o.field)
+        inputs[o.field] = raw
+        day = _as_date(raw)
+        if day is None:
+            continue
+        offset = S.parse_offset(o.offset or "0d")
+        local = dt.datetime.combine(day, S.parse_clock(node.at), tzinfo=ctx.tz) + offset
+        shift = "" if offset == dt.timedelta() else f" {o.offset}"
+        found.append((local.astimezone(dt.UTC), f"{o.field} {day.isoformat()}{shift}"))
+    if not found:
         until = ctx.now + S.parse_duration(node.fallback)
-        return until, f"no {node.until_date}: wait the fallback {node.fallback}", inputs
-    local = dt.datetime.combine(day, S.parse_clock(node.at), tzinfo=ctx.tz) + S.parse_offset(node.offset)
-    shift = "" if S.parse_offset(node.offset) == dt.timedelta() else f" {node.offset}"
-    return (local.astimezone(dt.UTC), f"wait until {node.until_date} {day.isoformat()}{shift} at {node.at} "
-            f"in {ctx.tz.key}", inputs)
+        names = " or ".join(o.field for o in node.occasions())
+        return until, f"no {names}: wait the fallback {node.fallback}", inputs
+    if isinstance(node.until_date, str):
+        until, what = found[0]
+        return until, f"wait until {what} at {node.at} in {ctx.tz.key}", inputs
+    horizon = ctx.now + S.parse_duration(node.within) if node.within else None
+    ahead = sorted(f for f in found if f[0] > ctx.now and (horizon is None or f[0] <= horizon))
+    others = ", ".join(w for _, w in sorted(found) if not ahead or w != ahead[0][1])
+    if not ahead:
+        if any(f[0] > ctx.now for f in found):  # all of them beyond the horizon
+            until = ctx.now + S.parse_duration(node.fallback)
+            return until, (f"no occasion within {node.within} ({others}): wait the fallback {node.fallback}"), inputs
+        return ctx.now, f"every occasion has passed ({others})", inputs
+    until, what = ahead[0]
+    return until, (f"wait until the earliest occasion: {what} at {node.at} in {ctx.tz.key}"
+                   + (f" (also: {others})" if others else "")), inputs
 
 
 # wait_until: a condition checked at intervals

@@ -101,7 +101,7 @@ class Condition(_Strict):
 
 
 FIELD_ROOTS = ("customer", "prediction", "cart", "consent", "event", "run", "orders", "segment", "events", "order",
-               "store", "product")
+               "store", "product", "occasion")
 
 
 # Entry triggers
@@ -246,11 +246,13 @@ class WaitNode(_Node):
     until_entry: str | None = None  # an entry property holding an ISO date or date-time (an event's start)
     before: DurationStr | None = None  # with until_entry: this long before that moment
     # A date read from a field (prediction.next_order_date, order.runout_date, event.<prop>, customer.<date>),
-    # moved by offset ('-3d'), at local time at; without a date the wait lasts fallback.
-    until_date: str | None = None
+    # moved by offset ('-3d'), at local time at; without a date the wait lasts fallback. A list of occasions
+    # waits for the earliest of them that is still ahead (and, with within, no further ahead than that).
+    until_date: str | list[Occasion] | None = None
     offset: str = "0d"
     at: ClockStr = "10:00"
     fallback: DurationStr | None = None
+    within: DurationStr | None = None
     next: str
 
     @model_validator(mode="after")
@@ -267,13 +269,37 @@ class WaitNode(_Node):
         if self.until_local:
             _clock(self.until_local)
         if self.until_date:
-            if self.until_date.split(".")[0] not in FIELD_ROOTS:
-                raise ValueError(f"until_date {self.until_date!r} must be a field starting with one of: "
-                                 f"{', '.join(FIELD_ROOTS)}")
+            for o in self.occasions():
+                if o.field.split(".")[0] not in FIELD_ROOTS:
+                    raise ValueError(f"until_date {o.field!r} must be a field starting with one of: "
+                                     f"{', '.join(FIELD_ROOTS)}")
+                parse_offset(o.offset or "0d")
             if not self.fallback:
                 raise ValueError("until_date needs a fallback duration for customers without that date, e.g. '30d'")
             parse_offset(self.offset)
+        if self.within and not isinstance(self.until_date, list):
+            raise ValueError("within goes with a list of occasions in until_date")
         return self
+
+    def occasions(self) -> list[Occasion]:
+        """until_date as a list of occasions (a single field is one occasion with the node's offset)."""
+        if self.until_date is None:
+            return []
+        if isinstance(self.until_date, str):
+            return [Occasion(field=self.until_date, offset=self.offset)]
+        return [o if o.offset is not None else o.model_copy(update={"offset": self.offset}) for o in self.until_date]
+
+
+class Occasion(_Strict):
+    """One date a wait may end on: a field holding a date, moved by offset (default: the wait's offset)."""
+
+    field: str
+    offset: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, v: Any) -> Any:
+        return {"field": v} if isinstance(v, str) else v
 
 
 def parse_offset(value: str) -> dt.timedelta:
