@@ -254,3 +254,15 @@ def test_scan_is_idempotent(world):
     world.tick()
     assert len(world.runs()) == 1
     assert isinstance(world.runs()[0], Run)
+
+
+def test_prediction_crossings_enter_the_most_valuable_customers_first(world):
+    world.tactic("win_back", holdout=0.0)
+    low, unknown, high = world.customer("low"), world.customer("unknown"), world.customer("high")
+    _score(world, {low: 0.7, unknown: 0.7, high: 0.7})
+    with session_scope(world.sessions) as s:
+        for cid, clv in ((low, 40.0), (high, 900.0)):
+            s.get(Prediction, cid).clv = clv
+    world.tick()
+    assert [r.customer_id for r in world.runs()] == [high, low, unknown]  # run ids in entry order
+    assert any("(scoring run" in j and "clv 900.00" in j for j in world.journal(high))

@@ -509,15 +509,19 @@ def _prediction(session: Session, tactic: S.Tactic, settings: Settings, now: dt.
     below = select(Prediction.customer_id).where(~cond | col.is_(None))
     session.execute(PredictionMark.__table__.delete().where(PredictionMark.tactic_id == tactic.id,
                                                             PredictionMark.customer_id.in_(below)))
-    crossed = list(session.execute(select(Prediction.customer_id, col).where(cond,
-                                                                             Prediction.customer_id.not_in(marked))))
+    # The most valuable customers first (predicted CLV, unknown last): their runs, and so their messages, come
+    # before the others' when a scoring run moves many across the threshold at once.
+    crossed = list(session.execute(select(Prediction.customer_id, col, Prediction.clv)
+                                   .where(cond, Prediction.customer_id.not_in(marked))
+                                   .order_by(Prediction.clv.is_(None), Prediction.clv.desc(), Prediction.customer_id)))
     if crossed:
         insert_rows(session, PredictionMark, [{"tactic_id": tactic.id, "customer_id": cid, "crossed_at": now}
-                                              for cid, _ in crossed])
+                                              for cid, _, _ in crossed])
     return _enter_each(session, tactic, [
         (cid, f"prediction:{latest}",
-         f"{entry.field} {value:.2f} crossed {entry.op} {entry.value:g} (scoring run {latest})", "",
-         {entry.field: value}) for cid, value in crossed], now)
+         f"{entry.field} {value:.2f} crossed {entry.op} {entry.value:g} (scoring run {latest}"
+         + (f"; clv {float(clv):.2f}" if clv is not None else "") + ")", "",
+         {entry.field: value, "clv": float(clv) if clv is not None else None}) for cid, value, clv in crossed], now)
 
 
 # Attribute changes (trait history: identify calls, imports, update_attribute nodes)
