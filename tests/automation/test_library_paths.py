@@ -77,6 +77,24 @@ def test_lead_re_engagement_runs_three_steps_and_the_bandit_chooses_the_last(tmp
     assert "bandit (Thompson sampling): variant" in _journal(r)
 
 
+def test_lead_re_engagement_stops_when_the_lead_clicks_a_mail(tmp_path):
+    # The click as the channels record it (emma.channels: "Email Link Clicked"), a day after the first mail.
+    click = {"at": "31d", "track": {"event": "Email Link Clicked", "properties": {"url": "https://shop.example/x"}}}
+    r = _play("lead_re_engagement", tmp_path, timeline=[click], run_for="10d")
+    assert [t for t, _ in _sent(r)] == ["lead_priming_1"]
+    assert r.runs[0]["status"] == "exited" and "the lead engaged" in r.runs[0]["outcome"]
+
+
+def test_tactics_wait_for_the_email_events_the_channels_record():
+    recorded = {"Email Opened", "Email Link Clicked"}  # emma.channels.service feed_back
+    for tid, t in library.library().items():
+        names = set(t.entry.names) if isinstance(t.entry, S.EventEntry) else set()
+        names |= {t.goal.event} if t.goal else set()
+        for n in t.nodes:
+            names |= set(getattr(n, "events", []) or [])
+        assert {e for e in names if e.startswith("Email ")} <= recorded, tid
+
+
 def test_lead_re_engagement_skips_customers_who_ordered(tmp_path):
     order = {"at": "1d", "track": {"event": "Order Completed", "properties": {"order_id": "o-1", "revenue": 5}}}
     r = _play("lead_re_engagement", tmp_path, timeline=[order], run_for="40d")
