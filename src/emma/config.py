@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     delivery_backoff_max_seconds: float = 6 * 3600.0
     delivery_batch_size: int = 100
     delivery_lease_seconds: float = 300.0
+    # Last-touch attribution of orders to messages (docs/channels.md): a click counts for this many days, an
+    # open or a mere delivery (push, SMS, an email opened with images off) for this many hours.
+    attribution_click_days: float = 5.0
+    attribution_view_hours: float = 24.0
     # Marketers' own templates; they override the packaged defaults of the same name.
     template_dir: str | None = None
     # Lifetimes of signed links.

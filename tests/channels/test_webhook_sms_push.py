@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import socket
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from emma.channels import jobs
 from emma.channels import service as channels
@@ -148,7 +149,9 @@ def test_sms_and_push_through_http_providers(session, db_url, webhook):
     sms = by_path["/hook/sms"]
     assert sms["json"]["to"] == "+491701234567"
     assert sms["json"]["text"].startswith("Ben, Ihr Warenkorb wartet auf Sie.")
-    assert "https://shop.example/cart" in sms["json"]["text"]
+    # The link is a short signed link to the app, which leads on to the cart.
+    [short] = re.findall(r"https://shop\.example/t/s/\S+", sms["json"]["text"])
+    assert "https://shop.example/cart" not in sms["json"]["text"] and len(short) < 50
     assert {k.lower(): v for k, v in sms["headers"].items()}["authorization"] == "Bearer sms-token"
     push = by_path["/hook/push"]["json"]
     assert push == {**push, "external_user_id": "c1", "title": "Your cart is waiting",
@@ -156,3 +159,60 @@ def test_sms_and_push_through_http_providers(session, db_url, webhook):
     session.expire_all()
     assert "E.164" in session.get(OutboxMessage, x.id).last_error
 
+
+
+def test_sms_link_clicks_and_push_taps_come_back_over_http(session, db_url, webhook):
+    """The short SMS link and the push tap link, followed through the app on 127.0.0.1: 'clicked' on the
+    message, an event for the channel model, a redirect to the target; forged links get nothing."""
+    from fastapi.testclient import TestClient
+
+    from emma.app import create_app
+    from emma.automation.clock import VirtualClock
+    from emma.ingest.models import Event
+    from emma.predict import features
+
+    settings = _settings(db_url, sms_provider_url=webhook.url + "/sms", push_provider_url=webhook.url + "/push")
+    cid = _customer(session)
+    s = channels.enqueue(session=session, idempotency_key="s", customer_id=cid, channel="sms",
+                         template="cart_abandoned", purpose="sms_marketing",
+                         payload={"links": {"cart": "https://shop.example/cart?x=1"}}, now=T0)
+    p = channels.enqueue(session=session, idempotency_key="p", customer_id=cid, channel="push",
+                         template="back_in_stock", purpose="push",
+                         payload={"product": {"sku": "POT", "name": "Schmortopf", "url": "https://shop.example/p/pot"}},
+                         now=T0)
+    q = channels.enqueue(session=session, idempotency_key="q", customer_id=cid, channel="push",
+                         template="consent_refresh", purpose="push", now=T0)
+    session.commit()
+    assert jobs.deliver_due(sessions=make_sessionmaker(session.get_bind()), settings=settings, now=T0) == {"sent": 3}
+    by_id = {r["json"]["message_id"]: r["json"] for r in webhook.requests}
+    [sms_link] = re.findall(r"https://shop\.example(/t/s/\S+)", by_id[s.id]["text"])
+    tap, plain_tap = by_id[p.id]["url"], by_id[q.id]["data"]["tap_url"]
+    assert tap == by_id[p.id]["data"]["tap_url"] and tap.startswith("https://shop.example/t/p/")
+
+    clock = VirtualClock(T0 + dt.timedelta(minutes=5))
+    client = TestClient(create_app(settings, clock=clock))
+    r = client.get(sms_link, follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (302, "https://shop.example/cart?x=1")
+    r = client.get(tap.removeprefix("https://shop.example"), follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (302, "https://shop.example/p/pot")
+    # An app that only reports the tap (POST), and a push without a deep link: recorded, nothing to open.
+    assert client.post(plain_tap.removeprefix("https://shop.example")).status_code == 204
+    assert client.get(plain_tap.removeprefix("https://shop.example")).status_code == 204
+    # Forged or altered: 404, nothing recorded; an SMS code is no push code.
+    mid36, idx, mac = sms_link.rsplit("/", 1)[1].split("-", 2)
+    for bad in (f"/t/s/{mid36}-1-{mac}", f"/t/s/{mid36}-{idx}-{'A' * 11}", "/t/s/zz", f"/t/p/{mid36}-{idx}-{mac}"):
+        assert client.get(bad, follow_redirects=False).status_code == 404, bad
+
+    session.expire_all()
+    clicked = {m.id: [e for e in channels.delivery_log(session=session, message_id=m.id) if e.status == "clicked"]
+               for m in (s, p, q)}
+    assert [e.detail["url"] for e in clicked[s.id]] == ["https://shop.example/cart?x=1"]
+    assert len(clicked[p.id]) == 1 and len(clicked[q.id]) == 2 and clicked[s.id][0].at == clock.now()
+    events = dict(session.execute(select(Event.name, func.count()).where(Event.customer_id == cid,
+                                                                         Event.name.like("%Tapped%") |
+                                                                         Event.name.like("SMS%"))
+                                  .group_by(Event.name)).all())
+    assert events == {"SMS Link Clicked": 1, "Push Notification Tapped": 2}  # a repeated tap is one event
+    # The channel model's input counts them for this customer.
+    seen = features.channel_engagement(session=session, before=T0 + dt.timedelta(days=1))
+    assert seen[cid].get("sms") == 1 and seen[cid].get("push") == 2

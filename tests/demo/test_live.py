@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
 from sqlalchemy import func, select
 
 from emma.automation.models import Run
@@ -37,8 +36,6 @@ def eager(c: SimCustomer, fit: float, percent: float, channel: str, at: dt.datet
     return 1.0, 1.0, 1.0
 
 
-# The demo's own database; the channels and the engine have their PostgreSQL tests elsewhere.
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_live_days_deliver_through_real_channels_and_the_customers_react(db_url: str) -> None:
     config = DemoConfig(customers=400, seed=11, days=45, end=END, cutoff_days=10)
     engine = make_engine(db_url)

@@ -244,8 +244,9 @@ class PushAdapter(WebhookAdapter):
     channel = "push"
 
     def body(self, message: Envelope) -> dict[str, Any]:
+        # url: what the device opens on a tap, the signed tap link (it records the tap, then leads on).
         return {"message_id": message.message_id, "external_user_id": message.to, "title": message.subject,
-                "body": message.text, "data": message.data}
+                "body": message.text, "url": message.data.get("tap_url"), "data": message.data}
 
     def send(self, message: Envelope) -> DeliveryResult:
         if not message.to:

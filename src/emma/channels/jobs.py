@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 
@@ -14,14 +15,15 @@ from emma.channels import service
 from emma.channels.adapters import Adapter, DeliveryResult, configured_adapters
 from emma.channels.exceptions import ChannelError, TransientError
 from emma.config import Settings
-from emma.coupons import service as coupons
 from emma.db import session_scope, utcnow
 
 log = logging.getLogger(__name__)
+ATTRIBUTE_EVERY_SECONDS = 60.0
 
 def deliver_due(*, sessions: sessionmaker[Session], settings: Settings, adapters: Mapping[str, Adapter] | None = None,
-                now: dt.datetime | None = None) -> Counter[str]:
-    """One pass: every configured channel sends what is due, within its rate limit; returns status counts."""
+                now: dt.datetime | None = None, attribute: bool = True) -> Counter[str]:
+    """One pass: every configured channel sends what is due, within its rate limit; then (attribute) recent
+    orders are attributed to the messages that led to them. Returns status counts."""
     adapters = configured_adapters(settings) if adapters is None else adapters
     now = now or utcnow()
     counts: Counter[str] = Counter()
@@ -40,10 +42,11 @@ def deliver_due(*, sessions: sessionmaker[Session], settings: Settings, adapters
             close = getattr(adapter, "close", None)
             if close is not None:
                 close()  # e.g. the SMTP connection kept for this pass
-    with session_scope(sessions) as s:
-        converted = coupons.attribute_redemptions(session=s, now=now)
-    if converted:
-        counts["converted"] += converted
+    if attribute:
+        with session_scope(sessions) as s:
+            converted = service.attribute_orders(session=s, settings=settings, now=now)
+        if converted:
+            counts["converted"] += converted
     return counts
 
 
@@ -72,9 +75,14 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, interval: float 
     """Deliver until stopped (the worker's loop); a failing pass is logged and the loop goes on."""
     stop = stop or threading.Event()
     adapters = configured_adapters(settings)
+    attributed = 0.0
     while not stop.is_set():
         try:
-            counts = deliver_due(sessions=sessions, settings=settings, adapters=adapters)
+            # Attribution reads the last days' orders: once a minute is plenty, not every idle pass.
+            attribute = time.monotonic() - attributed >= ATTRIBUTE_EVERY_SECONDS
+            counts = deliver_due(sessions=sessions, settings=settings, adapters=adapters, attribute=attribute)
+            if attribute:
+                attributed = time.monotonic()
         except Exception:  # noqa: BLE001 - e.g. the database restarting; try again next tick
             log.exception("delivery pass failed")
             counts = Counter()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, Numeric, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from emma.db import Base, JSONType, UTCDateTime, utcnow
@@ -48,4 +49,20 @@ class DeliveryEvent(Base):
     message_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16))
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Conversion(Base):
+    """An order attributed to the message that led to it: once per order (the unique key makes a resent
+    Order Completed, or two workers at once, attribute it only once)."""
+
+    __tablename__ = "conversions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_pk: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), unique=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"), index=True)
+    touch: Mapped[str] = mapped_column(String(16))  # coupon | click | open | delivery
+    touched_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    revenue: Mapped[Decimal] = mapped_column(Numeric(14, 2), default=Decimal("0"))
+    currency: Mapped[str] = mapped_column(String(3), default="EUR")
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,4 +1,5 @@
-"""Public tracking endpoints: the open pixel and the click redirect (signed tokens, no API key)."""
+"""Public tracking endpoints: the open pixel, the click redirect, SMS short links and push taps (signed, no API
+key)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,31 @@ async def clicked(token: str, request: Request) -> Response:
     except InvalidToken as exc:
         raise HTTPException(404, detail=[{"field": "token", "reason": str(exc)}]) from exc
     return RedirectResponse(url, status_code=302, headers=_NO_CACHE)
+
+
+async def _short(kind: str, code: str, request: Request) -> str | None:
+    settings = request.app.state.settings
+    try:
+        return await run_with_retry(request.app, lambda s: service.track_short(
+            session=s, kind=kind, code=code, settings=settings, now=request.app.state.clock.now()))
+    except InvalidToken as exc:
+        raise HTTPException(404, detail=[{"field": "code", "reason": str(exc)}]) from exc
+
+
+@router.get("/t/s/{code}", include_in_schema=False)
+async def sms_link(code: str, request: Request) -> Response:
+    """A short link in an SMS: record the click and redirect to the link's target."""
+    url = await _short("sms", code, request)
+    if url is None:
+        raise HTTPException(404, detail=[{"field": "code", "reason": "no such link"}])
+    return RedirectResponse(url, status_code=302, headers=_NO_CACHE)
+
+
+@router.api_route("/t/p/{code}", methods=["GET", "POST"], include_in_schema=False)
+async def push_tap(code: str, request: Request) -> Response:
+    """A push message was tapped (the app opens or calls the message's tap_url): record it; a GET is
+    redirected to the message's deep link when it has one."""
+    url = await _short("push", code, request)
+    if request.method == "GET" and url is not None:
+        return RedirectResponse(url, status_code=302, headers=_NO_CACHE)
+    return Response(status_code=204, headers=_NO_CACHE)

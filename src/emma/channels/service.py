@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import hmac
 import html as html_lib
 import re
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,11 +19,11 @@ from emma.catalog.models import Product
 from emma.channels import content
 from emma.channels.adapters import DeliveryResult, Envelope
 from emma.channels.exceptions import ChannelError, PermanentError, RateLimited, RenderError
-from emma.channels.models import DeliveryEvent, OutboxMessage
+from emma.channels.models import Conversion, DeliveryEvent, OutboxMessage
 from emma.config import Settings
 from emma.consent import service as consent
 from emma.db import among, insert_rows, utcnow
-from emma.orders.models import Cart, CartItem, OrderLine
+from emma.orders.models import Cart, CartItem, Order, OrderLine
 from emma.profiles.models import Customer, Identity
 
 CHANNELS = ("email", "sms", "push", "webhook")
@@ -275,6 +277,66 @@ def tracking_token(*, kind: str, message_id: int, settings: Settings, url: str |
     return signing.sign(purpose=kind, data=data, secret=settings.secret_key)
 
 
+# Short signed links for SMS (every character counts) and push taps: /t/s/<message>-<link>-<mac>, the message
+# id in base 36, the link's number in the message, 11 characters (66 bits) of HMAC-SHA256. The targets are kept
+# with the message (payload "_links"), so the link itself carries no URL.
+SHORT_KINDS = {"sms": "s", "push": "p"}
+_URL = re.compile(r"""https?://[^\s<>"']+[^\s<>"'.,;:!?)\]]""")
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _b36(n: int) -> str:
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = _B36[r] + out
+        if not n:
+            return out
+
+
+def _short_mac(kind: str, message_id: int, index: int, settings: Settings) -> str:
+    mac = hmac.new(settings.secret_key.encode(), f"short-{kind}.{message_id}.{index}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode()[:11]
+
+
+def short_link(*, kind: str, message_id: int, index: int, settings: Settings) -> str:
+    """The short signed link to link number index of an SMS ('sms') or to a push message's tap ('push')."""
+    code = f"{_b36(message_id)}-{_b36(index)}-{_short_mac(kind, message_id, index, settings)}"
+    return f"{settings.base_url.rstrip('/')}/t/{SHORT_KINDS[kind]}/{code}"
+
+
+def read_short_code(*, kind: str, code: str, settings: Settings) -> tuple[int, int]:
+    """(message id, link number) of a genuine short link code; InvalidToken when forged or malformed."""
+    parts = code.split("-", 2)  # the MAC's base64url may itself contain "-"
+    try:
+        mid, index = int(parts[0], 36), int(parts[1], 36)
+    except (ValueError, IndexError) as exc:
+        raise signing.InvalidToken("malformed link") from exc
+    if len(parts) != 3 or not hmac.compare_digest(parts[2], _short_mac(kind, mid, index, settings)):
+        raise signing.InvalidToken("invalid signature")
+    return mid, index
+
+
+def _shorten(text: str, *, message_id: int, settings: Settings) -> tuple[str, list[str]]:
+    """Every URL in an SMS text replaced by its short link; returns the text and the targets in order."""
+    targets: list[str] = []
+
+    def swap(m: re.Match[str]) -> str:
+        targets.append(m.group(0))
+        return short_link(kind="sms", message_id=message_id, index=len(targets) - 1, settings=settings)
+
+    return _URL.sub(swap, text), targets
+
+
+def _deep_link(payload: dict[str, Any]) -> str | None:
+    """Where a tapped push message leads: the payload's url, else its product's page."""
+    for value in (payload.get("url"), (payload.get("product") or {}).get("url")
+                  if isinstance(payload.get("product"), dict) else None):
+        if isinstance(value, str) and value.startswith(("https://", "http://")):
+            return value
+    return None
+
+
 def _instrument(html: str, *, message_id: int, settings: Settings) -> str:
     """Route external links through the click redirect and add the open pixel."""
     base = settings.base_url.rstrip("/")
@@ -334,7 +396,18 @@ def prepare(*, session: Session, message_id: int, settings: Settings,
                 env.headers["List-Unsubscribe"] = f"<{ctx['links']['unsubscribe']}>"
                 env.headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
             env.headers["X-Emma-Message"] = str(m.id)
+        elif m.channel == "sms" and env.text:
+            env.text, targets = _shorten(env.text, message_id=m.id, settings=settings)
+            _keep_links(m, targets)
+        elif m.channel == "push":
+            _keep_links(m, [t for t in [_deep_link(m.payload or {})] if t])
+            env.data["tap_url"] = short_link(kind="push", message_id=m.id, index=0, settings=settings)
     return env
+
+
+def _keep_links(m: OutboxMessage, targets: list[str]) -> None:
+    if targets and (m.payload or {}).get("_links") != targets:
+        m.payload = {**(m.payload or {}), "_links": targets}
 
 
 def _finish(session: Session, m: OutboxMessage, status: str, detail: dict[str, Any], now: dt.datetime) -> None:
@@ -464,6 +537,30 @@ def track_click(*, session: Session, token: str, settings: Settings, now: dt.dat
     return url
 
 
+def track_short(*, session: Session, kind: str, code: str, settings: Settings,
+                now: dt.datetime | None = None) -> str | None:
+    """Record the click on an SMS link or the tap of a push message ('clicked', fed back as SMS Link Clicked /
+    Push Notification Tapped); returns where the link leads (None: nowhere). InvalidToken when forged."""
+    now = now or utcnow()
+    mid, index = read_short_code(kind=kind, code=code, settings=settings)
+    m = session.get(OutboxMessage, mid)
+    if m is None or m.channel != kind:
+        return None
+    links = (m.payload or {}).get("_links") or []
+    url = links[index] if index < len(links) and isinstance(links[index], str) else None
+    base = settings.base_url.rstrip("/")
+    if url is not None and url.startswith(tuple(f"{base}{p}" for p in _OWN_PATHS)):
+        return url  # unsubscribe, preferences: not a reaction to the content
+    log(session=session, message_id=mid, status="clicked", detail={"url": url} if url else {}, at=now)
+    event = "SMS Link Clicked" if kind == "sms" else "Push Notification Tapped"
+    props: dict[str, Any] = {"channel": kind}
+    if url:
+        props["link_url"] = url
+    feed_back(session=session, message=m, event=event, message_key=f"emma-{kind}-click-{mid}-{index}", props=props,
+              now=now)
+    return url
+
+
 ENGAGEMENT_EVENTS = {("push", "opened"): "Push Notification Tapped", ("sms", "clicked"): "SMS Link Clicked",
                      ("push", "clicked"): "Push Notification Tapped", ("sms", "opened"): "SMS Opened"}
 
@@ -505,3 +602,69 @@ def next_due(*, session: Session) -> dt.datetime | None:
     """When the next queued message falls due (None: the outbox is empty), e.g. for a virtual clock's jumps."""
     return session.scalar(select(func.min(OutboxMessage.due_at)).where(OutboxMessage.status.in_(("queued",
                                                                                                  "sending"))))
+
+
+# What a message did before an order, strongest first: a click, an open, a delivery (push and SMS have no
+# open, and an email opened with images off shows none).
+TOUCHES = {"clicked": (3, "click"), "opened": (2, "open"), "sent": (1, "delivery")}
+ATTRIBUTED_CHANNELS = ("email", "sms", "push")
+
+
+def convert(*, session: Session, order: Order, message_id: int, touch: str, touched_at: dt.datetime,
+            now: dt.datetime, detail: dict[str, Any] | None = None) -> bool:
+    """Attribute the order to the message and log 'converted' on it, unless the order was attributed before
+    (to any message): False then."""
+    new = insert_rows(session, Conversion, [{
+        "order_pk": order.id, "message_id": message_id, "touch": touch, "touched_at": touched_at,
+        "revenue": order.revenue, "currency": order.currency, "at": now}], on_conflict=["order_pk"],
+        returning=["id"])
+    if new:
+        log(session=session, message_id=message_id, status="converted", at=now, detail={
+            "order_id": order.order_id, "revenue": str(order.revenue), "currency": order.currency, "touch": touch,
+            "touched_at": touched_at.isoformat(), **(detail or {})})
+    return bool(new)
+
+
+def attribute_orders(*, session: Session, settings: Settings, now: dt.datetime | None = None) -> int:
+    """Attribute recent orders to the marketing message that led to them; returns how many were attributed.
+
+    A redeemed coupon names its message outright (coupons.attribute_redemptions, first). Otherwise the last
+    touch before the order counts: a click within settings.attribution_click_days, else an open, else a
+    delivery within settings.attribution_view_hours; among touches of the same kind the latest wins. Each
+    order is attributed once (the conversions table's unique order), however often its event is sent again.
+    """
+    from emma.coupons import service as coupons
+
+    now = now or utcnow()
+    n = coupons.attribute_redemptions(session=session, now=now)
+    click = dt.timedelta(days=settings.attribution_click_days)
+    view = dt.timedelta(hours=settings.attribution_view_hours)
+    orders = list(session.scalars(select(Order).where(
+        Order.ordered_at >= now - max(click, view), Order.ordered_at <= now,
+        ~exists().where(Conversion.order_pk == Order.id))))
+    if not orders:
+        return n
+    customers = sorted({o.customer_id for o in orders})
+    earliest = min(o.ordered_at for o in orders) - max(click, view)
+    touches: dict[int, list[tuple[int, str, dt.datetime]]] = {}
+    for i in range(0, len(customers), 900):
+        for cid, mid, status, at in session.execute(
+                select(OutboxMessage.customer_id, DeliveryEvent.message_id, DeliveryEvent.status, DeliveryEvent.at)
+                .join(DeliveryEvent, DeliveryEvent.message_id == OutboxMessage.id)
+                .where(among(session, OutboxMessage.customer_id, customers[i:i + 900]),
+                       OutboxMessage.transactional.is_(False), OutboxMessage.channel.in_(ATTRIBUTED_CHANNELS),
+                       DeliveryEvent.status.in_(TOUCHES), DeliveryEvent.at >= earliest, DeliveryEvent.at <= now)):
+            touches.setdefault(cid, []).append((mid, status, at))
+    for order in sorted(orders, key=lambda o: (o.ordered_at, o.id)):
+        best = None
+        for mid, status, at in touches.get(order.customer_id, ()):
+            window = click if status == "clicked" else view
+            if order.ordered_at - window <= at <= order.ordered_at:
+                key = (TOUCHES[status][0], at, mid)
+                if best is None or key > best[0]:
+                    best = (key, mid, status, at)
+        if best is not None:
+            _, mid, status, at = best
+            n += convert(session=session, order=order, message_id=mid, touch=TOUCHES[status][1], touched_at=at,
+                         now=now, detail={"attribution": "last_touch"})
+    return n

@@ -37,6 +37,8 @@ def demo(ctx: typer.Context,
                                        "the cut-off days)"),
          tactic: list[str] = typer.Option([], "--tactic", help="also enable this tactic for the live days "
                                           "(repeatable); the tactics enabled by default always run"),
+         rescore_days: int = typer.Option(7, "--rescore-days", min=0, help="during the live days, score afresh "
+                                          "when they begin and every N days (0: use the cut-off's predictions)"),
          serve: bool = typer.Option(True, "--serve/--no-serve", help="start the server afterwards"),
          score: bool = typer.Option(True, "--score/--no-score", help="score as of the cut-off and compare with "
                                     "the ground truth"),
@@ -67,13 +69,18 @@ def demo(ctx: typer.Context,
     engine = make_engine(database)
     truth_rows, live = None, None
     try:
-        if score:
+        rescore = rescore_days if score and rescore_days else None
+        if score and not (live_days and rescore):
             _score(make_sessionmaker(engine), config)
         if live_days:
-            live = _live(database, sim, live_days, tactic)
+            # The live days score afresh when they begin and every rescore_days days, as a nightly job would.
+            live = _live(database, sim, live_days, tactic, rescore)
         write_truth(sim, truth_path)
         if score:
             from emma.predict import report
+
+            if live is not None and live.rescored and live.rescored[-1] != config.day_start(config.cutoff_day):
+                _score(make_sessionmaker(engine), config)  # the truth is compared with predictions at the cut-off
 
             with session_scope(make_sessionmaker(engine)) as session:
                 truth_rows = report.against_truth(session=session, path=truth_path)
@@ -98,7 +105,7 @@ def demo(ctx: typer.Context,
         _serve(database, host, port)
 
 
-def _live(database: str, sim: Simulation, live_days: int, tactic: list[str]) -> LiveRun:
+def _live(database: str, sim: Simulation, live_days: int, tactic: list[str], rescore_days: int | None) -> LiveRun:
     """The live days with a progress bar."""
     from emma.demo import service
 
@@ -111,7 +118,8 @@ def _live(database: str, sim: Simulation, live_days: int, tactic: list[str]) -> 
         def progress(done: int, total: int, counts: dict[str, int]) -> None:
             bar.update(task, completed=done, **counts)
 
-        return service.run_live(database=database, sim=sim, enable=tactic, progress=progress)
+        return service.run_live(database=database, sim=sim, enable=tactic, progress=progress,
+                                rescore_days=rescore_days)
 
 
 def _print_campaigns(session: Session, live: LiveRun) -> None:
@@ -129,24 +137,43 @@ def _print_campaigns(session: Session, live: LiveRun) -> None:
                   f"{sum(r.opened.values()):,}, clicked {sum(r.clicked.values()):,}, ordered "
                   f"{sum(r.ordered.values()):,} times ({r.revenue:,.2f} EUR), confirmed {r.confirmed:,} opt-ins, "
                   f"saw {r.decisions:,} on-site decisions, "
-                  f"unsubscribed {r.unsubscribed:,} times; {live.seconds:.1f} s. "
+                  f"unsubscribed {r.unsubscribed:,} times; {live.seconds:.1f} s"
+                  + (f" (of which {live.score_seconds:.1f} s scoring as of "
+                     f"{', '.join(f'{t:%Y-%m-%d}' for t in live.rescored)})" if live.rescored else "") + ". "
                   f"Tactics: {', '.join(live.tactics) or 'none'}")
-    t = Table("tactic", "runs", "holdout", "sent", "goals", "conv. treated", "conv. holdout", "uplift", "p",
+    t = Table("tactic", "runs", "holdout", "sent", "goals", "conv. treated", "conv. holdout",
+              "uplift [95 % CI]", "p", "verdict",
               title="Taktiken gegen Kontrollgruppe / tactics against their holdout group (runs entered, messages "
                     "sent, goals reached)", title_justify="left")
+    unclear = []
     for row in reports.tactic_results(session=session):
         p = "–" if row["p_value"] is None else f"{row['p_value']:.2f}"
         uplift = "–" if row["uplift"] is None else f"{row['uplift'] * 100:+.1f}pp"
+        if row["uplift_ci"] is not None:
+            low, high = row["uplift_ci"]
+            uplift += f" [{low * 100:+.1f}, {high * 100:+.1f}]"
+        verdict = {None: "no holdout", True: "significant", False: "not significant"}[row["significant"]]
+        if row["significant"] is False:
+            unclear.append(row["tactic_id"])
         t.add_row(row["tactic_id"], f"{row['entered']:,}", f"{row['holdout']:,}", f"{row['sent']:,}",
                   f"{row['goals']:,}", _conv(row["treated_converted"], row["treated"]),
-                  _conv(row["holdout_converted"], row["holdout"]), uplift, p)
+                  _conv(row["holdout_converted"], row["holdout"]), uplift, p, verdict)
     out.print(t)
-    c = Table("tactic", "channel", "delivered", "opened", "clicked", "converted", "unsub.",
-              title="Kanäle / channels: delivered -> opened -> clicked -> converted (messages)", title_justify="left")
+    if unclear:
+        out.print(f"Nicht signifikant / not significant: {', '.join(unclear)}: the 95 % interval of the difference "
+                  "includes 0, so these live days cannot tell the tactic's effect from chance (more days or a "
+                  "larger holdout would).")
+    from emma.config import Settings
+
+    cfg = Settings()
+    c = Table("tactic", "channel", "delivered", "opened", "clicked", "converted", "revenue", "unsub.",
+              title="Kanäle / channels: delivered -> opened -> clicked -> converted (messages; an order counts for "
+                    f"its coupon's message, else the last click within {cfg.attribution_click_days:g} days, else "
+                    f"the last open or delivery within {cfg.attribution_view_hours:g} hours)", title_justify="left")
     for row in reports.channel_results(session=session):
         d = row["delivered"]
         c.add_row(row["tactic_id"], row["channel"], f"{d:,}", _conv(row["opened"], d), _conv(row["clicked"], d),
-                  _conv(row["converted"], d), f"{row['unsubscribed']:,}")
+                  _conv(row["converted"], d), f"{row['revenue']:,.2f}", f"{row['unsubscribed']:,}")
     out.print(c)
     from emma.onsite import service as onsite
 

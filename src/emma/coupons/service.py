@@ -52,7 +52,7 @@ def find(*, session: Session, code: str) -> Coupon | None:
 
 
 def attribute_redemptions(*, session: Session, now: dt.datetime | None = None) -> int:
-    """Mark coupons used in orders as redeemed and log 'converted' on the message that carried them."""
+    """Mark coupons used in orders as redeemed and attribute the order to the message that carried them."""
     from emma.channels import service as channels
 
     now = now or utcnow()
@@ -68,8 +68,8 @@ def attribute_redemptions(*, session: Session, now: dt.datetime | None = None) -
         coupon.redeemed_at, coupon.order_id = order.ordered_at, order.order_id
         n += 1
         if coupon.message_id is not None:
-            channels.log(session=session, message_id=coupon.message_id, status="converted", at=now, detail={
-                "order_id": order.order_id, "revenue": str(order.revenue), "currency": order.currency,
-                "coupon": coupon.code, "campaign": coupon.campaign,
-                "same_customer": order.customer_id == coupon.customer_id})
+            channels.convert(session=session, order=order, message_id=coupon.message_id, touch="coupon",
+                             touched_at=coupon.issued_at, now=now, detail={
+                                 "coupon": coupon.code, "campaign": coupon.campaign,
+                                 "same_customer": order.customer_id == coupon.customer_id})
     return n

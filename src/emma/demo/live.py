@@ -32,7 +32,6 @@ from emma.channels import jobs as delivery
 from emma.channels import service as channels
 from emma.channels.adapters import configured_adapters
 from emma.config import Settings
-from emma.coupons import service as coupons
 from emma.db import session_scope
 from emma.demo.reactions import Behaviour, Counts, Recipients
 from emma.demo.simulate import Simulation
@@ -60,6 +59,8 @@ class LiveRun:
     hooks_received: int = 0
     reactions: Counts = field(default_factory=Counts)
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    rescored: list[dt.datetime] = field(default_factory=list)  # `emma score` as of these moments
+    score_seconds: float = 0.0
     seconds: float = 0.0
     start: dt.datetime | None = None
     end: dt.datetime | None = None
@@ -71,8 +72,10 @@ class AppServer:
     def __init__(self, app: Any, port: int) -> None:
         import uvicorn
 
+        # The simulated customers' client keeps its connection between hours of work (scoring, a busy machine):
+        # with uvicorn's 5 s idle timeout the server could close it just as a request goes out.
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                    access_log=False))
+                                                    access_log=False, timeout_keep_alive=3600))
         self.thread = threading.Thread(target=self.server.run, name="emma-demo-app", daemon=True)
 
     def __enter__(self) -> AppServer:
@@ -106,10 +109,23 @@ def start_at_present(*, session: Session, now: dt.datetime, reason: str) -> int:
     return channels.discard_queued(session=session, before=now, reason=reason, now=now)
 
 
+def rescore(*, sessions: sessionmaker[Session], live: LiveRun, at: dt.datetime) -> None:
+    """`emma score` as of at, as a shop's nightly job would: the tactics and decisions read fresh predictions."""
+    from emma.predict import service as predict
+
+    t0 = time.perf_counter()
+    with session_scope(sessions) as s:
+        predict.score(session=s, as_of=at, horizon_days=365)
+    live.rescored.append(at)
+    live.score_seconds += time.perf_counter() - t0
+
+
 def run_live(*, sessions: sessionmaker[Session], settings: Settings, sim: Simulation, enable: list[str] | None = None,
-             progress: Progress | None = None, behaviour: Behaviour | None = None) -> LiveRun:
+             progress: Progress | None = None, behaviour: Behaviour | None = None,
+             rescore_days: int | None = None) -> LiveRun:
     """Simulate the remaining days of sim live: tactics, channels and the customers' reactions (by default as
-    the simulator's hidden traits say; behaviour replaces that response model)."""
+    the simulator's hidden traits say; behaviour replaces that response model). With rescore_days, the
+    predictions are scored afresh when the live days begin and then every rescore_days days."""
     config = sim.config
     live = LiveRun(start=config.day_start(sim.day), end=config.day_start(config.days))
     t0 = time.perf_counter()
@@ -135,6 +151,8 @@ def run_live(*, sessions: sessionmaker[Session], settings: Settings, sim: Simula
                                 behaviour=behaviour, write_key=key)
             total = config.days - sim.day
             while sim.day < config.days:
+                if rescore_days and live.days % rescore_days == 0:
+                    rescore(sessions=sessions, live=live, at=clock.now())
                 _live_day(sim, sessions, settings, clock, tactics, adapters, mail, hooks, people, live)
                 live.days += 1
                 if progress:
@@ -145,7 +163,7 @@ def run_live(*, sessions: sessionmaker[Session], settings: Settings, sim: Simula
             people.act_until(live.end)
             clock.set(live.end)
             with session_scope(sessions) as s:
-                live.delivery["converted"] += coupons.attribute_redemptions(session=s, now=live.end)
+                live.delivery["converted"] += channels.attribute_orders(session=s, settings=settings, now=live.end)
         live.reactions = people.counts
         live.smtp_received, live.hooks_received = mail.received, hooks.received
     live.seconds = time.perf_counter() - t0
@@ -188,9 +206,12 @@ def _live_day(sim: Simulation, sessions: sessionmaker[Session], settings: Settin
         with session_scope(sessions) as s:
             due = channels.next_due(session=s)
         for _ in range(MAX_DELIVERY_PASSES if due is not None and due <= now else 0):
-            counts = delivery.deliver_due(sessions=sessions, settings=settings, adapters=adapters, now=now)
+            counts = delivery.deliver_due(sessions=sessions, settings=settings, adapters=adapters, now=now,
+                                          attribute=False)
             live.delivery.update(counts)
-            if not sum(v for k, v in counts.items() if k != "converted"):
+            if not sum(counts.values()):
                 break
+        with session_scope(sessions) as s:  # the hour's orders, attributed to the messages that led to them
+            live.delivery["converted"] += channels.attribute_orders(session=s, settings=settings, now=now)
         people.receive_mail(mail.take(), now)
-        people.receive_push(hooks.take(), now)
+        people.receive_provider(hooks.take(), now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,11 @@ INCENTIVE_SHARES = (0.30, 0.25, 0.40, 0.05)
 CHANNELS = ("email", "push", "sms", "onsite")
 CHANNEL_SHARES = (0.55, 0.2, 0.1, 0.15)
 CONSENT_PURPOSES = ("email_marketing", "sms_marketing", "push", "personalization", "ads", "analytics")
+# Phone numbers: the Bundesnetzagentur keeps these five blocks of 1,000 numbers unassigned for films, books and
+# teaching material ("Drama Numbers", Amtsblatt 7/2021, Mitteilung 148/2021), so no real person gets the demo's
+# SMS. Its reserved mobile numbers are too few for a shop; 5,000 numbers are enough for the default demo.
+DRAMA_NUMBERS = ("+493023125", "+496990009", "+494066969", "+492214710", "+498999998")
+PHONE_SHARE = 0.25  # of the customers without SMS consent who still give a number (push-only, service)
 
 # (city, postal code, lat, lon, weight, country, time zone)
 CITIES: tuple[tuple[str, str, float, float, float, str, str], ...] = (
@@ -106,6 +112,20 @@ class Population:
         domain = ("example.com", "example.org", "example.net")[i % 3]
         return f"{first}.{last}.{i + 1}@{domain}"
 
+    @functools.cached_property
+    def _phone_rank(self) -> np.ndarray:
+        # Everyone who agreed to SMS, and a quarter of the rest (reproducibly), in customer order; -1: no number.
+        n = len(self.user_id)
+        spread = (np.arange(n, dtype=np.int64) * 2654435761 % 1000) < PHONE_SHARE * 1000
+        has = self.consent[:, CONSENT_PURPOSES.index("sms_marketing")] | spread
+        rank = np.cumsum(has) - 1
+        return np.where(has & (rank < 1000 * len(DRAMA_NUMBERS)), rank, -1)
+
+    def phone(self, i: int) -> str | None:
+        """The customer's mobile number (E.164, from the reserved fiction blocks), or None."""
+        k = int(self._phone_rank[i])
+        return None if k < 0 else f"{DRAMA_NUMBERS[k // 1000]}{k % 1000:03d}"
+
     def timezone(self, i: int) -> str:
         return CITIES[self.city[i]][6]
 
@@ -116,11 +136,15 @@ class Population:
     def traits(self, i: int) -> dict[str, Any]:
         """What the customer tells the shop when registering (identify traits)."""
         city = CITIES[self.city[i]]
-        return {"email": self.email(i), "firstName": FIRST_NAMES[self.first_name[i]],
-                "lastName": LAST_NAMES[self.last_name[i]], "birthday": str(self.birthday[i]),
-                "locale": self.locale_tag(i), "timezone": city[6],
-                "address": {"city": city[0], "postalCode": city[1], "country": city[5],
-                            "lat": round(float(self.lat[i]), 4), "lon": round(float(self.lon[i]), 4)}}
+        traits = {"email": self.email(i), "firstName": FIRST_NAMES[self.first_name[i]],
+                  "lastName": LAST_NAMES[self.last_name[i]], "birthday": str(self.birthday[i]),
+                  "locale": self.locale_tag(i), "timezone": city[6],
+                  "address": {"city": city[0], "postalCode": city[1], "country": city[5],
+                              "lat": round(float(self.lat[i]), 4), "lon": round(float(self.lon[i]), 4)}}
+        phone = self.phone(i)
+        if phone:
+            traits["phone"] = phone
+        return traits
 
     def consent_preferences(self, i: int) -> dict[str, bool]:
         return {p: bool(self.consent[i, k]) for k, p in enumerate(CONSENT_PURPOSES)}

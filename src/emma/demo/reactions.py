@@ -3,8 +3,9 @@ endpoint, and react the way their hidden traits say (the response model in emma.
 
 Everything they do goes through the product's public paths: the open pixel and the click redirect found in
 the delivered HTML, the RFC 8058 one-click unsubscribe from the List-Unsubscribe header, the double opt-in
-link of the confirmation mail, and the shop's tracking (product views, orders with the coupon from the mail)
-through ingest. Reactions happen later on the virtual clock: the caller runs them with `act_until`.
+link of the confirmation mail, the short link in an SMS, the tap link of a push notification, and the shop's
+tracking (product views, orders with the coupon from the mail) through ingest. Reactions happen later on the
+virtual clock: the caller runs them with `act_until`.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class Recipients:
         pop, cat = sim.population, sim.catalog
         self.by_email = {pop.email(i).lower(): i for i in range(len(pop))}
         self.by_user = {u: i for i, u in enumerate(pop.user_id)}
+        self.by_phone = {pop.phone(i): i for i in range(len(pop)) if pop.phone(i)}
         self.sku_index = {s: i for i, s in enumerate(cat.sku)}
         self.name_index = {n: i for i, n in enumerate(cat.name)}
         self.carts: dict[int, dict[str, list[int]]] = {}  # customer -> open carts (id -> products), oldest first
@@ -204,30 +206,60 @@ class Recipients:
             self.counts.received["email"] += 1
             self._read(i, mail.message, at)
 
-    def receive_push(self, deliveries: list[Delivery], at: dt.datetime) -> None:
-        """Push notifications reach the phone of the customer with that external id."""
+    def receive_provider(self, deliveries: list[Delivery], at: dt.datetime) -> None:
+        """What the SMS and push providers (and the webhook) received reaches the customers' phones."""
         for d in deliveries:
-            if not d.path.startswith("/push"):
+            if d.path.startswith("/push"):
+                self._push(d, at)
+            elif d.path.startswith("/sms"):
+                self._sms(d, at)
+            else:
                 self.counts.received[d.path.strip("/") or "webhook"] += 1
-                continue
-            i = self.by_user.get(str(d.body.get("external_user_id")))
-            if i is None:
-                continue
-            self.counts.received["push"] += 1
-            data = d.body.get("data") or {}
-            skus = tuple(s for s in _skus_in(data) if s in self.sku_index)
-            c = customer(self.sim.population, i, alive=bool(self._alive[i]))
-            u = _uniforms(f"push-{d.body.get('message_id')}", c.user_id)
-            fit = offer_fit(c, skus, self.sim.catalog, self.sku_index)
-            p_open, p_click, p_buy = self.behaviour(c, fit, 0, "push", at)
-            if u[0] >= p_open:
-                continue
-            mid = int(d.body.get("message_id") or 0)
-            tap = at + dt.timedelta(minutes=1 + 30 * u[1])
-            self._plan(tap, lambda now, mid=mid: self._tap(mid, now))
-            if skus and u[2] < p_click * p_buy:
-                self._plan(tap + dt.timedelta(minutes=3), lambda now, i=i, skus=skus, mid=mid: self._buy(
-                    i, [self.sku_index[skus[0]]], None, 0, now, channel="push", source=f"push-{mid}"))
+
+    def _push(self, d: Delivery, at: dt.datetime) -> None:
+        """A push notification on the phone of the customer with that external id; a tap opens its tap link."""
+        i = self.by_user.get(str(d.body.get("external_user_id")))
+        tap_url = d.body.get("url")
+        if i is None or not tap_url:
+            return
+        self.counts.received["push"] += 1
+        data = d.body.get("data") or {}
+        skus = tuple(s for s in _skus_in(data) if s in self.sku_index)
+        c = customer(self.sim.population, i, alive=bool(self._alive[i]))
+        u = _uniforms(f"push-{d.body.get('message_id')}", c.user_id)
+        fit = offer_fit(c, skus, self.sim.catalog, self.sku_index)
+        p_open, p_click, p_buy = self.behaviour(c, fit, 0, "push", at)
+        if u[0] >= p_open:
+            return
+        mid = int(d.body.get("message_id") or 0)
+        tap = at + dt.timedelta(minutes=1 + 30 * u[1])
+        buys = bool(skus) and u[2] < p_click * p_buy
+        self._plan(tap, lambda now, url=tap_url, i=i, skus=skus, mid=mid, buys=buys: self._tap(
+            url, now, i=i, skus=skus if buys else (), key=f"push-{mid}"))
+
+    def _sms(self, d: Delivery, at: dt.datetime) -> None:
+        """An SMS to the customer with that number: read (most are), its short link clicked as the traits say."""
+        i = self.by_phone.get(str(d.body.get("to")))
+        if i is None:
+            return
+        self.counts.received["sms"] += 1
+        text = str(d.body.get("text") or "")
+        links = [m for m in re.findall(r"https?://\S+", text) if m.startswith(f"{self._base}/t/s/")]
+        c = customer(self.sim.population, i, alive=bool(self._alive[i]))
+        u = _uniforms(f"sms-{d.body.get('message_id')}", c.user_id)
+        p_read, p_click, p_buy = self.behaviour(c, 0.5, 0, "sms", at)
+        if not links or u[0] >= p_read or u[1] >= p_click:
+            return
+        when = at + dt.timedelta(minutes=2 + 60 * u[2])
+        buys, key = bool(u[3] < p_buy), f"sms-{d.body.get('message_id')}"
+        self._plan(when, lambda now, url=links[0]: self._sms_click(i, url, now, buys=buys, key=key))
+
+    def _sms_click(self, i: int, url: str, now: dt.datetime, *, buys: bool, key: str) -> None:
+        """The short link leads to a product page (a purchase may follow) or elsewhere (a survey, preferences)."""
+        target = self._follow(url, "sms", now).headers.get("location", "")
+        p = self.sku_index.get(target[len(PRODUCT_URL):].upper()) if target.startswith(PRODUCT_URL) else None
+        if buys and p is not None:
+            self._buy(i, [p], None, 0, now + dt.timedelta(minutes=4), "sms", key)
 
     def _read(self, i: int, msg: EmailMessage, at: dt.datetime) -> None:
         html_part = msg.get_body(preferencelist=("html",))
@@ -342,15 +374,26 @@ class Recipients:
             elif p is not None:
                 self._buy(i, [p], None, percent if code else 0, now + dt.timedelta(minutes=4), "email", key, code)
 
-    def _tap(self, mid: int, now: dt.datetime) -> None:
-        from emma.channels import service as channels
+    def _follow(self, url: str, channel: str, now: dt.datetime) -> httpx.Response:
+        r = self._get(url)
+        if r.status_code in (204, 301, 302, 303, 307):
+            self.counts.clicked[channel] += 1
+        return r
 
-        with session_scope(self.sessions) as s:
-            if channels.record_engagement(session=s, message_id=mid, status="opened", now=now):
-                self.counts.opened["push"] += 1
+    def _tap(self, url: str, now: dt.datetime, *, i: int, skus: tuple[str, ...], key: str) -> None:
+        """The app opens the tap link (recorded by the product, redirected to the deep link); maybe a purchase."""
+        r = self._follow(url, "push", now)
+        if skus and r.status_code in (204, 302):
+            self._buy(i, [self.sku_index[skus[0]]], None, 0, now + dt.timedelta(minutes=3), "push", key)
 
-    def _buy(self, i: int, items: list[int], cart_id: str | None, percent: float, now: dt.datetime, channel: str,
+    def _buy(self, i: int, items: list[int], cart_id: str | None, percent: float, at: dt.datetime, channel: str,
              source: str, code: str | None = None) -> None:
+        """Plan the order a few minutes on (planned, not placed at once: the virtual clock never goes back, so
+        placing it now would stamp the reactions of others due before it with its later time)."""
+        self._plan(at, lambda now: self._order(i, items, cart_id, percent, now, channel, source, code))
+
+    def _order(self, i: int, items: list[int], cart_id: str | None, percent: float, now: dt.datetime, channel: str,
+               source: str, code: str | None = None) -> None:
         sim, uid = self.sim, self.sim.population.user_id[i]
         cart_id = cart_id or f"{_short(source)}-wk"
         lines = [{**_product(sim, p), "quantity": 1} for p in items[:4]]

@@ -173,14 +173,15 @@ def run_demo(*, database: str = DEFAULT_DATABASE, config: DemoConfig, progress: 
 
 
 def run_live(*, database: str, sim: Simulation, enable: list[str] | None = None,
-             progress: Any = None) -> Any:
-    """The remaining simulated days live: tactics on the virtual clock, messages through the channels, reactions."""
+             progress: Any = None, rescore_days: int | None = None) -> Any:
+    """The remaining simulated days live: tactics on the virtual clock, messages through the channels, reactions;
+    with rescore_days, fresh predictions when they begin and every rescore_days days."""
     from emma.demo import live
 
     engine = make_engine(database)
     try:
         return live.run_live(sessions=make_sessionmaker(engine), settings=Settings(database_url=database), sim=sim,
-                             enable=enable, progress=progress)
+                             enable=enable, progress=progress, rescore_days=rescore_days)
     finally:
         engine.dispose()
 

@@ -19,8 +19,9 @@ from emma.profiles import service as profiles
 from emma.profiles.models import Customer
 
 # Kept rows: orders and their lines carry revenue, the outbox and delivery log carry send/open/conversion
-# counts, coupons carry redemption counts. Their personal parts are cleared below; all else is deleted.
-KEEP = {"orders", "order_lines", "coupons"}
+# counts, coupons and conversions (no personal data) carry redemption and attribution counts. Their personal
+# parts are cleared below; all else is deleted.
+KEEP = {"orders", "order_lines", "coupons", "conversions"}
 SCRUB: dict[str, dict[str, Any]] = {"outbox": {"payload": {}, "last_error": None},
                                     "delivery_log": {"detail": {}}}
 # Profile columns that survive erasure: none of them identifies a person.

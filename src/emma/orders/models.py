@@ -13,7 +13,9 @@ from emma.db import Base, UTCDateTime, utcnow
 
 class Order(Base):
     __tablename__ = "orders"
-    __table_args__ = (Index("ix_orders_customer_ordered", "customer_id", "ordered_at"),)
+    # ordered_at alone: the attribution of recent orders to messages (channels) reads a time window
+    __table_args__ = (Index("ix_orders_customer_ordered", "customer_id", "ordered_at"),
+                      Index("ix_orders_ordered_at", "ordered_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     order_id: Mapped[str] = mapped_column(String(128), unique=True)
