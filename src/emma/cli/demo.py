@@ -129,7 +129,7 @@ def _print_campaigns(session: Session, live: LiveRun) -> None:
     from emma.reports import service as reports
 
     # Piped into a file or a log there is no terminal width; 80 columns would wrap every row of these tables.
-    out = console if console.is_terminal else Console(width=120)
+    out = console if console.is_terminal else Console(width=150)
     r = live.reactions
     out.print(f"live: {live.days} days from {live.start:%Y-%m-%d} on the virtual clock, {live.ticks:,} worker "
                   f"ticks, {live.events:,} shop events; {live.smtp_received:,} mails reached the SMTP sink and "
@@ -141,28 +141,43 @@ def _print_campaigns(session: Session, live: LiveRun) -> None:
                   + (f" (of which {live.score_seconds:.1f} s scoring as of "
                      f"{', '.join(f'{t:%Y-%m-%d}' for t in live.rescored)})" if live.rescored else "") + ". "
                   f"Tactics: {', '.join(live.tactics) or 'none'}")
-    t = Table("tactic", "runs", "holdout", "sent", "goals", "conv. treated", "conv. holdout",
-              "uplift [95 % CI]", "p", "verdict",
-              title="Taktiken gegen Kontrollgruppe / tactics against their holdout group (runs entered, messages "
-                    "sent, goals reached)", title_justify="left")
+    t = Table("tactic", "runs", "sent", "treated", "holdout", "uplift [95 % CI]", "reachable: treated", "holdout",
+              "uplift [95 % CI]",
+              title="Taktiken gegen Kontrollgruppe / tactics against their holdout group: customers who reached the "
+                    "tactic's goal, of all customers with a run and of those reachable (consent for the tactic's "
+                    "email/SMS/push) when it began", title_justify="left")
+    reach = reports.reachable_results(session=session)
     unclear = []
+
+    def effect(row: dict) -> str:  # type: ignore[type-arg]
+        if row["uplift_ci"] is None:
+            return "no holdout"
+        low, high = row["uplift_ci"]
+        verdict = "significant" if row["significant"] else "not significant"
+        return f"{row['uplift'] * 100:+.1f}pp [{low * 100:+.1f}, {high * 100:+.1f}] {verdict}"
+
+    def share(n: int, d: int) -> str:
+        return f"{n:,}/{d:,} {n / d:.1%}" if d else "–"
+
     for row in reports.tactic_results(session=session):
-        p = "–" if row["p_value"] is None else f"{row['p_value']:.2f}"
-        uplift = "–" if row["uplift"] is None else f"{row['uplift'] * 100:+.1f}pp"
-        if row["uplift_ci"] is not None:
-            low, high = row["uplift_ci"]
-            uplift += f" [{low * 100:+.1f}, {high * 100:+.1f}]"
-        verdict = {None: "no holdout", True: "significant", False: "not significant"}[row["significant"]]
-        if row["significant"] is False:
-            unclear.append(row["tactic_id"])
-        t.add_row(row["tactic_id"], f"{row['entered']:,}", f"{row['holdout']:,}", f"{row['sent']:,}",
-                  f"{row['goals']:,}", _conv(row["treated_converted"], row["treated"]),
-                  _conv(row["holdout_converted"], row["holdout"]), uplift, p, verdict)
+        tid = row["tactic_id"]
+        r = reach.get(tid)
+        reached = ("–", "–", "–") if r is None else (
+            share(r["treated_converted"], r["treated"]), share(r["holdout_converted"], r["holdout"]), effect(r))
+        if row["significant"] is False and (r is None or not r["significant"]):
+            unclear.append(tid)
+        t.add_row(tid, f"{row['entered']:,}", f"{row['sent']:,}",
+                  share(row["customers_treated_converted"], row["customers_treated"]),
+                  share(row["customers_holdout_converted"], row["customers_holdout"]), effect(row), *reached)
     out.print(t)
     if unclear:
         out.print(f"Nicht signifikant / not significant: {', '.join(unclear)}: the 95 % interval of the difference "
-                  "includes 0, so these live days cannot tell the tactic's effect from chance (more days or a "
-                  "larger holdout would).")
+                  "includes 0, so these live days cannot tell the tactic's effect from chance (more days, more "
+                  "customers or a larger holdout would).")
+    tested = sum(x["uplift_ci"] is not None for x in [*reports.tactic_results(session=session), *reach.values()])
+    if tested:
+        out.print(f"{tested} comparisons at 95 %: about {tested / 20:.1f} of them look significant by chance alone, "
+                  "so a single significant result among many is weak evidence.")
     from emma.config import Settings
 
     cfg = Settings()

@@ -287,6 +287,8 @@ class Recipients:
                    if n in self.name_index]
         skus = tuple(self.sim.catalog.sku[p] for p in offered)
         fit = offer_fit(c, skus, self.sim.catalog, self.sku_index)
+        if any(set(items) & set(offered) for items in self.carts.get(i, {}).values()):
+            fit = 1.0  # the mail shows what the customer put into a cart: it fits by their own choice
         code, percent = _coupon(text)
         p_open, p_click, p_buy = self.behaviour(c, fit, percent, "email", at)
         if u[0] >= p_open:
