@@ -24,7 +24,7 @@ from emma.profiles.models import Customer
 from emma.reports import service as reports
 
 END = dt.date(2025, 6, 1)
-LIVE_DAYS = 2
+LIVE_DAYS = 1
 
 
 def eager(c: SimCustomer, fit: float, percent: float, channel: str, at: dt.datetime) -> tuple[float, float, float]:
