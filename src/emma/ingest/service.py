@@ -166,7 +166,8 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, sett
     session.flush()
     # Concurrent writers of the same customers, carts or orders take turns (PostgreSQL) instead of racing
     # to create the same identities and retrying.
-    lock_keys(session, _keys(fresh))
+    if session.get_bind().dialect.name == "postgresql":  # SQLite has one writer at a time anyway
+        lock_keys(session, _keys(fresh))
     resolver = profiles.Resolver(session, now=received_at)
     resolver.preload([("user_id", m.userId) for m in fresh if m.userId] +
                      [("anonymous_id", m.anonymousId) for m in fresh if m.anonymousId] +

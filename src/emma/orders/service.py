@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from emma.db import allocate_ids, among, for_update, insert_columns, insert_rows, rows_among, update_rows
@@ -26,10 +26,7 @@ def create_orders(*, session: Session, orders: Sequence[dict[str, Any]], source:
     """
     if not orders:
         return 0, 0
-    ids = [o["order_id"] for o in orders]
-    present: set[str] = set()
-    for i in range(0, len(ids), 900):
-        present.update(session.scalars(select(Order.order_id).where(Order.order_id.in_(ids[i:i + 900]))))
+    present = {oid for (oid,) in rows_among(session, Order, ["order_id"], "order_id", [o["order_id"] for o in orders])}
     fresh = [o for o in orders if o["order_id"] not in present]
     if not fresh:
         return 0, len(orders)
@@ -45,12 +42,13 @@ def create_orders(*, session: Session, orders: Sequence[dict[str, Any]], source:
             "source": source, "updated_at": o["ordered_at"],
             "delivered_at": o["ordered_at"] if o.get("status") == "delivered" else None,
         })
-    pks = dict(session.execute(insert(Order).returning(Order.order_id, Order.id), order_rows).all())
+    # On the driver's fast path (db.insert_rows); an order a concurrent writer stored meanwhile fails the
+    # insert on its unique order_id, and the transaction is retried.
+    pks = dict(insert_rows(session, Order, order_rows, returning=["order_id", "id"]))
     line_rows = [{"order_pk": pks[o["order_id"]], "line_no": n, "sku": ln["sku"], "quantity": int(ln["quantity"]),
                   "unit_price": ln["unit_price"]}
                  for o in fresh for n, ln in enumerate(o["lines"], start=1)]
-    if line_rows:
-        session.execute(insert(OrderLine), line_rows)
+    insert_rows(session, OrderLine, line_rows)
     return len(fresh), len(orders) - len(fresh)
 
 
