@@ -120,6 +120,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
 
     app.include_router(stores_router)
 
+    from emma.feedback.router import router as feedback_router
+
+    app.include_router(feedback_router)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "reason": e["msg"]}

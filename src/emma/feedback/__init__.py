@@ -1,0 +1,1 @@
+"""Survey answers (the NPS question of feedback_request), recorded as "Survey Answered" events."""
