@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import datetime as dt
-import gc
 import json
 import os
 import platform
@@ -32,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpload
 import numpy as np
 from sqlalchemy import func, insert, select
 
@@ -138,95 +137,14 @@ def requests(data: dict[str, list[str]], n: int, seed: int) -> list[bytes]:
     return out
 
 
-MAX_CONNECTIONS = 256
-
-
-class Conn:
-    """One keep-alive HTTP/1.1 connection (a minimal client: the load generator must cost little)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    async def post(self, head: bytes, body: bytes) -> int:
-        self.writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
-        status_line = await self.reader.readline()
-        if not status_line:
-            raise ConnectionResetError("closed by the server")  # an idle keep-alive connection timed out
-        length = 0
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        await self.reader.readexactly(length)
-        return int(status_line.split()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def load(port: int, key: str, bodies: list[bytes], rate: float, warmup: int,
                server_pid: int) -> tuple[np.ndarray, int, float, float]:
     """Send bodies on a fixed schedule; latencies (s) of the measured part, errors, achieved rate, and the
     server's CPU seconds per measured request."""
-    auth_header = base64.b64encode(f"{key}:".encode()).decode()
-    head = (f"POST /v1/decide HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Basic {auth_header}\r\n"
-            "Content-Type: application/json\r\nContent-Length: ").encode()
-    idle: list[Conn] = []
-    latencies = np.zeros(len(bodies))
-    errors = 0
-
-    slots = asyncio.Semaphore(MAX_CONNECTIONS)
-
-    async def one(i: int, scheduled: float) -> None:
-        nonlocal errors
-        async with slots:  # past MAX_CONNECTIONS in flight, a request waits here, and its latency grows
-            conn = idle.pop() if idle else Conn(*await asyncio.open_connection("127.0.0.1", port))
-            try:
-                try:
-                    status = await conn.post(head, bodies[i])
-                except ConnectionResetError:  # nothing was answered: send it again on a new connection
-                    conn = Conn(*await asyncio.open_connection("127.0.0.1", port))
-                    status = await conn.post(head, bodies[i])
-            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-                errors += 1
-                latencies[i] = np.nan
-                return
-            latencies[i] = time.perf_counter() - scheduled
-            if status != 200:
-                errors += 1
-            idle.append(conn)
-
-    # The load generator is a Python process too: a full collection of everything this script imported
-    # (numpy, scikit-learn, the simulator) stops it for 50 ms and more, and would count as server latency.
-    gc.collect()
-    gc.freeze()
-    for _ in range(32):  # connections a shop's visitors would hold open anyway
-        idle.append(Conn(*await asyncio.open_connection("127.0.0.1", port)))
-    tasks = []
-    start = time.perf_counter() + 0.05
-    cpu0 = None
-    for i in range(len(bodies)):
-        if i == warmup:
-            cpu0 = cpu_seconds(server_pid)
-        at = start + i / rate
-        delay = at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, at)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
-    cpu = (cpu_seconds(server_pid) - (cpu0 or 0.0)) / max(len(bodies) - warmup, 1)
-    for c in idle:
-        c.writer.close()
-    measured = latencies[warmup:]
-    errors_measured = int(np.isnan(measured).sum()) + errors
-    return measured[~np.isnan(measured)], errors_measured, len(bodies) / elapsed, cpu
+    lat, errors, achieved, cpu = await httpload.open_loop(port, httpload.post_head(port, "/v1/decide", key), bodies,
+                                                          rate, warmup=warmup, server_pid=server_pid)
+    measured = np.array(lat)
+    return measured[~np.isnan(measured)], errors, achieved, cpu or 0.0
 
 
 def free_port() -> int:

@@ -8,6 +8,8 @@ Part `http-batch`: `emma serve` (uvicorn, one process, without the embedded work
 127.0.0.1 against a fresh database; a few concurrent clients POST /v1/batch with 100 events each (a shop-like
 mix of page views, product views, cart adds, identifies, orders) until --batch-events are sent; events/s
 accepted, and the server's CPU time (the machine may be shared: CPU time says what the work costs).
+The load generator (bench/httpload.py) sends pre-built HTTP/1.1 requests over keep-alive connections, so
+that it takes little of the CPU the server needs; its own CPU time is printed too.
 
 Part `http-track`: the same server; single POST /v1/track at a fixed offered rate (--rate, default 500/s,
 open loop: requests start on schedule whether or not earlier ones have answered) for --seconds; latency is
@@ -342,7 +344,7 @@ def _percentile(values: list[float], q: float) -> float:
 def part_http_batch(args: argparse.Namespace, databases: list[str]) -> None:
     import asyncio
 
-    import httpx
+    import httpload
 
     per_request = 100
     requests = max(1, args.batch_events // per_request)
@@ -350,92 +352,80 @@ def part_http_batch(args: argparse.Namespace, databases: list[str]) -> None:
     bodies = [json.dumps({"batch": [shop_event(rng, i * per_request + j) for j in range(per_request)]}).encode()
               for i in range(requests)]
 
-    async def drive(base: str, key: str) -> tuple[float, int, int, list[float]]:
+    async def drive(port: int, key: str) -> tuple[float, int, int, list[float]]:
+        head = httpload.post_head(port, "/v1/batch", key)
         queue = list(range(requests))
         accepted, failed, latencies = 0, 0, []
-        async with httpx.AsyncClient(base_url=base, auth=(key, ""), timeout=60,
-                                     headers={"content-type": "application/json"}) as client:
-            async def worker() -> None:
-                nonlocal accepted, failed
-                while queue:
-                    body = bodies[queue.pop()]
-                    t = time.perf_counter()
-                    r = await client.post("/v1/batch", content=body)
-                    latencies.append(time.perf_counter() - t)
-                    if r.status_code == 200:
-                        accepted += r.json()["accepted"]
-                    else:
-                        failed += 1
 
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(args.clients)))
-            return time.perf_counter() - started, accepted, failed, latencies
+        async def client() -> None:
+            nonlocal accepted, failed
+            conn = await httpload.connect(port)
+            while queue:
+                body = bodies[queue.pop()]
+                t = time.perf_counter()
+                status = await conn.post(head, body)
+                latencies.append(time.perf_counter() - t)
+                if status == 200:
+                    accepted += json.loads(conn.body)["accepted"]
+                else:
+                    failed += 1
+            conn.writer.close()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(args.clients)))
+        return time.perf_counter() - started, accepted, failed, latencies
 
     with tempfile.TemporaryDirectory(prefix="emma-bench-http-") as tmp:
         for db in databases:
             with fresh_database(db, Path(tmp)) as url, running_server(url, worker=args.worker) as (base, key, pid):
-                cpu, server = process_cpu_seconds(pid), server_cpu_seconds()
-                secs, accepted, failed, lat = asyncio.run(drive(base, key))
+                port = int(base.rsplit(":", 1)[1])
+                cpu, server, own = process_cpu_seconds(pid), server_cpu_seconds(), time.process_time()
+                secs, accepted, failed, lat = httpload.run(drive(port, key))
                 cpu = process_cpu_seconds(pid) - cpu
-                if server is not None:
-                    cpu += server_cpu_seconds() - server  # type: ignore[operator]
+                own = time.process_time() - own
+                pg = server_cpu_seconds() - server if server is not None else 0.0  # type: ignore[operator]
+                split = f" (emma {cpu:.1f} s, PostgreSQL {pg:.1f} s)" if server is not None else ""
+                cpu += pg
                 print(f"http batch    {db:<9} {requests:,} requests x {per_request} events, {args.clients} clients: "
                       f"{secs:6.1f} s {accepted / secs:>9,.0f} events/s accepted   request p50 "
                       f"{_percentile(lat, 0.5) * 1000:.0f} ms p99 {_percentile(lat, 0.99) * 1000:.0f} ms   "
-                      f"server CPU {cpu:.1f} s {accepted / cpu:>7,.0f} events/CPU-s   "
-                      f"accepted {accepted:,} failed requests {failed}   target >= 10,000 events/s", flush=True)
+                      f"server CPU {cpu:.1f} s{split} {accepted / cpu:>7,.0f} events/CPU-s "
+                      f"({cpu / max(accepted, 1) * 1e6:.0f} us per event)   load generator CPU {own:.1f} s   "
+                      f"accepted {accepted:,} failed requests {failed}   load average {os.getloadavg()[0]:.1f}   "
+                      "target >= 10,000 events/s", flush=True)
 
 
 def part_http_track(args: argparse.Namespace, databases: list[str]) -> None:
-    import asyncio
-
-    import httpx
+    import httpload
 
     total = int(args.rate * args.seconds)
+    warmup = int(args.rate)  # the first second warms up
     rng = random.Random(args.seed)
     bodies = [json.dumps(shop_event(rng, i) | {"type": "track", "event": "Product Viewed",
                                                "properties": {"sku": "SKU-000001", "price": 9.5}}).encode()
               for i in range(total)]
 
-    async def drive(base: str, key: str) -> tuple[list[float], int, float]:
-        latencies: list[float] = [float("nan")] * total
-        failed = 0
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-        # Waiting for a free connection is queueing and counts in the latency, so the pool never times out.
-        timeout = httpx.Timeout(30, pool=None)
-        async with httpx.AsyncClient(base_url=base, auth=(key, ""), timeout=timeout, limits=limits,
-                                     headers={"content-type": "application/json"}) as client:
-            async def one(i: int, due: float) -> None:
-                nonlocal failed
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                try:
-                    r = await client.post("/v1/track", content=bodies[i])
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                # From the scheduled start: queueing counts; a failed request counts as never answered.
-                latencies[i] = time.perf_counter() - due if ok else float("inf")
-                failed += not ok
-
-            started = time.perf_counter() + 0.2
-            await asyncio.gather(*(one(i, started + i / args.rate) for i in range(total)))
-            return latencies, failed, time.perf_counter() - started
-
     with tempfile.TemporaryDirectory(prefix="emma-bench-http-") as tmp:
         for db in databases:
             with fresh_database(db, Path(tmp)) as url, running_server(url, worker=args.worker) as (base, key, pid):
-                cpu, server = process_cpu_seconds(pid), server_cpu_seconds()
-                lat, failed, secs = asyncio.run(drive(base, key))
+                port = int(base.rsplit(":", 1)[1])
+                cpu, server, own = process_cpu_seconds(pid), server_cpu_seconds(), time.process_time()
+                measured, failed, achieved, _ = httpload.run(httpload.open_loop(
+                    port, httpload.post_head(port, "/v1/track", key), bodies, args.rate, warmup=warmup))
                 cpu = process_cpu_seconds(pid) - cpu
-                if server is not None:
-                    cpu += server_cpu_seconds() - server  # type: ignore[operator]
-                measured = lat[int(args.rate):]  # the first second warms up
+                own = time.process_time() - own
+                pg = server_cpu_seconds() - server if server is not None else 0.0  # type: ignore[operator]
+                split = f" (emma {cpu:.1f} s, PostgreSQL {pg:.1f} s)" if server is not None else ""
+                cpu += pg
+                # A failed request counts as never answered.
+                measured = [x if x == x else float("inf") for x in measured]
                 print(f"http track    {db:<9} {total:,} requests offered at {args.rate:,.0f}/s "
-                      f"for {args.seconds:.0f} s, "
-                      f"done in {secs:.1f} s: p50 {_percentile(measured, 0.5) * 1000:.1f} ms p95 "
-                      f"{_percentile(measured, 0.95) * 1000:.1f} ms p99 {_percentile(measured, 0.99) * 1000:.1f} ms "
-                      f"max {max(measured) * 1000:.0f} ms   server CPU {cpu / total * 1000:.2f} ms per request   "
-                      f"failed {failed}   target p99 < 10 ms", flush=True)
+                      f"for {args.seconds:.0f} s, achieved {achieved:,.0f}/s: p50 "
+                      f"{_percentile(measured, 0.5) * 1000:.1f} ms p95 {_percentile(measured, 0.95) * 1000:.1f} ms "
+                      f"p99 {_percentile(measured, 0.99) * 1000:.1f} ms max {max(measured) * 1000:.0f} ms   "
+                      f"server CPU {cpu / total * 1000:.2f} ms per request{split}   "
+                      f"load generator CPU {own / total * 1000:.2f} ms per request   failed {failed}   "
+                      f"load average {os.getloadavg()[0]:.1f}   target p99 < 10 ms", flush=True)
 
 
 PARTS: dict[str, Callable[[argparse.Namespace, list[str]], None]] = {

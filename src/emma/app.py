@@ -22,6 +22,10 @@ from emma.config import Settings, get_settings
 from emma.db import make_engine, make_sessionmaker
 
 _tuned = False
+# Allocations between two young-generation collections. At Python's default of 700 a server ingesting
+# batches collected every few requests: 519 collections, a fifth of its CPU in a 20,000-event run
+# (measured). The requests' garbage holds few cycles, so collecting less often costs little memory.
+GC_THRESHOLD = (50_000, 20, 20)
 
 
 def _tune_process() -> None:
@@ -34,6 +38,7 @@ def _tune_process() -> None:
         _tuned = True
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLD)
         # The embedded worker and the impression writer are threads of this process. While one of them runs
         # Python, a request coming back from a database read waits for the GIL up to the switch interval:
         # 5 ms by default, several times per request. 1 ms bounds that wait at little cost.
@@ -77,6 +82,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.state.sessions = make_sessionmaker(engine)
     app.state.key_cache = {}
     app.state.write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+    from emma.ingest.router import FastPath
+
+    # Added before CORS, so CORS wraps it: the browser snippet's requests get its headers and preflights.
+    app.add_middleware(FastPath)
     if settings.cors_origins:
         # The JS snippet calls the API from the shop's pages; the Basic auth header makes browsers preflight.
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

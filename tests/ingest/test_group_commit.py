@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -93,3 +95,35 @@ def test_the_same_message_in_concurrent_requests_lands_once(db_url, session_fact
     assert sorted(r.duplicates for r in results) == [0] + [1] * resend  # type: ignore[attr-defined]
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(Event)) == 1
+
+
+def test_postgres_runs_two_groups_at_once_sqlite_one(db_url, session_factory, monkeypatch):
+    ingest_many = service.ingest_many
+    inflight, peak, lock = [0], [0], threading.Lock()
+
+    def counting(**kw):  # type: ignore[no-untyped-def]
+        with lock:
+            inflight[0] += 1
+            peak[0] = max(peak[0], inflight[0])
+        try:
+            time.sleep(0.05)  # long enough for the next requests to arrive while this group runs
+            return ingest_many(**kw)
+        finally:
+            with lock:
+                inflight[0] -= 1
+
+    monkeypatch.setattr(service, "ingest_many", counting)
+    opened: list[int] = []
+
+    async def run() -> list[object]:
+        writer = _writer(db_url, session_factory, opened)
+        first = asyncio.ensure_future(writer.submit([_track(0)]))
+        await asyncio.sleep(0.01)
+        rest = asyncio.gather(*(writer.submit([_track(i)]) for i in (1, 2, 3, 4, 1)))  # gw-1 twice
+        return [await first, *await rest]
+
+    results = asyncio.run(run())
+    assert peak[0] == (1 if db_url.startswith("sqlite") else 2)
+    assert sum(r.accepted for r in results) == 5 and sum(r.duplicates for r in results) == 1  # type: ignore[attr-defined]
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(Event)) == 5

@@ -60,20 +60,28 @@ class GroupWriter:
     resolved only after the transaction holding its messages committed, with the result the request
     would have had alone. If a group's transaction fails for good, each of its requests is retried in its
     own transaction, so one request's failure is never another's.
+
+    SQLite has one writer, so one transaction runs at a time. On PostgreSQL up to `concurrency` run at once
+    (the default is 2): a transaction there spends most of its time waiting for the server, and another
+    group's work goes on meanwhile. Concurrent transactions are safe as they are for separate requests:
+    messageIds are unique in the table, and customers' keys are locked in order.
     """
 
-    def __init__(self, app: Any, *, max_messages: int = 2000) -> None:
+    def __init__(self, app: Any, *, max_messages: int = 2000, concurrency: int | None = None) -> None:
         self.app = app
         self.max_messages = max_messages
+        self.concurrency = concurrency or (1 if app.state.write_lock is not None else 2)
         self._queue: deque[tuple[list[Any], asyncio.Future[Any]]] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, raw_messages: list[Any]) -> Any:
         """Ingest one request's messages with whatever else is waiting; its IngestResult after the commit."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((raw_messages, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain())
+        # A drainer that saw the queue empty has ended (done() at once): it is not counted.
+        self._tasks = {t for t in self._tasks if not t.done()}
+        if len(self._tasks) < self.concurrency:
+            self._tasks.add(asyncio.create_task(self._drain()))
         # A client that goes away does not cancel the write: its messages still land.
         return await asyncio.shield(future)
 
