@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from emma.catalog.models import Product
 from emma.consent.models import Consent
@@ -127,6 +127,12 @@ def populate(url: str, n: int, seed: int = 7) -> None:
                                 (CartItem, items), (WishlistItem, wishes)):
                 if rows:
                     c.execute(insert(model), rows)
+    if engine.dialect.name == "postgresql":  # the rows carry their ids: move the sequences past them
+        with engine.begin() as c:
+            for model in (ScoreRun, Customer, Event, Order, OrderLine, Cart):
+                name = model.__tablename__
+                c.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
+                               f"(SELECT coalesce(max(id), 0) + 1 FROM {name}), false)"))
     engine.dispose()
 
 

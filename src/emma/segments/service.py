@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
-from emma.db import insert_ignoring_conflicts, utcnow
+from emma.db import insert_columns, rows_among, utcnow
 from emma.ingest.models import Event
 from emma.profiles.models import Customer
 from emma.segments import compile as sql
@@ -31,6 +31,7 @@ from emma.segments.models import Segment, SegmentMembership
 ENTERED, EXITED = "Segment Entered", "Segment Exited"
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _CHUNK = 500
+_WRITE_CHUNK = 5_000  # transitions per set of statements
 
 
 @dataclass(frozen=True)
@@ -250,46 +251,56 @@ def refresh_all(*, session: Session, now: dt.datetime, segments: Sequence[str] |
 def _transition(session: Session, segment: Segment, entering: list[int], leaving: list[int],
                 now: dt.datetime) -> list[Transition]:
     """Store the changed memberships and insert their events (a message id seen before is skipped)."""
+    # A chunk is a handful of statements whatever its size: look-ups and inserts as plain SQL on the driver,
+    # one UPDATE per kind. Per-row statements made a first refresh on PostgreSQL take minutes.
     out: list[Transition] = []
     table = SegmentMembership.__table__
     for kind, ids in (("enter", entering), ("exit", leaving)):
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            rows = {cid: (pk, entries) for pk, cid, entries in session.execute(
-                select(SegmentMembership.id, SegmentMembership.customer_id, SegmentMembership.entries).where(
-                    SegmentMembership.segment_id == segment.id, SegmentMembership.customer_id.in_(chunk)))}
-            user_ids = dict(session.execute(
-                select(Customer.id, Customer.external_id).where(Customer.id.in_(chunk))).all())
-            inserts, events = [], []
+        for start in range(0, len(ids), _WRITE_CHUNK):
+            chunk = ids[start:start + _WRITE_CHUNK]
+            rows = {cid: (pk, entries) for pk, cid, entries in rows_among(
+                session, table, ("id", "customer_id", "entries"), "customer_id", chunk,
+                where="segment_id = {p}", params=(segment.id,))}
+            user_ids = dict(rows_among(session, Customer, ("id", "external_id"), "id", chunk))
+            inserts: list[int] = []
+            updates: list[int] = []
             for cid in chunk:
                 pk, entries = rows.get(cid, (None, 0))
                 n = entries + 1 if kind == "enter" else max(entries, 1)
-                if kind == "enter":
-                    if pk is None:
-                        inserts.append({"segment_id": segment.id, "customer_id": cid, "member": True, "since": now,
-                                        "left_at": None, "entries": n})
-                    else:
-                        session.execute(update(table).where(table.c.id == pk).values(
-                            member=True, since=now, left_at=None, entries=n))
-                elif pk is not None:
-                    session.execute(update(table).where(table.c.id == pk).values(member=False, left_at=now))
-                t = Transition(segment.key, segment.id, cid, kind, now, f"seg:{segment.id}:{cid}:{kind}:{n}")
-                out.append(t)
-                events.append({"message_id": t.message_id, "type": "track", "name": t.event_name, "customer_id": cid,
-                               "user_id": user_ids.get(cid), "anonymous_id": None,
-                               "properties": {"segment": segment.key},
-                               "context": {"library": {"name": "emma.segments"}},
-                               "timestamp": now, "received_at": now})
+                if pk is None:
+                    if kind == "enter":
+                        inserts.append(cid)
+                else:
+                    updates.append(pk)
+                out.append(Transition(segment.key, segment.id, cid, kind, now, f"seg:{segment.id}:{cid}:{kind}:{n}"))
+            if updates:
+                values = (dict(member=True, since=now, left_at=None, entries=table.c.entries + 1) if kind == "enter"
+                          else dict(member=False, left_at=now))
+                session.execute(update(table).where(table.c.id.in_(updates)).values(**values))
             if inserts:
-                session.execute(table.insert(), inserts)
-            if events:
-                _record(session, events)
+                insert_columns(session, table, {"segment_id": [segment.id] * len(inserts), "customer_id": inserts,
+                                                "member": [True] * len(inserts), "since": [now] * len(inserts),
+                                                "left_at": [None] * len(inserts), "entries": [1] * len(inserts)})
+            _record(session, out[-len(chunk):], user_ids)
     return out
 
 
-def _record(session: Session, rows: list[dict[str, Any]]) -> None:
-    # A message id recorded before (a retried refresh) is left alone.
-    session.execute(insert_ignoring_conflicts(session, Event, ["message_id"]), rows)
+def _record(session: Session, transitions: list[Transition], user_ids: dict[int, str | None]) -> None:
+    """The transitions as Segment Entered / Segment Exited events; a message id recorded before is left alone."""
+    if not transitions:
+        return
+    n = len(transitions)
+    props = {t.segment: json.dumps({"segment": t.segment}) for t in transitions}
+    insert_columns(session, Event, {
+        "message_id": [t.message_id for t in transitions], "type": ["track"] * n,
+        "name": [t.event_name for t in transitions], "customer_id": [t.customer_id for t in transitions],
+        "user_id": [user_ids.get(t.customer_id) for t in transitions], "anonymous_id": [None] * n,
+        "properties": [props[t.segment] for t in transitions], "context": [_CONTEXT] * n,
+        "timestamp": [t.at for t in transitions], "received_at": [t.at for t in transitions]},
+        on_conflict=["message_id"], encoded=("properties", "context"))
+
+
+_CONTEXT = json.dumps({"library": {"name": "emma.segments"}})
 
 
 def member_count(*, session: Session, segment: Segment | str) -> int:
