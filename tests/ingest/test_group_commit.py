@@ -97,7 +97,7 @@ def test_the_same_message_in_concurrent_requests_lands_once(db_url, session_fact
         assert s.scalar(select(func.count()).select_from(Event)) == 1
 
 
-def test_postgres_runs_two_groups_at_once_sqlite_one(db_url, session_factory, monkeypatch):
+def test_concurrency_two_runs_two_groups_at_once_on_postgres_sqlite_one(db_url, session_factory, monkeypatch):
     ingest_many = service.ingest_many
     inflight, peak, lock = [0], [0], threading.Lock()
 
@@ -116,7 +116,7 @@ def test_postgres_runs_two_groups_at_once_sqlite_one(db_url, session_factory, mo
     opened: list[int] = []
 
     async def run() -> list[object]:
-        writer = _writer(db_url, session_factory, opened)
+        writer = _writer(db_url, session_factory, opened, concurrency=2)
         first = asyncio.ensure_future(writer.submit([_track(0)]))
         await asyncio.sleep(0.01)
         rest = asyncio.gather(*(writer.submit([_track(i)]) for i in (1, 2, 3, 4, 1)))  # gw-1 twice
