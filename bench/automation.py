@@ -7,11 +7,17 @@
 PostgreSQL is a throwaway server started like the test suite's (fsync off), unless EMMA_BENCH_PG_URL names one
 (a database is created in it and dropped afterwards).
 
-1. latency: events arrive at a fixed rate (default 1,000/s for 10 s) through ingestion while the worker runs
-   in another thread of the same process (as embedded in `emma serve`, woken by the commits); for each event,
-   the time from its commit to its message in the outbox (p50, p99).
-2. birthdays: 1,000,000 customers (SQLite), the daily birthday scan (customers whose birthday is today in their
-   own time zone enter happy_birthday) and the steps of the runs it starts.
+1. latency: three processes, as a busy shop deploys them. `emma worker` (woken by NOTIFY on PostgreSQL, polling
+   with its back-off on SQLite); a producer that ingests events at a steady rate (default 1,000/s for 10 s,
+   one `ingest_many` commit per 10 ms tick) and notes each event's commit time; and this process, the observer,
+   which looks for new outbox rows every 2 ms and notes when each became visible. Both times are the machine's
+   wall clock. For each event: commit -> its message visible in the outbox (p50, p99, max), the rate that
+   actually arrived, and CPU per event of the worker, the producer and (throwaway server) PostgreSQL.
+2. birthdays: 1,000,000 customers (SQLite, with predictions), the daily birthday scan (customers whose birthday
+   is today in their own time zone enter happy_birthday) and the steps of the runs it starts.
+   winback: the same shop; the library's win-back as a daily schedule over a segment that reads predictions
+   (churn >= 0.6, CLV >= 300, email consent): the scans (5,000 entries each, as the worker repeats them), the
+   first steps (wait for each customer's best send hour) and the messages at the send hour.
 3. steps: sustained engine throughput, steps per second (journal entries), on SQLite and PostgreSQL.
 """
 
@@ -20,16 +26,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, insert, select
 
@@ -38,9 +46,10 @@ from emma.automation.models import Run, RunStep, TacticSetting
 from emma.channels.models import OutboxMessage
 from emma.config import Settings
 from emma.consent.models import Consent
-from emma.db import make_engine, make_sessionmaker, session_scope, upgrade, utcnow
+from emma.db import insert_rows, make_engine, make_sessionmaker, session_scope, upgrade, utcnow
 from emma.ingest import service as ingest
 from emma.ingest.models import Event
+from emma.predict.models import Prediction, ScoreRun
 from emma.profiles.models import Customer, Identity
 
 INSTANT = {"id": "bench_instant", "version": 1, "names": {"de": "Sofort", "en": "Instant"}, "channels": ["email"],
@@ -115,102 +124,248 @@ def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def latency(url: str, label: str, rate: int, seconds: float) -> None:
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu() -> float | None:
+    from ingest import server_cpu_seconds  # bench/ingest.py: the throwaway PostgreSQL server's processes
+
+    return server_cpu_seconds()
+
+
+def produce(url: str, rate: int, seconds: float, customers: int, out: str) -> None:
+    """The producer process: ingest events at a steady rate, one commit per 10 ms tick (as an HTTP API under load
+    commits its batches), and record each event's commit time (wall clock, shared with the observer)."""
     eng = make_engine(url)
     sessions = make_sessionmaker(eng)
     settings = _settings(url)
     n = int(rate * seconds)
-    _customers(sessions, min(n, 20_000))
-    _only(sessions, INSTANT)
-    with session_scope(sessions) as s:  # start the cursor at the present
-        jobs.consume_events(session=s, tactics=library.enabled(session=s), settings=settings, now=utcnow())
-    stop = threading.Event()
-    worker = threading.Thread(target=jobs.run, kwargs={"sessions": sessions, "settings": settings, "stop": stop},
-                              daemon=True)
-    worker.start()
+    tick = 0.01
+    per_tick = max(1, round(rate * tick))
     committed: dict[str, float] = {}
-    batch = max(1, rate // 50)  # 50 batches a second, as an HTTP API under load would commit them
-    cpu0 = time.process_time()
+    worst = 0.0
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     sent = 0
-    customers = min(n, 20_000)
     while sent < n:
         due = t0 + sent / rate
         pause = due - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
-        msgs = [{"type": "track", "userId": f"b-{(sent + k) % customers + 1}", "event": "Bench Ping",
-                 "messageId": f"ping-{sent + k}", "properties": {"ping": sent + k + 1}} for k in range(batch)]
+        worst = max(worst, time.perf_counter() - due)
+        k = min(per_tick, n - sent)
+        msgs = [{"type": "track", "userId": f"b-{(sent + j) % customers + 1}", "event": "Bench Ping",
+                 "messageId": f"ping-{sent + j}", "properties": {"ping": sent + j + 1}} for j in range(k)]
         with session_scope(sessions) as s:
-            ingest.ingest(session=s, raw_messages=msgs, settings=settings)
+            ingest.ingest_many(session=s, requests=[msgs], settings=settings)
         at = time.time()
         for m in msgs:
             committed[m["messageId"]] = at
-        sent += batch
-    behind = time.perf_counter() - t0 - seconds
-    deadline = time.perf_counter() + 30
-    while time.perf_counter() < deadline:
-        with session_scope(sessions) as s:
-            done = s.scalar(select(func.count()).select_from(OutboxMessage)) or 0
-        if done >= n:
-            break
-        time.sleep(0.05)
-    stop.set()
-    worker.join(timeout=10)
-    cpu = time.process_time() - cpu0
-    with session_scope(sessions) as s:
-        runs = s.execute(select(Run.dedupe, OutboxMessage.created_at).join(OutboxMessage,
-                                                                           OutboxMessage.run_id == Run.id)).all()
-        ids = {int(d.split(":")[1]): c for d, c in runs}
-        mids = dict(s.execute(select(Event.id, Event.message_id).where(Event.id.in_(list(ids)))).all()) if ids else {}
-    lat = [(ids[i].timestamp() - committed[mids[i]]) * 1000 for i in ids if mids.get(i) in committed]
-    print(f"latency ({label}): {n} events at {rate}/s for {seconds:g} s (producer {behind * 1000:+.0f} ms behind "
-          f"schedule); {len(lat)} messages; load average {_load()}")
-    if lat:
-        print(f"  event committed -> message in outbox: p50 {_pct(lat, 50):.1f} ms, p99 {_pct(lat, 99):.1f} ms, "
-              f"max {max(lat):.1f} ms, mean {statistics.mean(lat):.1f} ms")
-    print(f"  CPU of this process (the producer's ingestion and the worker): {cpu:.1f} s, "
-          f"{cpu / n * 1000:.2f} ms per event")
+        sent += k
+    Path(out).write_text(json.dumps({"committed": committed, "behind": time.perf_counter() - t0 - seconds,
+                                     "worst": worst, "cpu": time.process_time() - cpu0}))
     eng.dispose()
 
 
-def birthdays(workdir: Path, customers: int) -> None:
-    url = f"sqlite:///{workdir / 'birthdays.db'}"
-    upgrade(url)
+def latency(url: str, label: str, rate: int, seconds: float, workdir: Path) -> None:
+    """Producer, worker and observer in three processes; see the module docstring."""
     eng = make_engine(url)
     sessions = make_sessionmaker(eng)
     settings = _settings(url)
+    n = int(rate * seconds)
+    customers = min(n, 20_000)
+    _customers(sessions, customers)
+    _only(sessions, INSTANT)
+    with session_scope(sessions) as s:  # start the cursor at the present
+        jobs.consume_events(session=s, tactics=library.enabled(session=s), settings=settings, now=utcnow())
+    env = {**os.environ, "EMMA_DATABASE_URL": url, "EMMA_QUIET_HOURS": "", "EMMA_FREQUENCY_CAPS": "{}",
+           "EMMA_WORKER_BATCH_SIZE": str(settings.worker_batch_size)}
+    worker = subprocess.Popen([sys.executable, "-c", "from emma.cli.main import app; app()", "worker",
+                               "--no-deliver"], env=env, stdout=subprocess.PIPE, text=True)
+    out = workdir / "produced.json"
+    try:
+        assert worker.stdout is not None
+        worker.stdout.readline()  # "worker running": the worker process is up
+        time.sleep(1.0)  # its first pass (trigger scan) is over
+        seen: dict[int, float] = {}
+        last = 0
+        table = OutboxMessage.__table__
+        load0, wcpu0, scpu0 = _load(), _cpu(worker.pid), _server_cpu()
+        producer = subprocess.Popen([sys.executable, __file__, "--produce", url, "--rate", str(rate),
+                                     "--seconds", str(seconds), "--produce-customers", str(customers),
+                                     "--produce-out", str(out)], env=env)
+        # The observer: this process notes when each outbox row becomes visible (polling every 2 ms).
+        deadline = None
+        with eng.connect() as conn:
+            while len(seen) < n:
+                rows = conn.execute(select(table.c.id, table.c.run_id).where(table.c.id > last)
+                                    .order_by(table.c.id)).all()
+                conn.rollback()  # a new snapshot for the next look
+                at = time.time()
+                for mid, run_id in rows:
+                    seen[run_id] = at
+                    last = mid
+                if deadline is None and producer.poll() is not None:
+                    deadline = time.perf_counter() + 30
+                if deadline is not None and time.perf_counter() > deadline:
+                    break
+                time.sleep(0.002)
+        producer.wait()
+        wcpu, scpu = _cpu(worker.pid) - wcpu0, _server_cpu()
+        load1 = _load()
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    produced = json.loads(out.read_text())
+    committed: dict[str, float] = produced["committed"]
+    with session_scope(sessions) as s:
+        runs = dict(s.execute(select(Run.id, Run.dedupe).where(Run.tactic_id == INSTANT["id"])).all())
+        events = dict(s.execute(select(Event.id, Event.message_id)).all())
+    lat = []
+    for run_id, at in seen.items():
+        mid = events.get(int(runs[run_id].split(":")[1]))
+        if mid in committed:
+            lat.append((at - committed[mid]) * 1000)
+    span = max(committed.values()) - min(committed.values())
+    print(f"latency ({label}): {n} events offered at {rate}/s for {seconds:g} s by a producer process "
+          f"({max(1, round(rate / 100))} per 10 ms commit); it ended {produced['behind'] * 1000:+.0f} ms off schedule "
+          f"(worst tick {produced['worst'] * 1000:.0f} ms late), so {len(committed) / span:,.0f} events/s arrived; "
+          f"{len(lat)} messages; load average {load0} -> {load1}")
+    if lat:
+        print(f"  event committed -> message visible in the outbox: p50 {_pct(lat, 50):.1f} ms, "
+              f"p99 {_pct(lat, 99):.1f} ms, max {max(lat):.1f} ms, mean {statistics.mean(lat):.1f} ms")
+    server = f"; database server {(scpu - scpu0) / n * 1000:.2f} ms" if scpu is not None and scpu0 is not None else ""
+    print(f"  CPU per event: worker process (`emma worker`) {wcpu / n * 1000:.2f} ms{server}; producer "
+          f"(ingestion) {produced['cpu'] / n * 1000:.2f} ms")
+    eng.dispose()
+
+
+def _million(workdir: Path, customers: int) -> str:
+    """The SQLite shop of the recurring parts (created once per bench run): customers with birthdays, email
+    consent and predictions (churn risk, CLV, uplift, send hour) from one scoring run."""
+    path = workdir / "recurring.db"
+    url = f"sqlite:///{path}"
+    if path.exists():
+        return url
+    upgrade(url)
+    eng = make_engine(url)
+    sessions = make_sessionmaker(eng)
     t = time.perf_counter()
     _customers(sessions, customers, birthdays=True, identities=False)
-    print(f"birthdays: {customers:,} customers created in {time.perf_counter() - t:.1f} s")
-    tactic = library.library()["happy_birthday"]
-    now = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
-    t = time.perf_counter()
+    rng = random.Random(2)
+    now = utcnow()
     with session_scope(sessions) as s:
-        entered = triggers.scan(session=s, tactics={tactic.id: tactic}, settings=settings, now=now)
-    scan = time.perf_counter() - t
-    t = time.perf_counter()
+        run = ScoreRun(as_of=now, horizon_days=365, status="done", finished_at=now)
+        s.add(run)
+        s.flush()
+        run_id = run.id
+    for lo in range(1, customers + 1, 50_000):
+        rows = [{"customer_id": i, "run_id": run_id, "as_of": now, "personalized": True,
+                 "churn_probability": round(rng.random() ** 3, 4), "clv": round(rng.random() * 1000, 2),
+                 "incentive_uplift": round(rng.random() * 0.1, 4), "best_send_hour": rng.randrange(7, 21),
+                 "top_affinities": [], "recommendations": [], "reasons": {}}
+                for i in range(lo, min(lo + 50_000, customers + 1))]
+        with session_scope(sessions) as s:
+            insert_rows(s, Prediction, rows)
+    print(f"recurring: {customers:,} customers with birthdays, consent and predictions created in "
+          f"{time.perf_counter() - t:.1f} s")
+    eng.dispose()
+    return url
+
+
+def _drain(sessions, tactic: Any, settings: Settings, now: dt.datetime) -> int:
     steps = 0
     while True:
         with session_scope(sessions) as s:
             n = engine.process_due(session=s, tactics={tactic.id: tactic}, settings=settings, now=now, limit=1000)
         steps += n
         if n < 1000:
-            break
-    first = time.perf_counter() - t
-    later = now + dt.timedelta(days=1)
-    t = time.perf_counter()
-    while True:  # the morning waits are over: the greetings go into the outbox
-        with session_scope(sessions) as s:
-            n = engine.process_due(session=s, tactics={tactic.id: tactic}, settings=settings, now=later, limit=1000)
-        if n < 1000:
-            break
-    send = time.perf_counter() - t
+            return steps
+
+
+def birthdays(workdir: Path, customers: int) -> None:
+    url = _million(workdir, customers)
+    eng = make_engine(url)
+    sessions = make_sessionmaker(eng)
+    settings = _settings(url)
+    tactic = library.library()["happy_birthday"]
+    now = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    t, cpu = time.perf_counter(), time.process_time()
     with session_scope(sessions) as s:
-        msgs = s.scalar(select(func.count()).select_from(OutboxMessage))
-    print(f"  daily scan: {entered:,} birthdays today (in each customer's time zone) entered in {scan:.2f} s; "
-          f"first steps {first:.2f} s; greetings queued {msgs:,} in {send:.2f} s; "
-          f"total {scan + first + send:.2f} s; load average {_load()}")
+        entered = triggers.scan(session=s, tactics={tactic.id: tactic}, settings=settings, now=now)
+    scan = time.perf_counter() - t
+    t = time.perf_counter()
+    _drain(sessions, tactic, settings, now)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    _drain(sessions, tactic, settings, now + dt.timedelta(days=1))  # the morning waits are over: greetings
+    send = time.perf_counter() - t
+    cpu = time.process_time() - cpu
+    with session_scope(sessions) as s:
+        msgs = s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.tactic_id == tactic.id))
+    print(f"birthdays: daily scan over {customers:,} customers: {entered:,} birthdays today (in each customer's "
+          f"time zone) entered in {scan:.2f} s; first steps {first:.2f} s; greetings queued {msgs:,} in {send:.2f} s; "
+          f"total {scan + first + send:.2f} s wall, {cpu:.2f} s CPU; load average {_load()}")
+    eng.dispose()
+
+
+CHURN_RISK = {"all": [{"prediction.churn_probability": {"gte": 0.6}}, {"prediction.clv": {"gte": 300}},
+                      {"consent.email_marketing": "granted"}]}
+
+
+def winback(workdir: Path, customers: int) -> None:
+    """The library's win-back as a recurring tactic: every morning over the segment churn_risk (predicted churn
+    >= 0.6, CLV >= 300, email consent), each member waits for their best send hour, then gets a coupon (where
+    the uplift model says it pays) or the next best offer."""
+    from emma.segments import service as segments
+
+    url = _million(workdir, customers)
+    eng = make_engine(url)
+    sessions = make_sessionmaker(eng)
+    settings = _settings(url)
+    base = library.library()["win_back"].model_dump(mode="json", by_alias=True)
+    tactic = library.parse({**base, "id": "win_back_daily",
+                            "entry": {"kind": "schedule", "every": "day", "at": "06:00", "segment": "churn_risk"}},
+                           source="bench")
+    with session_scope(sessions) as s:
+        segments.create(session=s, key="churn_risk", rule=CHURN_RISK, active=False)
+    now = dt.datetime.now(dt.UTC).replace(hour=6, minute=5, second=0, microsecond=0)
+    t, cpu = time.perf_counter(), time.process_time()
+    with session_scope(sessions) as s:
+        members = segments.count(session=s, segment="churn_risk", now=now)
+    counted = time.perf_counter() - t
+    t = time.perf_counter()
+    entered = scans = 0
+    while True:  # as the worker does: scan again at once while a scan starts runs
+        with session_scope(sessions) as s:
+            n = triggers.scan(session=s, tactics={tactic.id: tactic}, settings=settings, now=now)
+        entered += n
+        scans += 1
+        if not n:
+            break
+    scan = time.perf_counter() - t
+    t = time.perf_counter()
+    _drain(sessions, tactic, settings, now)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    sent = _drain(sessions, tactic, settings, now + dt.timedelta(hours=16))  # every send hour has come
+    send = time.perf_counter() - t
+    cpu = time.process_time() - cpu
+    with session_scope(sessions) as s:
+        msgs = dict(s.execute(select(OutboxMessage.template, func.count()).where(OutboxMessage.tactic_id == tactic.id)
+                              .group_by(OutboxMessage.template)).all())
+    print(f"win-back: daily schedule over segment churn_risk ({members:,} of {customers:,} customers, counted in "
+          f"{counted:.2f} s): {entered:,} entered in {scans} scans, {scan:.2f} s; first steps (wait for the send "
+          f"hour) {first:.2f} s; {sent:,} runs stepped at their send hour in {send:.2f} s, queued "
+          + ", ".join(f"{n:,} {k}" for k, n in sorted(msgs.items()))
+          + f" (10 % holdout); total {scan + first + send:.2f} s wall, {cpu:.2f} s CPU; load average {_load()}")
     eng.dispose()
 
 
@@ -232,7 +387,8 @@ def steps(url: str, label: str, customers: int) -> None:
     t, cpu = time.perf_counter(), time.process_time()
     while True:
         with session_scope(sessions) as s:
-            n = jobs.consume_events(session=s, tactics=tactics, settings=settings, now=now, limit=1000)
+            n = jobs.consume_events(session=s, tactics=tactics, settings=settings, now=now, limit=1000,
+                                      step=False)
         if not n:
             break
     consumed, consumed_cpu = time.perf_counter() - t, time.process_time() - cpu
@@ -261,12 +417,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--customers", type=int, default=1_000_000, help="for the birthday scan")
+    ap.add_argument("--customers", type=int, default=1_000_000, help="for the birthday and win-back scans")
     ap.add_argument("--step-runs", type=int, default=20_000)
     ap.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both",
                     help="for latency and steps (birthdays: SQLite)")
-    ap.add_argument("--only", choices=["latency", "birthdays", "steps"])
+    ap.add_argument("--only", choices=["latency", "birthdays", "winback", "steps"])
+    ap.add_argument("--produce", metavar="URL", help=argparse.SUPPRESS)  # the latency part's producer process
+    ap.add_argument("--produce-customers", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--produce-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.produce:
+        produce(args.produce, args.rate, args.seconds, args.produce_customers, args.produce_out)
+        return
     kinds = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     labels = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
@@ -276,9 +438,11 @@ def main() -> None:
         if args.only in (None, "latency"):
             for kind in kinds:
                 with _database(kind, work) as url:
-                    latency(url, labels[kind], args.rate, args.seconds)
+                    latency(url, labels[kind], args.rate, args.seconds, work)
         if args.only in (None, "birthdays"):
             birthdays(work, args.customers)
+        if args.only in (None, "winback"):
+            winback(work, args.customers)
         if args.only in (None, "steps"):
             for kind in kinds:
                 with _database(kind, work) as url:

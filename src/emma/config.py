@@ -83,10 +83,13 @@ class Settings(BaseSettings):
                                                  "push": {"day": 2, "week": 7}}
     # `emma serve` runs the worker in a background thread unless this is off.
     worker_embedded: bool = True
-    # The worker polls this often while there is work; idle, it backs off (doubling) to worker_idle_seconds.
-    # New events wake it at once (committed in the same process, or NOTIFY on PostgreSQL).
-    worker_poll_seconds: float = 0.05
+    # An idle worker looks for work (one read that locks nothing) after worker_poll_seconds, then less and less
+    # often (doubling) up to worker_idle_seconds. New events wake it at once when committed in the same process
+    # or, on PostgreSQL, by any process (NOTIFY). SQLite cannot notify other processes: there an idle worker
+    # looks at least every worker_probe_seconds.
+    worker_poll_seconds: float = 0.01
     worker_idle_seconds: float = 2.0
+    worker_probe_seconds: float = 0.1
     worker_batch_size: int = 500
     # PostgreSQL may commit event ids out of order: a gap in events.id is waited for this long before skipping it.
     event_gap_grace_seconds: float = 2.0

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+from sqlalchemy import delete, event, select
+
+from emma.automation import triggers
+from emma.automation.models import Cursor, RunStep
 from emma.catalog import service as catalog
 from emma.db import session_scope
 from emma.predict.models import Prediction, ScoreRun
@@ -44,6 +48,45 @@ def test_store_opening_invites_neighbours_once(world):
     assert all(m.payload["store"]["name"] == "Mitte" and m.payload["coupon"]["campaign"] == "store_opening"
                for m in msgs)
     assert any("in the same postal area" in j for j in world.journal(plz))
+
+
+def test_store_opening_enters_its_neighbours_together_and_once(world):
+    # Many neighbours: their entries are checked with a few queries and inserted with one statement, not one
+    # INSERT per customer; a scan of the same opening again (its "entered" mark lost) starts nobody twice.
+    world.tactic("store_opening", holdout=0.0)
+    near = [world.customer(f"n-{i}", lat=52.52 + i / 1000, lon=13.41) for i in range(30)]
+    world.customer("far", lat=48.14, lon=11.58)
+    world.tick()
+    _stores(world, [{**MITTE, "opens_on": "2026-03-05"}])
+    world.clock.set(world.clock.now() + H)  # the next hourly scan
+    inserts: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT INTO AUTOMATION_RUNS"):
+            inserts.append(statement)
+
+    bind = world.sessions.kw["bind"]
+    event.listen(bind, "before_cursor_execute", count)
+    try:
+        with session_scope(world.sessions) as s:
+            assert triggers.scan(session=s, tactics=world.tactics, settings=world.settings,
+                                 now=world.clock.now()) == 30
+    finally:
+        event.remove(bind, "before_cursor_execute", count)
+    assert len(inserts) == 1
+    runs = world.runs()
+    assert sorted(r.customer_id for r in runs) == sorted(near)
+    with session_scope(world.sessions) as s:
+        entries = {r.customer_id: r.inputs for r in s.scalars(select(RunStep).where(RunStep.kind == "entry"))}
+    # The journal notes each customer's own distance, not the whole opening.
+    assert all(entries[r.customer_id] == {"distance_km": r.state["entry"]["distance_km"], "holdout_share": 0.0,
+                                          "holdout": False} for r in runs)
+    assert len({e["distance_km"] for e in entries.values()}) > 10
+    with session_scope(world.sessions) as s:
+        s.execute(delete(Cursor).where(Cursor.name.like("store:store_opening:%")))
+    world.clock.set(world.clock.now() + H)
+    world.tick()
+    assert len(world.runs()) == 30
 
 
 def test_event_invitation_for_loyal_or_valuable_customers_only(world):

@@ -86,7 +86,7 @@ def test_sqlite_workers_take_turns_on_due_runs(db_url):
     got: dict[str, set[int]] = {}
     try:
         assert engine.process_due(session=a, tactics=tactics, settings=settings, now=later, limit=12) == 12
-        mine = {r.id for r in a.scalars(select(Run).where(Run.status == "waiting"))}
+        mine = {r.id for r in a.scalars(select(Run).where(Run.due_at > later))}  # stepped on to the next wait
         other = threading.Thread(target=lambda: got.update(
             ids={r.id for r in engine.due_runs(session=b, now=later, limit=20)}))
         other.start()
@@ -167,14 +167,14 @@ def _start_worker(world, monkeypatch, **settings):
         for t in world.tactics.values():
             s.merge(TacticSetting(id=t.id, enabled=True, definition=t.model_dump(mode="json", by_alias=True)))
     world.customer("c-1")
-    passes: list[float] = []
-    real_tick = jobs.tick
+    passes: list[float] = []  # looks for work (jobs.pending)
+    real_pending = jobs.pending
 
-    def counting_tick(**kw):
+    def counting_pending(**kw):
         passes.append(time.monotonic())
-        return real_tick(**kw)
+        return real_pending(**kw)
 
-    monkeypatch.setattr(jobs, "tick", counting_tick)
+    monkeypatch.setattr(jobs, "pending", counting_pending)
     stop = threading.Event()
     worker = threading.Thread(target=jobs.run, daemon=True, kwargs={
         "sessions": world.sessions, "stop": stop,
@@ -184,7 +184,8 @@ def _start_worker(world, monkeypatch, **settings):
 
 
 def test_idle_worker_backs_off(world, monkeypatch):
-    stop, worker, passes = _start_worker(world, monkeypatch, worker_poll_seconds=0.01, worker_idle_seconds=60.0)
+    stop, worker, passes = _start_worker(world, monkeypatch, worker_poll_seconds=0.01, worker_idle_seconds=60.0,
+                                         worker_probe_seconds=60.0)
     try:
         time.sleep(1.5)
     finally:
@@ -197,7 +198,8 @@ def test_idle_worker_backs_off(world, monkeypatch):
 
 def test_new_events_wake_an_idle_worker(world, monkeypatch):
     # The worker's idle pause is 10 s; the event's message must not wait for it.
-    stop, worker, passes = _start_worker(world, monkeypatch, worker_poll_seconds=5.0, worker_idle_seconds=60.0)
+    stop, worker, passes = _start_worker(world, monkeypatch, worker_poll_seconds=5.0, worker_idle_seconds=60.0,
+                                         worker_probe_seconds=60.0)
     try:
         time.sleep(0.5)
         assert len(passes) == 1
@@ -209,6 +211,39 @@ def test_new_events_wake_an_idle_worker(world, monkeypatch):
         while time.monotonic() - start < 8 and not world.messages():
             time.sleep(0.02)
         assert world.messages(), "the worker slept through the new event"
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
+
+
+def test_events_committed_elsewhere_reach_an_idle_worker(world, monkeypatch):
+    # Committed by another process: nothing in this one is woken. PostgreSQL announces them (NOTIFY); on SQLite
+    # the idle worker looks every worker_probe_seconds, however long its back-off has grown.
+    stop, worker, passes = _start_worker(world, monkeypatch, worker_poll_seconds=5.0, worker_idle_seconds=60.0,
+                                         worker_probe_seconds=0.05)
+    try:
+        time.sleep(0.3)
+        now = utcnow()
+        start = time.monotonic()
+        with monkeypatch.context() as m:
+            m.setattr(ingest, "_listeners", [])
+            with session_scope(world.sessions) as s:
+                ingest.ingest(session=s, received_at=now, settings=world.settings, raw_messages=[{
+                    "type": "track", "userId": "c-1", "event": "Ping", "messageId": "p-1",
+                    "timestamp": now.isoformat()}])
+        while time.monotonic() - start < 8 and not world.messages():
+            time.sleep(0.02)
+        assert world.messages(), "the worker did not see the event committed elsewhere"
+        with session_scope(world.sessions) as s:
+            runs_before = s.scalar(select(func.count()).select_from(Run))
+        looked = len(passes)
+        time.sleep(0.3)
+        # Idle again: on SQLite it keeps looking (cheaply, every 50 ms) but passes nothing that would write.
+        if not world.settings.database_url.startswith("postgresql"):
+            assert len(passes) >= looked + 3
+        with session_scope(world.sessions) as s:
+            assert s.scalar(select(func.count()).select_from(Run)) == runs_before
     finally:
         stop.set()
         worker.join(10)

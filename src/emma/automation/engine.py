@@ -28,7 +28,7 @@ from emma.channels.models import OutboxMessage
 from emma.config import Settings
 from emma.consent import service as consent
 from emma.consent.models import Consent
-from emma.db import among, insert_rows
+from emma.db import allocate_ids, among, insert_rows
 from emma.ingest.models import Event
 from emma.orders.models import Cart, CartItem, Order
 from emma.predict.models import Prediction
@@ -540,7 +540,7 @@ def _describe(cond: S.Condition) -> str:
 _JOURNAL = "emma.automation.journal"
 
 
-def journal(*, session: Session, run: Run, node_id: str | None, kind: str, outcome: str, reason: str,
+def journal(*, session: Session, run: Run | NewRun, node_id: str | None, kind: str, outcome: str, reason: str,
             inputs: dict[str, Any] | None = None, at: dt.datetime) -> dict[str, Any]:
     """Record one step of a run with its reason and inputs (written in bulk before the transaction commits);
     returns the entry, whose inputs may still be completed (an outbox id known only once the batch is written)."""
@@ -595,7 +595,9 @@ class Entries:
     """
 
     def __init__(self, *, session: Session, tactic_ids: Iterable[str], customer_ids: Iterable[int],
-                 dedupes: Iterable[str] = (), since: dt.datetime | None = None) -> None:
+                 dedupes: Iterable[str] = (), since: dt.datetime | None = None, rows: bool = False) -> None:
+        # rows: enter() starts NewRun rows, written by insert() (a trigger scan, which does not step them).
+        self.new: list[NewRun] | None = [] if rows else None
         tids = sorted(set(tactic_ids))
         cids = sorted(set(customer_ids))
         wanted = sorted({d[:255] for d in dedupes})
@@ -626,17 +628,47 @@ class Entries:
         run = self.live.get((tactic_id, customer_id, key))
         return run if run is not None and run.active_key == key else None
 
-    def add(self, run: Run) -> None:
+    def insert(self, session: Session) -> None:
+        """Write the NewRun rows entered since the last call, with ids from one query and one statement."""
+        if not self.new:
+            return
+        for run, rid in zip(self.new, allocate_ids(session, Run, len(self.new)), strict=True):
+            run.id = rid
+        insert_rows(session, Run, [{k: getattr(r, k) for k in NewRun.__slots__} for r in self.new])
+        self.new = []
+
+    def add(self, run: Run | NewRun) -> None:
         self.live[(run.tactic_id, run.customer_id, run.key)] = run
         self.last[(run.tactic_id, run.customer_id)] = run.entered_at
         self.seen.add((run.tactic_id, run.customer_id, run.dedupe))
         self.recent[(run.tactic_id, run.customer_id)] = self.recent.get((run.tactic_id, run.customer_id), 0) + 1
 
 
+@dataclass(slots=True)
+class NewRun:
+    """A run a trigger scan starts, as a row (an ORM object costs more to build and flush than its insert)."""
+
+    tactic_id: str
+    tactic_version: int
+    customer_id: int
+    key: str
+    active_key: str | None
+    dedupe: str
+    status: str
+    node_id: str | None
+    due_at: dt.datetime | None
+    state: dict[str, Any]
+    holdout: bool
+    steps: int
+    entered_at: dt.datetime
+    id: int | None = None
+    wait: dict[str, Any] | None = None
+
+
 def enter(*, session: Session, tactic: S.Tactic, customer_id: int, now: dt.datetime, dedupe: str, reason: str,
           key: str = "", entry: dict[str, Any] | None = None, event_id: int | None = None,
           event_name: str | None = None, inputs: dict[str, Any] | None = None,
-          known: Entries | None = None) -> Run | None:
+          known: Entries | None = None) -> Run | NewRun | None:
     """Start a run unless one is live for (customer, tactic, key), the trigger occurrence was seen, or the
     re-entry policy forbids it; returns the new run (due now) or None. known: the checks' inputs read
     beforehand for many entries."""
@@ -672,15 +704,22 @@ def enter(*, session: Session, tactic: S.Tactic, customer_id: int, now: dt.datet
     if tactic.entry.when is not None and not _entry_holds(session, tactic, customer_id, key, entry, now):
         return None
     holdout = in_holdout(tactic_id=tactic.id, customer_id=customer_id, share=tactic.holdout)
-    run = Run(tactic_id=tactic.id, tactic_version=tactic.version, customer_id=customer_id, key=key,
-              active_key=key, dedupe=dedupe[:255], status="active", node_id=tactic.start, due_at=now,
-              state={"entry": entry or {}, "entry_event": event_name, "entry_event_id": event_id,
-                     "last_event_id": event_id or 0},
-              holdout=holdout, steps=0, entered_at=now)
-    if known is not None:
+    values = {"tactic_id": tactic.id, "tactic_version": tactic.version, "customer_id": customer_id, "key": key,
+              "active_key": key, "dedupe": dedupe[:255], "status": "active", "node_id": tactic.start, "due_at": now,
+              "state": {"entry": entry or {}, "entry_event": event_name, "entry_event_id": event_id,
+                        "last_event_id": event_id or 0},
+              "holdout": holdout, "steps": 0, "entered_at": now}
+    run: Run | NewRun
+    if known is not None and known.new is not None:
+        run = NewRun(**values)
+        known.new.append(run)
+        known.add(run)
+    elif known is not None:
+        run = Run(**values)
         session.add(run)
         known.add(run)
     else:
+        run = Run(**values)
         try:
             with session.begin_nested():
                 session.add(run)
@@ -1143,9 +1182,9 @@ def _brief(props: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {props[k]}" for k in keys) or "no details"
 
 
-def _follow_merge(session: Session, run: Run, now: dt.datetime) -> bool:
+def _follow_merge(session: Session, run: Run, now: dt.datetime, batch: Batch | None = None) -> bool:
     """A run of an anonymous profile that was merged moves to the known customer; False when it cannot."""
-    c = session.get(Customer, run.customer_id)
+    c = batch.customer(run.customer_id) if batch is not None else session.get(Customer, run.customer_id)
     if c is None or c.merged_into_id is None:
         return True
     target = c.merged_into_id
@@ -1193,7 +1232,7 @@ def advance(*, session: Session, run: Run, tactic: S.Tactic | None, settings: Se
     if tactic is None:
         finish(session=session, run=run, status="exited", now=now, reason=f"tactic {run.tactic_id} is disabled")
         return
-    if not _follow_merge(session, run, now):
+    if not _follow_merge(session, run, now, batch):
         return
     if run.node_id == GOAL_WINDOW:
         _goal_window(session, run, tactic, now)
@@ -1260,8 +1299,9 @@ def entry_events(tactics: Iterable[S.Tactic]) -> set[str]:
 
 
 def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S.Tactic], settings: Settings,
-                  now: dt.datetime) -> int:
-    """Apply a batch of events in id order: start runs, wake runs waiting for them, end runs on their goal."""
+                  now: dt.datetime, ready: list[Run] | None = None) -> int:
+    """Apply a batch of events in id order: start runs, wake runs waiting for them, end runs on their goal.
+    ready: gets the runs started or woken (due now), for the caller to step in the same transaction."""
     if not events:
         return 0
     starts = entry_events(tactics.values())
@@ -1309,6 +1349,8 @@ def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S
                 run.wait = {**w, "matched": {"event": name, "id": ev.id}}
                 run.status, run.due_at = "active", now
                 touched += 1
+                if ready is not None:
+                    ready.append(run)
         if name in starts and now - ev.timestamp <= max_age:
             for tactic in tactics.values():
                 hit = _entry_matches(tactic, ev)
@@ -1321,8 +1363,24 @@ def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S
                 if run is not None:
                     live.setdefault(cid, []).append(run)
                     touched += 1
+                    if ready is not None:
+                        ready.append(run)
+    assign_run_ids(session)
     flush_journal(session)
     return touched
+
+
+def assign_run_ids(session: Session) -> None:
+    """Give the runs added to the session ids from one query, so they are inserted with one executemany (an
+    insert that returns each new id goes row by row on SQLite and renders a statement per batch on PostgreSQL).
+    The caller holds the write lock on SQLite (the event cursor, a trigger's cursor row)."""
+    new = [o for o in session.new if isinstance(o, Run) and o.id is None]
+    if len(new) < 2:
+        return
+    new.sort(key=lambda r: r.entered_at)
+    for run, rid in zip(new, allocate_ids(session, Run, len(new)), strict=True):
+        run.id = rid
+    session.flush()
 
 
 def due_runs(*, session: Session, now: dt.datetime, limit: int) -> list[Run]:
@@ -1349,7 +1407,13 @@ def due_runs(*, session: Session, now: dt.datetime, limit: int) -> list[Run]:
 def process_due(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, now: dt.datetime,
                 limit: int = 200) -> int:
     """Advance every due run (up to limit); returns how many were stepped."""
-    runs = due_runs(session=session, now=now, limit=limit)
+    return step(session=session, runs=due_runs(session=session, now=now, limit=limit), tactics=tactics,
+                settings=settings, now=now)
+
+
+def step(*, session: Session, runs: list[Run], tactics: dict[str, S.Tactic], settings: Settings,
+         now: dt.datetime) -> int:
+    """Advance runs this transaction claimed or started, as one batch; returns how many were stepped."""
     if not runs:
         return 0
     priorities = {tid: t.priority for tid, t in tactics.items()}

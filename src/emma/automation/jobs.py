@@ -12,14 +12,15 @@ import logging
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from emma.automation import engine, library, triggers
 from emma.automation import schemas as S
 from emma.automation.clock import Clock, SystemClock
-from emma.automation.models import Cursor
+from emma.automation.models import LIVE, Cursor, Run
 from emma.config import Settings
 from emma.db import insert_ignoring_conflicts, session_scope, utcnow
 from emma.ingest import service as ingest
@@ -78,8 +79,10 @@ class GapWatch:
 
 
 def consume_events(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, now: dt.datetime,
-                   limit: int | None = None, gaps: GapWatch | None = None) -> int:
-    """Handle the next batch of events after the cursor and move the cursor, in the caller's transaction."""
+                   limit: int | None = None, gaps: GapWatch | None = None, step: bool = True) -> int:
+    """Handle the next batch of events after the cursor and move the cursor, in the caller's transaction; with
+    step, the runs the events started or woke are advanced in it too (their first messages go out with the
+    commit that consumes the events, without a second transaction claiming them)."""
     cur = cursor(session=session, name=EVENT_CURSOR, lock=True)
     if cur is None:
         return 0  # another worker is on it
@@ -100,7 +103,11 @@ def consume_events(*, session: Session, tactics: dict[str, S.Tactic], settings: 
     for i in range(0, len(pick), 500):
         events.extend(session.scalars(select(Event).where(Event.id.in_(pick[i:i + 500]))))
     events.sort(key=lambda e: e.id)
-    engine.handle_events(session=session, events=events, tactics=tactics, settings=settings, now=now)
+    ready: list[Run] = []
+    engine.handle_events(session=session, events=events, tactics=tactics, settings=settings, now=now, ready=ready)
+    if step:
+        engine.step(session=session, runs=[r for r in ready if r.status in LIVE and r.due_at is not None
+                                           and r.due_at <= now], tactics=tactics, settings=settings, now=now)
     _refresh_segments(session, {r.customer_id for r in rows if r.customer_id is not None
                                 and r.name not in SEGMENT_EVENTS}, now)
     cur.position, cur.updated_at = ids[-1], utcnow()
@@ -122,27 +129,58 @@ def _refresh_segments(session: Session, customer_ids: set[int], now: dt.datetime
     segments.refresh_membership(session=session, customer_ids=customer_ids, now=now)
 
 
+@dataclass
+class Pending:
+    """What a worker would find now, read with one cheap statement that writes nothing: the newest event id,
+    the event cursor's position, and when the next live run falls due."""
+
+    last_event: int
+    position: int | None
+    next_due: dt.datetime | None
+
+    def events(self) -> bool:
+        """Events after the cursor (or none consumed yet)."""
+        return self.last_event > (self.position or 0) or (self.position is None and self.last_event > 0)
+
+    def due(self, now: dt.datetime) -> bool:
+        """A run is due at now."""
+        return self.next_due is not None and self.next_due <= now
+
+
+def pending(*, session: Session) -> Pending:
+    """Look for work without taking a lock (on SQLite a pass that finds nothing must not take the write lock,
+    which ingestion in other processes waits for)."""
+    last, position, due = session.execute(select(
+        select(func.max(Event.id)).scalar_subquery(),
+        select(Cursor.position).where(Cursor.name == EVENT_CURSOR).scalar_subquery(),
+        select(func.min(Run.due_at)).where(Run.status.in_(LIVE)).scalar_subquery())).one()
+    if isinstance(due, str):  # a scalar subquery's value comes back unconverted on SQLite
+        due = dt.datetime.fromisoformat(due)
+    if due is not None and due.tzinfo is None:
+        due = due.replace(tzinfo=dt.UTC)
+    return Pending(last_event=int(last or 0), position=position, next_due=due)
+
+
 def tick(*, sessions: sessionmaker[Session], settings: Settings, now: dt.datetime, gaps: GapWatch | None = None,
-         scan: bool = True, max_rounds: int = 100, tactics: dict[str, S.Tactic] | None = None) -> Counter[str]:
-    """One pass of the worker: events, scheduled triggers, due runs (each committed on its own)."""
+         scan: bool = True, max_rounds: int = 100, tactics: dict[str, S.Tactic] | None = None,
+         work: Pending | None = None) -> Counter[str]:
+    """One pass of the worker: events, scheduled triggers, due runs (each committed on its own). work: what a
+    look just before found; phases it shows nothing for are skipped (they would lock for nothing)."""
     counts: Counter[str] = Counter()
     if tactics is None:
         with session_scope(sessions) as s:
             tactics = library.enabled(session=s)
-    for _ in range(max_rounds):
+    for _ in range(max_rounds if work is None or work.events() else 0):
         with session_scope(sessions) as s:
             n = consume_events(session=s, tactics=tactics, settings=settings, now=now, gaps=gaps)
         counts["events"] += n
-        if n and n >= settings.worker_batch_size:
-            # A backlog: step the runs these events started before reading on, so first messages go out early.
-            with session_scope(sessions) as s:
-                counts["steps"] += engine.process_due(session=s, tactics=tactics, settings=settings, now=now,
-                                                      limit=settings.worker_batch_size)
         if n < settings.worker_batch_size:
             break
     if scan:
         with session_scope(sessions) as s:
             counts["entered"] += triggers.scan(session=s, tactics=tactics, settings=settings, now=now)
+    if work is not None and not (work.due(now) or counts["entered"]):
+        return counts  # the runs the events started or woke were stepped with them
     for _ in range(max_rounds):
         with session_scope(sessions) as s:
             n = engine.process_due(session=s, tactics=tactics, settings=settings, now=now,
@@ -208,49 +246,50 @@ def _listen(url: str, stop: threading.Event) -> None:
             stop.wait(5.0)
 
 
-def idle_wait(*, session: Session, now: dt.datetime, idle: float, settings: Settings) -> float:
-    """How long an idle worker may sleep: its backoff, but no later than the next due run."""
-    due = engine.next_due(session=session)
-    if due is not None:
-        idle = min(idle, max(0.0, (due - now).total_seconds()))
-    return max(settings.worker_poll_seconds, idle)
-
-
 def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.Event | None = None,
         clock: Clock | None = None, scan_every: float = 30.0) -> None:
     """Work until stopped; a failing pass is logged and the loop goes on (e.g. while the database restarts).
 
-    Idle, the loop sleeps longer and longer (worker_poll_seconds doubling up to worker_idle_seconds, never past
-    the next due run), and wakes at once when new events are committed: by this process (the worker embedded
-    in `emma serve`) or, on PostgreSQL, by any process (LISTEN / NOTIFY).
+    Before each pass the worker looks for work with one read (`pending`) and passes only when there is some.
+    Idle, it sleeps longer and longer (worker_poll_seconds doubling up to worker_idle_seconds, never past the
+    next due run) and wakes at once when new events are committed: by this process (the worker embedded in
+    `emma serve`) or, on PostgreSQL, by any process (LISTEN / NOTIFY). SQLite has no notifications between
+    processes: there the idle worker looks again at least every worker_probe_seconds.
     """
     stop = stop or threading.Event()
     clock = clock or SystemClock()
     gaps = GapWatch(settings.event_gap_grace_seconds)
-    if settings.database_url.startswith("postgresql"):
+    postgres = settings.database_url.startswith("postgresql")
+    if postgres:
         threading.Thread(target=_listen, args=(settings.database_url, stop), name="emma-listen", daemon=True).start()
-    last_scan = 0.0
+    longest = max(settings.worker_idle_seconds, settings.worker_poll_seconds)
+    last_scan = -scan_every
     idle = settings.worker_poll_seconds
     while not stop.is_set():
         seen = WAKE.generation
         scan = time.monotonic() - last_scan >= scan_every
         now = clock.now()
         try:
-            counts = tick(sessions=sessions, settings=settings, now=now, gaps=gaps, scan=scan)
-            if scan:
-                last_scan = time.monotonic()
-            if counts["events"] or counts["steps"]:
-                idle = settings.worker_poll_seconds
-                continue
-            idle = min(idle * 2, max(settings.worker_idle_seconds, settings.worker_poll_seconds))
             with session_scope(sessions) as s:
-                pause = idle_wait(session=s, now=now, idle=idle, settings=settings)
+                work = pending(session=s)
+            if scan or work.events() or work.due(now):
+                counts = tick(sessions=sessions, settings=settings, now=now, gaps=gaps, scan=scan, work=work)
+                if scan:
+                    last_scan = time.monotonic()
+                    if counts["entered"]:
+                        last_scan = -scan_every  # a scan that started runs may have more to start: go on
+                if counts["events"] or counts["steps"] or counts["entered"]:
+                    idle = settings.worker_poll_seconds
+                    continue  # look again at once: more may have arrived meanwhile
         except Exception:  # noqa: BLE001 - keep working; the failed transaction was rolled back
             log.exception("automation pass failed")
             stop.wait(1.0)
             continue
-        if WAKE.wait(seen, pause, stop) != seen:
-            idle = settings.worker_poll_seconds
+        pause = idle if postgres else min(idle, settings.worker_probe_seconds)
+        if work.next_due is not None:  # due runs another worker holds right now: look again soon, not at once
+            pause = min(pause, max(settings.worker_poll_seconds, (work.next_due - now).total_seconds()))
+        woken = WAKE.wait(seen, pause, stop) != seen
+        idle = settings.worker_poll_seconds if woken else min(idle * 2, longest)
 
 
 def start_background(*, sessions: sessionmaker[Session], settings: Settings,

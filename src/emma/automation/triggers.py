@@ -71,21 +71,24 @@ Entry = tuple[int, str, str, str, dict[str, Any] | None]  # customer, dedupe, re
 
 
 def _enter_each(session: Session, tactic: S.Tactic, entries: list[Entry], now: dt.datetime,
-                max_per_day: int | None = None) -> int:
+                max_per_day: int | None = None, inputs: dict[int, dict[str, Any]] | None = None) -> int:
     """Enter many customers, the checks for all of them read with a few queries (scans hold their cursor row,
-    so no other worker enters the same tactic meanwhile)."""
+    so no other worker enters the same tactic meanwhile). The journal notes each entry's properties, or
+    inputs[customer] when given."""
     n = 0
     for lo in range(0, len(entries), CHUNK):
         part = entries[lo:lo + CHUNK]
         known = engine.Entries(session=session, tactic_ids=[tactic.id], customer_ids=[e[0] for e in part],
                                dedupes={e[1] for e in part},
-                               since=now - dt.timedelta(days=1) if max_per_day is not None else None)
+                               since=now - dt.timedelta(days=1) if max_per_day is not None else None, rows=True)
         for cid, dedupe, reason, key, entry in part:
             if max_per_day is not None and known.recent.get((tactic.id, cid), 0) >= max_per_day:
                 continue
             if engine.enter(session=session, tactic=tactic, customer_id=cid, now=now, dedupe=dedupe, key=key,
-                            entry=entry, reason=reason, inputs=entry, known=known) is not None:
+                            entry=entry, reason=reason, inputs=entry if inputs is None else inputs.get(cid),
+                            known=known) is not None:
                 n += 1
+        known.insert(session)
         engine.flush_journal(session)
     return n
 
@@ -474,6 +477,7 @@ def _store(session: Session, tactic: S.Tactic, settings: Settings, now: dt.datet
             zones.update(session.execute(select(Customer.id, Customer.timezone)
                                          .where(Customer.id.in_(ids[i:i + 900]))).all())
         what = "opens" if entry.change == "opening" else "takes place"
+        entries: list[Entry] = []
         for cid in sorted(near):
             km = near[cid]
             data = {**occ["entry"], "distance_km": km, "matched_by": "coordinates" if km is not None else "postal_code"}
@@ -483,10 +487,9 @@ def _store(session: Session, tactic: S.Tactic, settings: Settings, now: dt.datet
                 data.update(starts_date=local.date().isoformat(), starts_time=local.strftime("%H:%M"))
             where = f"{km:.1f} km away" if km is not None else "in the same postal area"
             when = data.get("opens_on") or data.get("starts_at", "")[:16].replace("T", " ") + " UTC"
-            if engine.enter(session=session, tactic=tactic, customer_id=cid, now=now, key=occ["key"],
-                            dedupe=f"{entry.change}:{occ['key']}", entry=data, inputs={"distance_km": km},
-                            reason=f"{occ['name']} {what} {when}, {where}") is not None:
-                n += 1
+            entries.append((cid, f"{entry.change}:{occ['key']}", f"{occ['name']} {what} {when}, {where}", occ["key"],
+                            data))
+        n += _enter_each(session, tactic, entries, now, inputs={cid: {"distance_km": near[cid]} for cid in near})
         done.value = "entered"
     return n
 
