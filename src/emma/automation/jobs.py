@@ -280,7 +280,13 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
                         last_scan = -scan_every  # a scan that started runs may have more to start: go on
                 if counts["events"] or counts["steps"] or counts["entered"]:
                     idle = settings.worker_poll_seconds
-                    continue  # look again at once: more may have arrived meanwhile
+                    full = counts["entered"] or max(counts["events"], counts["steps"]) >= settings.worker_batch_size
+                    if not full or not postgres:
+                        # A short pause lets more events gather for the next pass (less work per event) and, on
+                        # SQLite, gives other processes a turn at the write lock: their busy handler retries
+                        # after sleeps, so a worker that took it again at once would starve ingestion.
+                        stop.wait(settings.worker_poll_seconds)
+                    continue
         except Exception:  # noqa: BLE001 - keep working; the failed transaction was rolled back
             log.exception("automation pass failed")
             stop.wait(1.0)
