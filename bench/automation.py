@@ -347,7 +347,7 @@ def winback(workdir: Path, customers: int) -> None:
     with session_scope(sessions) as s:
         members = segments.count(session=s, segment="churn_risk", now=now)
     counted = time.perf_counter() - t
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     entered = scans = 0
     while True:  # as the worker does: scan again at once while a scan starts runs
         with session_scope(sessions) as s:
@@ -356,20 +356,21 @@ def winback(workdir: Path, customers: int) -> None:
         scans += 1
         if not n:
             break
-    scan = time.perf_counter() - t
-    t = time.perf_counter()
+    scan, scan_cpu = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     _drain(sessions, tactic, settings, now)
-    first = time.perf_counter() - t
-    t = time.perf_counter()
+    first, first_cpu = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     sent = _drain(sessions, tactic, settings, now + dt.timedelta(hours=16))  # every send hour has come
-    send = time.perf_counter() - t
+    send, send_cpu = time.perf_counter() - t, time.process_time() - c
     cpu = time.process_time() - cpu
     with session_scope(sessions) as s:
         msgs = dict(s.execute(select(OutboxMessage.template, func.count()).where(OutboxMessage.tactic_id == tactic.id)
                               .group_by(OutboxMessage.template)).all())
     print(f"win-back: daily schedule over segment churn_risk ({members:,} of {customers:,} customers, counted in "
-          f"{counted:.2f} s): {entered:,} entered in {scans} scans, {scan:.2f} s; first steps (wait for the send "
-          f"hour) {first:.2f} s; {sent:,} runs stepped at their send hour in {send:.2f} s, queued "
+          f"{counted:.2f} s): {entered:,} entered in {scans} scans, {scan:.2f} s ({scan_cpu:.2f} s CPU); first steps "
+          f"(wait for the send hour) {first:.2f} s ({first_cpu:.2f} s CPU); evaluated in {scan + first:.2f} s; "
+          f"{sent:,} runs stepped at their send hour in {send:.2f} s ({send_cpu:.2f} s CPU), queued "
           + ", ".join(f"{n:,} {k}" for k, n in sorted(msgs.items()))
           + f" (10 % holdout); total {scan + first + send:.2f} s wall, {cpu:.2f} s CPU; load average {_load()}")
     eng.dispose()

@@ -101,6 +101,37 @@ def test_schedule_over_a_segment_once_per_occurrence(world):
     assert {r.dedupe for r in _entered(world, "weekly")} == {"schedule:2026-03-02", "schedule:2026-03-09"}
 
 
+def test_schedule_lists_its_members_once_and_enters_them_a_chunk_per_scan(world, monkeypatch):
+    from emma.automation import triggers
+    from emma.segments import service as segments
+
+    monkeypatch.setattr(triggers, "CHUNK", 2)
+    listed: list[int] = []
+    real = triggers._members
+
+    def members(*args, **kw):
+        listed.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(triggers, "_members", members)
+    world.tactic(simple("daily", {"kind": "schedule", "every": "day", "at": "06:00", "segment": "german"},
+                        [{"id": "bye", "kind": "exit"}]))
+    de = [world.customer(f"d-{i}", country="DE") for i in range(5)]
+    world.customer("f-1", country="FR")
+    with session_scope(world.sessions) as s:
+        segments.create(session=s, key="german", rule={"country": "DE"})
+    counts = [len(_entered(world, "daily"))]
+    for _ in range(4):  # one transaction per chunk of 2
+        world.tick()
+        counts.append(len(_entered(world, "daily")))
+    assert counts == [0, 2, 4, 5, 5]
+    assert sorted(r.customer_id for r in _entered(world, "daily")) == de
+    assert len(listed) == 1  # the segment was evaluated once for the occurrence, not once per chunk
+    world.clock.set(world.clock.now() + D)
+    world.tick()
+    assert len(_entered(world, "daily")) == 7 and len(listed) == 2  # the next day's occurrence lists again
+
+
 def test_schedule_without_segment_reaches_every_known_customer(world):
     world.tactic(simple("daily", {"kind": "schedule", "every": "day", "at": "08:00"}, [{"id": "x", "kind": "exit"}]))
     ids = [world.customer(f"c-{i}") for i in range(4)]

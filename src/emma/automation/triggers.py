@@ -7,8 +7,10 @@ twice.
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import datetime as dt
+import json
 import logging
 from collections.abc import Iterable
 from decimal import Decimal
@@ -126,21 +128,37 @@ def _schedule(session: Session, tactic: S.Tactic, settings: Settings, now: dt.da
         cur.value, cur.position = occ.isoformat(), 0
     if cur.position < 0:
         return 0  # this occurrence is complete
-    ids = _members(session, entry.rule if entry.rule is not None else entry.segment, now, after=cur.position,
-                   limit=CHUNK)
+    # The members are listed once per occurrence and entered CHUNK at a time, a transaction each: evaluating the
+    # segment costs about as much for one chunk as for all of them (3 s over 1,000,000 customers).
+    rule = entry.rule if entry.rule is not None else entry.segment
+    key = (session.get_bind().url.render_as_string(), tactic.id, occ.isoformat(), json.dumps(rule, sort_keys=True))
+    members = _SNAPSHOTS.get(key)
+    if members is None:
+        members = _SNAPSHOTS[key] = _members(session, rule, now, after=cur.position, limit=None)
+    start = bisect.bisect_right(members, cur.position)
+    ids = members[start:start + CHUNK]
     reason = f"scheduled {entry.every} {occ.isoformat()}" + (
         f" over segment {entry.segment}" if entry.segment else " over the tactic's rule" if entry.rule else "")
     n = _enter_many(session, tactic, ids, now, f"schedule:{occ.isoformat()}", reason)
-    cur.position = ids[-1] if len(ids) == CHUNK else -1
+    if start + CHUNK < len(members):
+        cur.position = ids[-1]
+    else:
+        cur.position = -1
+        _SNAPSHOTS.pop(key, None)
     return n
 
 
+# The members of schedule occurrences being entered (by database, tactic, occurrence, rule), in this process; a
+# restarted worker lists them again from its cursor.
+_SNAPSHOTS: dict[tuple[str, str, str, str], list[int]] = {}
+
+
 def _members(session: Session, segment: str | dict[str, Any] | None, now: dt.datetime, *, after: int,
-             limit: int) -> list[int]:
+             limit: int | None) -> list[int]:
     """Members of a stored segment (by key) or of a rule given as data, in id order after `after`."""
     if segment is None:
-        return list(session.scalars(_known_customers(session).where(Customer.id > after)
-                                    .order_by(Customer.id).limit(limit)))
+        q = _known_customers(session).where(Customer.id > after).order_by(Customer.id)
+        return list(session.scalars(q if limit is None else q.limit(limit)))
     from emma.segments import service as segments
 
     if isinstance(segment, dict):
