@@ -285,7 +285,8 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
                         # A short pause lets more events gather for the next pass (less work per event) and, on
                         # SQLite, gives other processes a turn at the write lock: their busy handler retries
                         # after sleeps, so a worker that took it again at once would starve ingestion.
-                        stop.wait(settings.worker_poll_seconds)
+                        stop.wait(settings.worker_poll_seconds if postgres
+                                  else min(settings.worker_poll_seconds, settings.worker_probe_seconds))
                     continue
         except Exception:  # noqa: BLE001 - keep working; the failed transaction was rolled back
             log.exception("automation pass failed")
