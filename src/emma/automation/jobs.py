@@ -273,6 +273,7 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
             with session_scope(sessions) as s:
                 work = pending(session=s)
             if scan or work.events() or work.due(now):
+                began = time.monotonic()
                 counts = tick(sessions=sessions, settings=settings, now=now, gaps=gaps, scan=scan, work=work)
                 if scan:
                     last_scan = time.monotonic()
@@ -281,12 +282,14 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
                 if counts["events"] or counts["steps"] or counts["entered"]:
                     idle = settings.worker_poll_seconds
                     full = counts["entered"] or max(counts["events"], counts["steps"]) >= settings.worker_batch_size
-                    if not full or not postgres:
-                        # A short pause lets more events gather for the next pass (less work per event) and, on
-                        # SQLite, gives other processes a turn at the write lock: their busy handler retries
-                        # after sleeps, so a worker that took it again at once would starve ingestion.
-                        stop.wait(settings.worker_poll_seconds if postgres
-                                  else min(settings.worker_poll_seconds, settings.worker_probe_seconds))
+                    if postgres and not full:
+                        stop.wait(settings.worker_poll_seconds)  # let more events gather: less work per event
+                    elif not postgres:
+                        # SQLite: other processes waiting for the write lock retry after sleeps (their busy
+                        # handler), so a worker that took it again at once would starve ingestion; pausing as
+                        # long as the pass took leaves the lock free at least half of the time.
+                        took = time.monotonic() - began
+                        stop.wait(min(max(settings.worker_poll_seconds, took), settings.worker_probe_seconds))
                     continue
         except Exception:  # noqa: BLE001 - keep working; the failed transaction was rolled back
             log.exception("automation pass failed")
