@@ -8,12 +8,13 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring_ascii as _encode_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData, create_engine, event
+from sqlalchemy import JSON, DateTime, Float, MetaData, Numeric, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -297,6 +298,15 @@ def _utc_naive(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
+def _pg_uniform(column: Any, values: list[Any]) -> list[Any]:
+    """A number column's values as one Python type: psycopg dumps an array only if its elements share one."""
+    if not isinstance(column.type, Numeric) or len({type(v) for v in values if v is not None}) < 2:
+        return values
+    if isinstance(column.type, Float):
+        return [None if v is None else float(v) for v in values]
+    return [v if v is None or isinstance(v, Decimal) else Decimal(str(v)) for v in values]
+
+
 def _pg_array_type(dialect: Any, column: Any) -> str:
     return column.type.compile(dialect=dialect) + "[]"
 
@@ -336,10 +346,15 @@ def insert_columns(session: Session, table: Any, columns: dict[str, list[Any]], 
     conflict = f" ON CONFLICT ({', '.join(on_conflict)}) DO NOTHING" if on_conflict else ""
     ret = f" RETURNING {', '.join(returning)}" if returning else ""
     if dialect.name == "postgresql":
-        arrays = ", ".join(f"%s::{_pg_array_type(dialect, c)}" for c in cols)
-        result = conn.exec_driver_sql(f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays})"
-                                      f"{conflict}{ret}", tuple(data))
-        return [tuple(r) for r in result] if returning else []
+        # Binary parameters: psycopg's text array dumper escapes every element with a regular expression,
+        # which was most of emma's CPU per row here; the binary one writes lengths instead (9x less CPU for
+        # 20,000 events).
+        data = [_pg_uniform(c, v) for c, v in zip(cols, data, strict=True)]
+        arrays = ", ".join(f"%b::{_pg_array_type(dialect, c)}" for c in cols)
+        sql = f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}){conflict}{ret}"
+        with conn.connection.dbapi_connection.cursor() as cur:
+            cur.execute(sql, tuple(data))
+            return [tuple(r) for r in cur.fetchall()] if returning else []
     one = "(" + ", ".join("?" * len(cols)) + ")"
     tuples = list(zip(*data, strict=True))
     if not returning:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
 
-from emma.db import Base, insert_rows, make_engine, make_sessionmaker
+from emma.catalog.models import Product
+from emma.db import Base, insert_columns, insert_rows, make_engine, make_sessionmaker
 from emma.ingest import service as ingest
 from emma.ingest.models import Event
 from emma.profiles import service as profiles
@@ -170,3 +172,24 @@ def test_an_import_on_sqlite_checkpoints_in_its_own_thread_and_hands_the_connect
     assert raw.execute("SELECT count(*) FROM order_lines").fetchone()[0] == 3000
     raw.close()
     engine.dispose()
+
+
+def test_column_wise_insert_keeps_awkward_values_and_returns_ids(session):
+    """Quotes, backslashes, braces, umlauts, all-None and mixed-number columns survive the driver's fast path
+    (binary arrays on PostgreSQL, where a numeric column mixing int, float and Decimal goes as text)."""
+    names = ['Topf "Luise"', "C:\\Küche\\{neu}", "a,b{c}", "", "Ölkanne 🫒"]
+    n = len(names)
+    ids = insert_columns(session, Product, {
+        "sku": [f"AW-{i}" for i in range(n)], "name": names, "price": [10, 9.5, None, Decimal("1.25"), 0],
+        "stock": [None] * n, "brand": [None] * n, "attributes": [{"tags": ["ü", "x"]}, {}, {"n": None}, {}, {}],
+        "active": [True, False, True, False, True]}, returning=("id",))
+    session.commit()
+    assert len(ids) == n and len({r[0] for r in ids}) == n
+    got = {p.sku: p for p in session.query(Product).filter(Product.sku.like("AW-%"))}
+    for i, name in enumerate(names):
+        p = got[f"AW-{i}"]
+        assert p.name == name and p.stock is None and p.brand is None
+    assert [got[f"AW-{i}"].price for i in range(n)] == [Decimal("10"), Decimal("9.5"), None, Decimal("1.25"),
+                                                        Decimal("0")]
+    assert got["AW-0"].attributes == {"tags": ["ü", "x"]} and got["AW-2"].attributes == {"n": None}
+    assert [got[f"AW-{i}"].active for i in range(n)] == [True, False, True, False, True]
