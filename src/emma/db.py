@@ -352,9 +352,8 @@ def insert_columns(session: Session, table: Any, columns: dict[str, list[Any]], 
         data = [_pg_uniform(c, v) for c, v in zip(cols, data, strict=True)]
         arrays = ", ".join(f"%b::{_pg_array_type(dialect, c)}" for c in cols)
         sql = f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}){conflict}{ret}"
-        with conn.connection.dbapi_connection.cursor() as cur:
-            cur.execute(sql, tuple(data))
-            return [tuple(r) for r in cur.fetchall()] if returning else []
+        result = conn.exec_driver_sql(sql, tuple(data))
+        return [tuple(r) for r in result] if returning else []
     one = "(" + ", ".join("?" * len(cols)) + ")"
     tuples = list(zip(*data, strict=True))
     if not returning:
