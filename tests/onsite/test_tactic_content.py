@@ -56,6 +56,13 @@ def test_abandoned_cart_exit_intent_coupon_is_served_while_the_cart_is_open(shop
         assert s.get(OutboxMessage, queued.id).status == "sent"
     again = shop.decide(placement="exit_intent", userId="c-consent").json()
     assert again["coupon"]["code"] == offer["code"]  # the same customer's coupon, not a second one
+    with shop.session_factory() as s:  # served within its valid_for span, on its own placement only
+        def served(placement, at):
+            return [m["id"] for m in onsite.tactic_content(session=s, customer_id=shop.ids["c-consent"],
+                                                           placement=placement, sku=None, now=at)]
+        assert served("exit_intent", now + dt.timedelta(minutes=1)) == [queued.id]
+        assert served("cart", now + dt.timedelta(minutes=1)) == []
+        assert served("exit_intent", now + dt.timedelta(days=8)) == []  # valid_for: 7d
 
     # The cart is bought: the run ends, and with it the offer (the placement's own rule decides again).
     _track(shop, "c-consent", "Order Completed", now + dt.timedelta(minutes=5), order_id="o-k7", cart_id="k-7",
