@@ -133,9 +133,40 @@ def _cpu(pid: int) -> float:
 
 
 def _server_cpu() -> float | None:
-    from ingest import server_cpu_seconds  # bench/ingest.py: the throwaway PostgreSQL server's processes
+    import ingest as bench_ingest  # bench/ingest.py: the throwaway PostgreSQL server's processes
 
-    return server_cpu_seconds()
+    if os.environ.get("EMMA_BENCH_PG_DATA") and not bench_ingest._PG_DATA:  # an existing server's data directory
+        bench_ingest._PG_DATA[:] = [Path(os.environ["EMMA_BENCH_PG_DATA"])]
+    return bench_ingest.server_cpu_seconds()
+
+
+def _statements(url: str, reset: bool) -> None:
+    """With pg_stat_statements in the server (EMMA_BENCH_PG_URL): reset it, or print where its time went."""
+    if not url.startswith("postgresql"):
+        return
+    from sqlalchemy import text
+
+    eng = make_engine(url)
+    try:
+        with eng.connect() as c:
+            if not c.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'")).first():
+                return
+            if reset:
+                c.execute(text("SELECT pg_stat_statements_reset()"))
+                c.commit()
+                return
+            rows = c.execute(text(
+                "SELECT calls, total_exec_time, total_plan_time, rows, query FROM pg_stat_statements "
+                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "ORDER BY total_exec_time + total_plan_time DESC")).all()
+    finally:
+        eng.dispose()
+    calls = sum(r[0] for r in rows)
+    busy = sum(r[1] + r[2] for r in rows)
+    print(f"  pg_stat_statements: {calls:,} statements, {busy:,.0f} ms executing and planning; the top 15:")
+    for r in rows[:15]:
+        q = " ".join(r[4].split())
+        print(f"    {r[0]:>8,} calls {r[1] + r[2]:>8,.0f} ms ({r[2]:,.0f} planning) {r[3]:>8,} rows  {q[:110]}")
 
 
 def produce(url: str, rate: int, seconds: float, customers: int, out: str) -> None:
@@ -200,6 +231,7 @@ def latency(url: str, label: str, rate: int, seconds: float, workdir: Path) -> N
         seen: dict[int, float] = {}
         last = 0
         table = OutboxMessage.__table__
+        _statements(url, reset=True)
         load0, wcpu0, scpu0 = _load(), _cpu(worker.pid), _server_cpu()
         producer = subprocess.Popen([sys.executable, __file__, "--produce", url, "--rate", str(rate),
                                      "--seconds", str(seconds), "--produce-customers", str(customers),
@@ -250,6 +282,7 @@ def latency(url: str, label: str, rate: int, seconds: float, workdir: Path) -> N
     server = f"; database server {(scpu - scpu0) / n * 1000:.2f} ms" if scpu is not None and scpu0 is not None else ""
     print(f"  CPU per event: worker process (`emma worker`) {wcpu / n * 1000:.2f} ms{server}; producer "
           f"(ingestion) {produced['cpu'] / n * 1000:.2f} ms")
+    _statements(url, reset=False)
     eng.dispose()
 
 

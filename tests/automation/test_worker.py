@@ -9,7 +9,7 @@ import time
 
 import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 
 from emma.automation import engine, jobs, library
@@ -261,3 +261,45 @@ def test_new_events_are_announced_to_other_processes_on_postgres(session_factory
                 {"type": "track", "userId": "n-1", "event": "Ping", "messageId": "notify-1"}])
         got = [n.channel for n in conn.notifies(timeout=10, stop_after=1)]
     assert got == [ingest.EVENTS_CHANNEL]
+
+
+def test_runs_started_and_stepped_in_one_pass_are_written_once(world):
+    # Runs that events start are stepped in the transaction that consumes the events: each is inserted once,
+    # in the state the step left it (one statement for all of them, no update), with its journal.
+    world.tactic(simple("mail", {"kind": "event", "event": "Go"},
+                        [{"id": "m", "kind": "message", "content": "mail", "next": "w"},
+                         {"id": "w", "kind": "wait", "duration": "1d", "next": "x"}, {"id": "x", "kind": "exit"}]))
+    world.tactic(simple("goal", {"kind": "event", "event": "Go"},
+                        [{"id": "w", "kind": "wait", "duration": "1d", "next": "x"}, {"id": "x", "kind": "exit"}],
+                        goal={"event": "Bought", "within": "7d"}))
+    c1, c2 = world.customer("c-1"), world.customer("c-2")
+    world.track("c-1", "Go")
+    world.track("c-2", "Go")
+    world.track("c-2", "Bought")  # the same batch: c-2's goal run converts before it was ever written
+    writes: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        if "AUTOMATION_RUNS" in statement.upper().split("(")[0] and not statement.lstrip().upper().startswith("SELECT"):
+            writes.append(statement.split()[0].upper())
+
+    bind = world.sessions.kw["bind"]
+    event.listen(bind, "before_cursor_execute", count)
+    try:
+        with session_scope(world.sessions) as s:
+            assert jobs.consume_events(session=s, tactics=world.tactics, settings=world.settings,
+                                       now=world.clock.now()) == 3
+    finally:
+        event.remove(bind, "before_cursor_execute", count)
+    assert writes == ["INSERT"]
+    runs = {(r.tactic_id, r.customer_id): r for r in world.runs()}
+    tomorrow = world.clock.now() + dt.timedelta(days=1)
+    for cid in (c1, c2):
+        run = runs[("mail", cid)]
+        assert (run.status, run.node_id, run.due_at, run.steps) == ("active", "w", tomorrow, 3)
+        assert [m.run_id for m in world.messages(cid)] == [run.id]
+    assert (runs[("goal", c1)].status, runs[("goal", c1)].due_at) == ("active", tomorrow)
+    assert (runs[("goal", c2)].status, runs[("goal", c2)].active_key) == ("converted", None)
+    with session_scope(world.sessions) as s:
+        journal = {(r.run_id, r.outcome) for r in s.scalars(select(RunStep))}
+    assert (runs[("goal", c2)].id, "converted") in journal and (runs[("goal", c2)].id, "entered") in journal
+    assert {(runs[("mail", c1)].id, o) for o in ("entered", "queued", "waiting")} <= journal
