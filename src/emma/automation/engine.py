@@ -673,7 +673,8 @@ class Entries:
 
     def __init__(self, *, session: Session, tactic_ids: Iterable[str], customer_ids: Iterable[int],
                  dedupes: Iterable[str] = (), since: dt.datetime | None = None, rows: bool = False,
-                 defer: bool = False) -> None:
+                 defer: bool = False, live: Iterable[Run] | None = None) -> None:
+        # live: the live runs of these customers, read by the caller already (any tactic; filtered here).
         # rows: enter() starts NewRun rows, written by insert() (a trigger scan, which does not step them).
         self.new: list[NewRun] | None = [] if rows else None
         # defer: enter() starts Run objects outside the session, for the caller to defer_runs() and step.
@@ -687,10 +688,16 @@ class Entries:
         self.recent: dict[tuple[str, int], int] = {}
         if not tids or not cids:
             return
+        if live is not None:
+            wanted_t, wanted_c = set(tids), set(cids)
+            for run in live:
+                if run.active_key is not None and run.tactic_id in wanted_t and run.customer_id in wanted_c:
+                    self.live[(run.tactic_id, run.customer_id, run.active_key)] = run
         for part in _chunks(cids):
             mine = [Run.tactic_id.in_(tids), among(session, Run.customer_id, part)]
-            for run in session.scalars(select(Run).where(*mine, Run.active_key.is_not(None))):
-                self.live[(run.tactic_id, run.customer_id, run.active_key or "")] = run
+            if live is None:
+                for run in session.scalars(select(Run).where(*mine, Run.active_key.is_not(None))):
+                    self.live[(run.tactic_id, run.customer_id, run.active_key or "")] = run
             for tid, cid, last in session.execute(select(Run.tactic_id, Run.customer_id, func.max(Run.entered_at))
                                                   .where(*mine).group_by(Run.tactic_id, Run.customer_id)):
                 self.last[(tid, cid)] = last
@@ -1396,17 +1403,20 @@ def handle_events(*, session: Session, events: list[Event], tactics: dict[str, S
     alias: dict[int, int] = {}
     if cids:
         for src, tgt in session.execute(select(MergeLog.source_customer_id, MergeLog.target_customer_id)
-                                        .where(MergeLog.target_customer_id.in_(cids),
+                                        .where(among(session, MergeLog.target_customer_id, sorted(cids)),
                                                MergeLog.reverted_at.is_(None))):
             alias[src] = tgt
     live: dict[int, list[Run]] = {}
+    found: list[Run] = []
     if cids:
-        for run in session.scalars(select(Run).where(Run.customer_id.in_(cids | set(alias)),
-                                                     Run.status.in_(LIVE)).order_by(Run.id)):
+        found = list(session.scalars(select(Run).where(among(session, Run.customer_id, sorted(cids | set(alias))),
+                                                       Run.status.in_(LIVE)).order_by(Run.id)))
+        for run in found:
             live.setdefault(alias.get(run.customer_id, run.customer_id), []).append(run)
     entering = [t.id for t in tactics.values() if isinstance(t.entry, S.EventEntry | S.SegmentEntry)]
     known = Entries(session=session, tactic_ids=entering, customer_ids=cids,
-                    dedupes=[f"event:{e.id}" for e in events if event_name(e) in starts], defer=ready is not None)
+                    dedupes=[f"event:{e.id}" for e in events if event_name(e) in starts], defer=ready is not None,
+                    live=found)
     touched = 0
     for ev in events:
         cid = ev.customer_id

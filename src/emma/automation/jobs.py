@@ -13,16 +13,17 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from emma.automation import engine, library, triggers
 from emma.automation import schemas as S
 from emma.automation.clock import Clock, SystemClock
-from emma.automation.models import LIVE, Cursor, Run
+from emma.automation.models import LIVE, Cursor, Run, TacticSetting
 from emma.config import Settings
-from emma.db import insert_ignoring_conflicts, session_scope, utcnow
+from emma.db import among, insert_ignoring_conflicts, session_scope, utcnow
 from emma.ingest import service as ingest
 from emma.ingest.models import Event
 
@@ -32,11 +33,16 @@ EVENT_CURSOR = "events"
 
 def cursor(*, session: Session, name: str, lock: bool = False) -> Cursor | None:
     """The named cursor (created at 0); with lock, None when another worker holds it right now."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    stmt = select(Cursor).where(Cursor.name == name)
+    if lock and postgres:
+        stmt = stmt.with_for_update(skip_locked=True)
+        found = session.scalar(stmt)  # the usual case: it exists (one statement instead of two)
+        if found is not None:
+            return found
+    # SQLite: the insert comes first, so the transaction holds the write lock before it reads the position.
     session.execute(insert_ignoring_conflicts(session, Cursor, ["name"]).values(name=name, position=0,
                                                                                 updated_at=utcnow()))
-    stmt = select(Cursor).where(Cursor.name == name)
-    if lock and session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
     return session.scalar(stmt)
 
 
@@ -79,10 +85,12 @@ class GapWatch:
 
 
 def consume_events(*, session: Session, tactics: dict[str, S.Tactic], settings: Settings, now: dt.datetime,
-                   limit: int | None = None, gaps: GapWatch | None = None, step: bool = True) -> int:
+                   limit: int | None = None, gaps: GapWatch | None = None, step: bool = True,
+                   segments: bool = True) -> int:
     """Handle the next batch of events after the cursor and move the cursor, in the caller's transaction; with
     step, the runs the events started or woke are advanced in it too (their first messages go out with the
-    commit that consumes the events, without a second transaction claiming them)."""
+    commit that consumes the events, without a second transaction claiming them). segments=False: a look just
+    before found no active segment, so memberships need no refresh."""
     cur = cursor(session=session, name=EVENT_CURSOR, lock=True)
     if cur is None:
         return 0  # another worker is on it
@@ -101,15 +109,16 @@ def consume_events(*, session: Session, tactics: dict[str, S.Tactic], settings: 
     pick = [r.id for r in rows if (r.name if r.type != "identify" else "identify") in wanted]
     events: list[Event] = []
     for i in range(0, len(pick), 500):
-        events.extend(session.scalars(select(Event).where(Event.id.in_(pick[i:i + 500]))))
+        events.extend(session.scalars(select(Event).where(among(session, Event.id, pick[i:i + 500]))))
     events.sort(key=lambda e: e.id)
     ready: list[Run] = []
     engine.handle_events(session=session, events=events, tactics=tactics, settings=settings, now=now, ready=ready)
     if step:
         engine.step(session=session, runs=[r for r in ready if r.status in LIVE and r.due_at is not None
                                            and r.due_at <= now], tactics=tactics, settings=settings, now=now)
-    _refresh_segments(session, {r.customer_id for r in rows if r.customer_id is not None
-                                and r.name not in SEGMENT_EVENTS}, now)
+    if segments:
+        _refresh_segments(session, {r.customer_id for r in rows if r.customer_id is not None
+                                    and r.name not in SEGMENT_EVENTS}, now)
     cur.position, cur.updated_at = ids[-1], utcnow()
     return len(ids)
 
@@ -132,11 +141,14 @@ def _refresh_segments(session: Session, customer_ids: set[int], now: dt.datetime
 @dataclass
 class Pending:
     """What a worker would find now, read with one cheap statement that writes nothing: the newest event id,
-    the event cursor's position, and when the next live run falls due."""
+    the event cursor's position, when the next live run falls due, a mark of the tactic settings (it changes
+    when a tactic is added, enabled, disabled or edited) and the number of active segments."""
 
     last_event: int
     position: int | None
     next_due: dt.datetime | None
+    tactics: tuple[Any, ...] = ()
+    segments: int = 1
 
     def events(self) -> bool:
         """Events after the cursor (or none consumed yet)."""
@@ -147,18 +159,36 @@ class Pending:
         return self.next_due is not None and self.next_due <= now
 
 
-def pending(*, session: Session) -> Pending:
+def pending(*, session: Session | Connection) -> Pending:
     """Look for work without taking a lock (on SQLite a pass that finds nothing must not take the write lock,
     which ingestion in other processes waits for)."""
-    last, position, due = session.execute(select(
+    from emma.segments.models import Segment
+
+    last, position, due, n_tactics, n_enabled, changed, n_segments = session.execute(select(
         select(func.max(Event.id)).scalar_subquery(),
         select(Cursor.position).where(Cursor.name == EVENT_CURSOR).scalar_subquery(),
-        select(func.min(Run.due_at)).where(Run.status.in_(LIVE)).scalar_subquery())).one()
+        select(func.min(Run.due_at)).where(Run.status.in_(LIVE)).scalar_subquery(),
+        select(func.count()).select_from(TacticSetting).scalar_subquery(),
+        select(func.count()).select_from(TacticSetting).where(TacticSetting.enabled.is_(True)).scalar_subquery(),
+        select(func.max(TacticSetting.updated_at)).scalar_subquery(),
+        select(func.count()).select_from(Segment).where(Segment.active.is_(True)).scalar_subquery())).one()
     if isinstance(due, str):  # a scalar subquery's value comes back unconverted on SQLite
         due = dt.datetime.fromisoformat(due)
     if due is not None and due.tzinfo is None:
         due = due.replace(tzinfo=dt.UTC)
-    return Pending(last_event=int(last or 0), position=position, next_due=due)
+    return Pending(last_event=int(last or 0), position=position, next_due=due,
+                   tactics=(n_tactics, n_enabled, str(changed)), segments=int(n_segments or 0))
+
+
+def look(*, sessions: sessionmaker[Session]) -> Pending:
+    """pending() in a statement of its own: on PostgreSQL without a transaction around it (one round trip
+    instead of three: BEGIN, the look, ROLLBACK)."""
+    bind = sessions.kw.get("bind")
+    if bind is not None and bind.dialect.name == "postgresql":
+        with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            return pending(session=conn)
+    with session_scope(sessions) as s:
+        return pending(session=s)
 
 
 def tick(*, sessions: sessionmaker[Session], settings: Settings, now: dt.datetime, gaps: GapWatch | None = None,
@@ -172,7 +202,8 @@ def tick(*, sessions: sessionmaker[Session], settings: Settings, now: dt.datetim
             tactics = library.enabled(session=s)
     for _ in range(max_rounds if work is None or work.events() else 0):
         with session_scope(sessions) as s:
-            n = consume_events(session=s, tactics=tactics, settings=settings, now=now, gaps=gaps)
+            n = consume_events(session=s, tactics=tactics, settings=settings, now=now, gaps=gaps,
+                               segments=work is None or work.segments > 0)
         counts["events"] += n
         if n < settings.worker_batch_size:
             break
@@ -222,6 +253,7 @@ class Waker:
 
 
 STOP_CHECK_SECONDS = 0.25
+TACTICS_RELOAD_SECONDS = 5.0
 WAKE = Waker()
 ingest.on_new_events(WAKE.notify)
 
@@ -265,16 +297,25 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
     longest = max(settings.worker_idle_seconds, settings.worker_poll_seconds)
     last_scan = -scan_every
     idle = settings.worker_poll_seconds
+    tactics: dict[str, S.Tactic] | None = None
+    mark: tuple[Any, ...] = ()
+    loaded = 0.0
     while not stop.is_set():
         seen = WAKE.generation
         scan = time.monotonic() - last_scan >= scan_every
         now = clock.now()
         try:
-            with session_scope(sessions) as s:
-                work = pending(session=s)
+            work = look(sessions=sessions)
             if scan or work.events() or work.due(now):
                 began = time.monotonic()
-                counts = tick(sessions=sessions, settings=settings, now=now, gaps=gaps, scan=scan, work=work)
+                # The enabled tactics are read again when the look's mark of their settings changed (and
+                # every few seconds anyway), not in a transaction of their own before every pass.
+                if tactics is None or work.tactics != mark or began - loaded > TACTICS_RELOAD_SECONDS:
+                    with session_scope(sessions) as s:
+                        tactics = library.enabled(session=s)
+                    mark, loaded = work.tactics, began
+                counts = tick(sessions=sessions, settings=settings, now=now, gaps=gaps, scan=scan, work=work,
+                              tactics=tactics)
                 if scan:
                     last_scan = time.monotonic()
                     if counts["entered"]:

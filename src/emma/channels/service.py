@@ -61,7 +61,8 @@ def enqueue(*, session: Session, idempotency_key: str, customer_id: int | None, 
 
 def enqueue_many(*, session: Session, messages: list[dict[str, Any]], ids: dict[str, int] | None = None,
                  now: dt.datetime | None = None) -> int:
-    """enqueue for many messages with one query and two inserts; returns how many were new.
+    """enqueue for many messages with two inserts (and a query only for keys queued before); returns how many
+    were new.
 
     Each dict has enqueue's keyword arguments (idempotency_key, customer_id, channel, template, ...) and
     optionally run_id. ids, when given, receives the message id of every key (new or queued before).
@@ -69,13 +70,6 @@ def enqueue_many(*, session: Session, messages: list[dict[str, Any]], ids: dict[
     by_key: dict[str, dict[str, Any]] = {}
     for m in messages:
         by_key.setdefault(m["idempotency_key"], m)  # the first of a key wins
-    keys = list(by_key)
-    for i in range(0, len(keys), 900):
-        for mid, key in session.execute(select(OutboxMessage.id, OutboxMessage.idempotency_key)
-                                        .where(among(session, OutboxMessage.idempotency_key, keys[i:i + 900]))):
-            by_key.pop(key)
-            if ids is not None:
-                ids[key] = mid
     if not by_key:
         return 0
     now = now or utcnow()
@@ -84,7 +78,8 @@ def enqueue_many(*, session: Session, messages: list[dict[str, Any]], ids: dict[
              "template": m.get("template"), "locale": m.get("locale"), "payload": m.get("payload") or {},
              "status": "queued", "attempts": 0, "due_at": m.get("due_at") or now, "created_at": now,
              "tactic_id": m.get("tactic_id"), "run_id": m.get("run_id")} for key, m in by_key.items()]
-    # a concurrent enqueue with the same key wins; its message is not queued twice
+    # a key queued before (or by a concurrent enqueue) is skipped by the insert and looked up afterwards: keys
+    # are mostly new, so no query before the insert
     new = insert_rows(session, OutboxMessage, rows, on_conflict=["idempotency_key"],
                       returning=["id", "idempotency_key"])
     if new:
@@ -93,10 +88,10 @@ def enqueue_many(*, session: Session, messages: list[dict[str, Any]], ids: dict[
     if ids is not None:
         ids.update({key: i for i, key in new})
         lost = [key for key in by_key if key not in ids]
-        if lost:  # queued concurrently by another transaction
-            ids.update({key: i for i, key in session.execute(
+        for i in range(0, len(lost), 900):  # queued before, or concurrently by another transaction
+            ids.update({key: mid for mid, key in session.execute(
                 select(OutboxMessage.id, OutboxMessage.idempotency_key)
-                .where(among(session, OutboxMessage.idempotency_key, lost)))})
+                .where(among(session, OutboxMessage.idempotency_key, lost[i:i + 900])))})
     return len(new)
 
 
