@@ -17,7 +17,7 @@ from emma.catalog import service as catalog
 from emma.config import Settings, get_settings
 from emma.consent import service as consent
 from emma.consent.models import PURPOSES, Consent
-from emma.db import insert_rows, lock_keys, rows_among, utcnow
+from emma.db import insert_columns, lock_keys, rows_among, utcnow
 from emma.ingest.models import Event
 from emma.ingest.schemas import (
     ORDER_STATUS_EVENTS,
@@ -172,27 +172,21 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, sett
     resolver.preload([("user_id", m.userId) for m in fresh if m.userId] +
                      [("anonymous_id", m.anonymousId) for m in fresh if m.anonymousId] +
                      [("anonymous_id", m.previousId) for m in fresh if m.previousId])
-    rows = []
     customer_of: dict[str, int] = {}
+    resolve = resolver.resolve
+    ids: list[int] = []  # the event rows are built column by column: no dict per row
     for m in fresh:
-        if m.type == "alias":
-            cid = resolver.resolve(user_id=m.userId, anonymous_id=m.previousId, at=m.timestamp,
-                                   message_id=m.messageId)
-        else:
-            cid = resolver.resolve(user_id=m.userId, anonymous_id=m.anonymousId, at=m.timestamp,
-                                   message_id=m.messageId)
+        anonymous_id = m.previousId if m.type == "alias" else m.anonymousId
+        cid = resolve(user_id=m.userId, anonymous_id=anonymous_id, at=m.timestamp, message_id=m.messageId)
         customer_of[m.messageId] = cid  # type: ignore[index]
-        name = m.event if m.type == "track" else m.name
-        props = m.traits if m.type == "identify" else m.properties
-        rows.append({"message_id": m.messageId, "type": m.type, "name": name, "customer_id": cid,
-                     "user_id": m.userId, "anonymous_id": m.anonymousId, "properties": props,
-                     "context": m.context, "timestamp": m.timestamp, "received_at": received_at})
+        ids.append(cid)
     resolver.flush()
-    for row in rows:
-        if row["customer_id"] < 0:
-            row["customer_id"] = customer_of[row["message_id"]] = resolver.real_id(row["customer_id"])
+    if any(cid < 0 for cid in ids):
+        real = resolver.real_id
+        ids = [cid if cid >= 0 else real(cid) for cid in ids]
+        customer_of = {m.messageId: cid for m, cid in zip(fresh, ids, strict=True)}  # type: ignore[misc]
     session.flush()
-    out.inserted = inserted = _insert_events(session, rows)
+    out.inserted = inserted = _insert_events(session, fresh, ids, received_at)
     stored = [m for m in fresh if m.messageId in inserted]
     if not stored:
         return out
@@ -245,7 +239,7 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, sett
     session.flush()
     if skus:
         out.unknown_skus = skus - catalog.known_skus(session=session, skus=skus)
-    profiles.mark_seen(session=session, seen=last_seen)
+    profiles.mark_seen(session=session, seen=resolver.unseen(last_seen))
     resolver.apply_merges()
     _expire_stale(session)
     out.conflicts = [c.message_id for c in resolver.conflicts]
@@ -272,10 +266,26 @@ def _expire_stale(session: Session) -> None:
         session.expire(obj)
 
 
-def _insert_events(session: Session, rows: list[dict[str, Any]]) -> set[str]:
-    # ON CONFLICT DO NOTHING makes a concurrent resend of the same messageId a no-op, not an error.
-    inserted = {mid for (mid,) in insert_rows(session, Event, rows, on_conflict=["message_id"],
-                                               returning=["message_id"])}
+def _insert_events(session: Session, msgs: list[Message], customer_ids: list[int],
+                   received_at: dt.datetime) -> set[str]:
+    """Insert the events of msgs (none of them stored yet); the messageIds that went in."""
+    columns = {
+        "message_id": [m.messageId for m in msgs], "type": [m.type for m in msgs],
+        "name": [m.event if m.type == "track" else m.name for m in msgs], "customer_id": customer_ids,
+        "user_id": [m.userId for m in msgs], "anonymous_id": [m.anonymousId for m in msgs],
+        "properties": [m.traits if m.type == "identify" else m.properties for m in msgs],
+        "context": [m.context for m in msgs], "timestamp": [m.timestamp for m in msgs],
+        "received_at": [received_at] * len(msgs)}
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite has one writer at a time: a messageId another writer stored since the look-up in _store fails
+        # the insert on the unique key and the transaction is retried, where the look-up then finds it.
+        # Without RETURNING, the rows go in with a plain executemany.
+        insert_columns(session, Event, columns)
+        inserted = set(columns["message_id"])
+    else:
+        # ON CONFLICT DO NOTHING makes a concurrent resend of the same messageId a no-op, not an error.
+        inserted = {mid for (mid,) in insert_columns(session, Event, columns, on_conflict=["message_id"],
+                                                     returning=["message_id"])}
     if inserted:
         session.info[_NEW_EVENTS] = True
     return inserted

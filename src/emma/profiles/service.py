@@ -55,6 +55,7 @@ class Resolver:
         self._promoted: dict[int, str] = {}  # stored anonymous profile -> the userId it now carries
         self._real: dict[int, int] = {}
         self._unsaved_conflicts: list[IdentityConflict] = []
+        self._last_seen: dict[int, Any] = {}  # last_seen_at as the preloads read it (the driver's value)
 
     def preload(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Load the customers of many identities with one query per kind."""
@@ -65,12 +66,30 @@ class Resolver:
         for kind, values in by_kind.items():
             vals = list(values)
             rows = rows_among(self.session, "identities i JOIN customers c ON c.id = i.customer_id",
-                              ["i.value", "i.customer_id", "c.is_anonymous"], "i.value", vals,
+                              ["i.value", "i.customer_id", "c.is_anonymous", "c.last_seen_at"], "i.value", vals,
                               where="i.kind = {p}", params=[kind])
-            for value, cid, anon in rows:
+            for value, cid, anon, seen in rows:
                 self._cache[(kind, value)] = cid
                 self._anonymous[cid] = bool(anon)
+                self._last_seen[cid] = seen
             self._missing.update((kind, v) for v in vals if (kind, v) not in self._cache)
+
+    def unseen(self, seen: dict[int, dt.datetime]) -> dict[int, dt.datetime]:
+        """The entries of seen that move a customer's last_seen_at forward, as far as the preloads tell:
+        a customer whose stored last_seen_at is already as late needs no UPDATE."""
+        known = self._last_seen
+        out = {}
+        for cid, ts in seen.items():
+            stored = known.get(cid)
+            if stored is not None:
+                if type(stored) is str:  # SQLite gives the stored text
+                    stored = known[cid] = dt.datetime.fromisoformat(stored)
+                if stored.tzinfo is None:
+                    stored = known[cid] = stored.replace(tzinfo=dt.UTC)
+                if stored >= ts:
+                    continue
+            out[cid] = ts
+        return out
 
     def lookup(self, kind: str, value: str) -> int | None:
         key = (kind, value)

@@ -1,0 +1,74 @@
+"""The event write path of a chunk: last_seen_at only where it moves, a resend racing the look-up."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import event, func, select
+
+from emma.ingest import jobs
+from emma.ingest import service as ingest
+from emma.ingest.models import Event
+from emma.orders.models import CartItem
+from emma.profiles.models import Customer
+
+T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
+
+
+def msg(n: int, user: str, minutes: int, **fields: Any) -> dict[str, Any]:
+    return {"type": "track", "event": "Newsletter Opened", "userId": user, "messageId": f"m{n}",
+            "timestamp": (T0 + dt.timedelta(minutes=minutes)).isoformat(), **fields}
+
+
+def test_last_seen_at_is_written_only_where_it_moves_forward(session_factory):
+    with session_factory() as s:
+        ingest.ingest(session=s, raw_messages=[msg(1, "u1", 60), msg(2, "u2", 60)], received_at=T0)
+        s.commit()
+    updates: list[str] = []
+    engine = session_factory.kw["bind"]
+
+    def seen(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.startswith("UPDATE customers"):
+            updates.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with session_factory() as s:  # both earlier than what is stored: nothing to write
+            result = ingest.ingest(session=s, raw_messages=[msg(3, "u1", 10), msg(4, "u2", 59)], received_at=T0)
+            s.commit()
+        assert result.accepted == 2 and updates == []
+        with session_factory() as s:  # u2 later, u1 earlier: u2 moves, u1 stays
+            ingest.ingest(session=s, raw_messages=[msg(5, "u1", 30), msg(6, "u2", 90)], received_at=T0)
+            s.commit()
+        assert len(updates) == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    with session_factory() as s:
+        seen_at = dict(s.execute(select(Customer.external_id, Customer.last_seen_at)).all())
+    assert seen_at == {"u1": T0 + dt.timedelta(minutes=60), "u2": T0 + dt.timedelta(minutes=90)}
+
+
+def test_a_resend_stored_between_look_up_and_insert_lands_once(session_factory, monkeypatch):
+    add = msg(1, "u1", 0, event="Product Added", properties={"sku": "S1", "price": 5, "quantity": 2, "cart_id": "c1"})
+    with session_factory() as s:
+        assert ingest.ingest(session=s, raw_messages=[add], received_at=T0).accepted == 1
+        s.commit()
+    # The look-up misses the stored messageId once, as when another writer stores it just after the look-up.
+    lookups = []
+    real = ingest.rows_among
+
+    def racing(session, table, columns, key, values, **kw):  # type: ignore[no-untyped-def]
+        rows = real(session, table, columns, key, values, **kw)
+        if table is Event and not lookups:
+            lookups.append(rows)
+            return []
+        return rows
+
+    monkeypatch.setattr(ingest, "rows_among", racing)
+    result = jobs.run_in_transaction(session_factory, lambda s: ingest.ingest(
+        session=s, raw_messages=[add, msg(2, "u1", 1)], received_at=T0))
+    assert lookups and (result.accepted, result.duplicates) == (1, 1)
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(Event)) == 2
+        assert s.scalar(select(CartItem.quantity)) == 2  # the cart add is not applied twice
