@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gc
 import gzip
 import io
+import itertools
 import json
+import multiprocessing as mp
 import operator
 import os
 import re
@@ -735,6 +738,122 @@ def validate_chunk(records: list[Record], state: ImportState) -> tuple[list[tupl
     return good, bad
 
 
+# ------------------------------------------------------------------------------------------------ chunks
+
+
+@dataclass(slots=True)
+class Chunk:
+    """A chunk of the file: how many rows it read, the valid ones (what land takes), the row errors, and
+    the bytes of the file read so far."""
+
+    rows: int
+    good: list[Any]
+    bad: list[RowError]
+    position: int
+
+
+# Events files from this size on are read and validated in a second process while this one writes.
+READER_PROCESS_BYTES = 1 << 20
+
+
+def read_chunks(source: Source, state: ImportState, size: int, *,
+                reader_process: bool | None = None) -> Iterator[Chunk]:
+    """The file chunk by chunk, validated. Close the iterator when done (it may own a process).
+
+    Events: with reader_process (by default for files of READER_PROCESS_BYTES and more, where fork exists), a
+    forked process reads, parses and validates (ingest.service.parse) the next chunk while the caller writes
+    this one, so that reading and validation run on the other core. What crosses is cheap to pickle: the
+    messages as tuples of texts (ingest.service.compact) and the row errors. The outcome is the same.
+    """
+    if reader_process is None:
+        reader_process = source.size >= READER_PROCESS_BYTES
+    if state.kind == "events" and reader_process and "fork" in mp.get_all_start_methods():
+        yield from _chunks_from_process(source, state, size)
+        return
+    records = source.records()
+    state.set_header(source.header)
+    while True:
+        chunk = list(itertools.islice(records, size))
+        if not chunk:
+            return
+        good, bad = validate_chunk(chunk, state)
+        yield Chunk(len(chunk), good, bad, source.position())
+
+
+def _chunks_from_process(source: Source, state: ImportState, size: int) -> Iterator[Chunk]:
+    from emma.ingest import service as ingest
+
+    receiver, sender = mp.get_context("fork").Pipe(duplex=False)
+    # Forked before this process starts threads of its own for the import; the child touches no connection
+    # or lock it inherits: it opens the file anew and only reads, validates and sends.
+    child = mp.get_context("fork").Process(target=_prepare_events, daemon=True, name="emma-import-reader",
+                                           args=(sender, source.path, source.format, state.now, size))
+    child.start()
+    sender.close()
+    try:
+        while True:
+            try:
+                item = receiver.recv()
+            except EOFError:
+                raise ImportFileError("the reader process ended unexpectedly") from None
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            rows, position, bad, compact = item
+            prepared = ingest.Prepared
+            yield Chunk(rows, [prepared(t) for t in compact], bad, position)
+            del item, compact
+    finally:
+        receiver.close()
+        if child.is_alive():
+            child.terminate()
+        child.join()
+
+
+def _prepare_events(sender: Any, path: Path, fmt: str, now: dt.datetime, size: int) -> None:
+    """The reader process: every chunk of the events file read and validated, sent as
+    (rows read, bytes read, row errors, compact messages); then None, or the exception that ended it."""
+    from emma.config import get_settings
+    from emma.ingest import service as ingest
+
+    gc.disable()  # as in run_import: the rows hold no cycles, collect once per chunk
+    try:
+        settings = get_settings()
+        state = ImportState(kind="events", now=now)
+        source = Source(path, fmt)
+        try:
+            records = source.records()
+            state.set_header(source.header)
+            parse, compact = ingest.parse, ingest.compact
+            while True:
+                chunk = list(itertools.islice(records, size))
+                if not chunk:
+                    break
+                good, bad = validate_chunk(chunk, state)
+                messages = []
+                for rec, raw in good:
+                    parsed = parse(raw, settings=settings, received_at=now)
+                    if isinstance(parsed, list):
+                        text = rec.text()
+                        bad += [RowError(rec.line, e.field, e.reason, text) for e in parsed]
+                    else:
+                        messages.append(compact(parsed))
+                sender.send((len(chunk), source.position(), bad, messages))
+                del chunk, good, messages
+                gc.collect(1)
+        finally:
+            source.close()
+        sender.send(None)
+    except BaseException as exc:  # noqa: BLE001 - handed to the importing process, which raises it
+        try:
+            sender.send(exc)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle
+            sender.send(ImportFileError(f"reading the file failed: {exc}"))
+    finally:
+        sender.close()
+
+
 # ------------------------------------------------------------------------------------------------ landing
 
 
@@ -803,10 +922,14 @@ def _land_products(session: Session, rows: list[tuple[Record, dict[str, Any]]], 
     return result
 
 
-def _land_events(session: Session, rows: list[tuple[Record, dict[str, Any]]], now: dt.datetime) -> ChunkResult:
+def _land_events(session: Session, rows: list[Any], now: dt.datetime) -> ChunkResult:
     from emma.ingest import service as ingest
 
     result = ChunkResult()
+    if rows and type(rows[0]) is ingest.Prepared:  # validated by the reader process
+        res = ingest.ingest_prepared(session=session, messages=rows, received_at=now)
+        result.landed, result.unchanged, result.warnings = res.accepted, res.duplicates, list(res.warnings)
+        return result
     res = ingest.ingest(session=session, raw_messages=[m for _, m in rows], received_at=now)
     result.landed, result.unchanged = res.accepted, res.duplicates
     for rej in res.rejected:

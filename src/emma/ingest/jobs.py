@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gc
-import itertools
 import random
 import time
 from collections import deque
@@ -136,11 +135,12 @@ def _resolve(future: asyncio.Future[Any], outcome: Any) -> None:
 def run_import(*, sessions: Callable[[], Session], kind: str, path: Path, fmt: str | None = None,
                rejects: Path | None = None, chunk_rows: int | None = None,
                progress: Callable[[int, int], None] | None = None, now: dt.datetime | None = None,
-               stop_after_chunks: int | None = None) -> bulk.ImportSummary:
+               stop_after_chunks: int | None = None, reader_process: bool | None = None) -> bulk.ImportSummary:
     """Import a file chunk by chunk, committing each chunk: a crash loses no committed chunk, a re-run completes it.
 
     progress(bytes read, file size) is called after each chunk. stop_after_chunks ends the import early
-    (as a crash would), for tests and resumable runs.
+    (as a crash would), for tests and resumable runs. reader_process: see bulk.read_chunks (by default for
+    large events files).
     """
     if kind not in bulk.KINDS:
         raise bulk.ImportFileError(f"kind: must be one of {', '.join(bulk.KINDS)}, not {kind!r}")
@@ -164,28 +164,25 @@ def run_import(*, sessions: Callable[[], Session], kind: str, path: Path, fmt: s
         checkpointer.start(session)
         return bulk.land(session=session, kind=kind, rows=rows, now=now)
 
+    read = bulk.read_chunks(source, state, size, reader_process=reader_process)
     try:
-        records = source.records()
-        state.set_header(source.header)
-        chunks = 0
-        while stop_after_chunks is None or chunks < stop_after_chunks:
-            chunk = list(itertools.islice(records, size))
-            if not chunk:
+        for chunks, chunk in enumerate(read, 1):
+            if stop_after_chunks is not None and chunks > stop_after_chunks:
                 break
-            chunks += 1
-            summary.rows += len(chunk)
-            good, bad = bulk.validate_chunk(chunk, state)
+            summary.rows += chunk.rows
+            good, bad = chunk.good, chunk.bad
             result = run_in_transaction(sessions, lambda s, good=good: _land(s, good)) if good else bulk.ChunkResult()
             checkpointer.committed()
             result.rejected = bad + result.rejected
             writer.write(result.rejected)
             summary.add(result)
             if progress is not None:
-                progress(source.position(), source.size)
+                progress(chunk.position, source.size)
             # The chunk's rows are garbage by now: dropped first, the collector does not walk them.
             del chunk, good, bad, result
             gc.collect(2 if chunks % 50 == 0 else 1)  # now and then a full pass, so old garbage cannot pile up
     finally:
+        read.close()
         if collecting:
             gc.enable()
         with sessions() as last:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -17,7 +18,7 @@ from emma.catalog import service as catalog
 from emma.config import Settings, get_settings
 from emma.consent import service as consent
 from emma.consent.models import PURPOSES, Consent
-from emma.db import insert_columns, lock_keys, rows_among, utcnow
+from emma.db import insert_columns, json_text, lock_keys, rows_among, utcnow
 from emma.ingest.models import Event
 from emma.ingest.schemas import (
     ORDER_STATUS_EVENTS,
@@ -112,16 +113,39 @@ def ingest_many(*, session: Session, requests: Sequence[Sequence[Any]], received
                 continue
             owner[parsed.messageId] = r  # type: ignore[index]
             valid.append(parsed)
+    _store_valid(session, valid, owner, results, received_at, settings)
+    return results
+
+
+def ingest_prepared(*, session: Session, messages: Sequence[Prepared], received_at: dt.datetime,
+                    settings: Settings | None = None) -> IngestResult:
+    """Store messages validated beforehand (bulk import's reader process): resends are no-ops."""
+    settings = settings or get_settings()
+    result = IngestResult()
+    valid: list[Any] = []
+    owner: dict[str, int] = {}
+    for m in messages:
+        if m.messageId in owner:
+            result.duplicates += 1
+            continue
+        owner[m.messageId] = 0
+        valid.append(m)
+    _store_valid(session, valid, owner, [result], received_at, settings)
+    return result
+
+
+def _store_valid(session: Session, valid: list[Any], owner: dict[str, int], results: list[IngestResult],
+                 received_at: dt.datetime, settings: Settings) -> None:
     for start in range(0, len(valid), _CHUNK):
         chunk = valid[start:start + _CHUNK]
         stored = _store(session, chunk, received_at, settings)
         unknown: dict[int, set[str]] = {}
         conflicts: dict[int, int] = {}
         for m in chunk:
-            r = owner[m.messageId]  # type: ignore[index]
+            r = owner[m.messageId]
             if m.messageId in stored.inserted:
                 results[r].accepted += 1
-                if stored.unknown_skus and (named := stored.skus.get(m.messageId)):  # type: ignore[arg-type]
+                if stored.unknown_skus and (named := stored.skus.get(m.messageId)):
                     unknown.setdefault(r, set()).update(named & stored.unknown_skus)
             else:
                 results[r].duplicates += 1
@@ -137,7 +161,52 @@ def ingest_many(*, session: Session, requests: Sequence[Sequence[Any]], received
                 result.warnings.append(f"{conflicts[r]} identity conflict(s) recorded; profiles kept apart")
     for result in results:
         result.success = not result.rejected
-    return results
+
+
+class Prepared:
+    """A message validated by parse in another process, as the bulk import hands it over: a tuple of texts
+    (see compact) instead of a pickled Message, which would cost about as much as validating it again.
+
+    It reads like a Message for _store. properties / traits / context are decoded from their JSON text only
+    when something asks for them (most events are stored as they are, with that text).
+    """
+
+    __slots__ = ("messageId", "type", "event", "name", "userId", "anonymousId", "previousId", "timestamp",
+                 "payload_json", "context_json", "_payload", "_context")
+
+    def __init__(self, compact: tuple[Any, ...]) -> None:
+        (self.messageId, self.type, self.event, self.name, self.userId, self.anonymousId, self.previousId,
+         timestamp, self.payload_json, self.context_json) = compact
+        self.timestamp = dt.datetime.fromisoformat(timestamp)
+        self._payload: dict[str, Any] | None = None
+        self._context: dict[str, Any] | None = None
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._payload is None:
+            self._payload = json.loads(self.payload_json)
+        return self._payload
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return {} if self.type == "identify" else self._decoded()
+
+    @property
+    def traits(self) -> dict[str, Any]:
+        return self._decoded() if self.type == "identify" else {}
+
+    @property
+    def context(self) -> dict[str, Any]:
+        if self._context is None:
+            self._context = json.loads(self.context_json)
+        return self._context
+
+
+def compact(msg: Message) -> tuple[Any, ...]:
+    """A parsed message as a tuple of plain values that pickles fast; Prepared reads it back."""
+    payload = msg.traits if msg.type == "identify" else msg.properties
+    assert msg.timestamp is not None
+    return (msg.messageId, msg.type, msg.event, msg.name, msg.userId, msg.anonymousId, msg.previousId,
+            msg.timestamp.isoformat(), json_text(payload), json_text(msg.context))
 
 
 @dataclass
@@ -273,19 +342,25 @@ def _insert_events(session: Session, msgs: list[Message], customer_ids: list[int
         "message_id": [m.messageId for m in msgs], "type": [m.type for m in msgs],
         "name": [m.event if m.type == "track" else m.name for m in msgs], "customer_id": customer_ids,
         "user_id": [m.userId for m in msgs], "anonymous_id": [m.anonymousId for m in msgs],
-        "properties": [m.traits if m.type == "identify" else m.properties for m in msgs],
-        "context": [m.context for m in msgs], "timestamp": [m.timestamp for m in msgs],
-        "received_at": [received_at] * len(msgs)}
+        "timestamp": [m.timestamp for m in msgs], "received_at": [received_at] * len(msgs)}
+    encoded: tuple[str, ...] = ()
+    if all(type(m) is Prepared for m in msgs):  # the JSON texts are at hand
+        columns["properties"] = [m.payload_json for m in msgs]
+        columns["context"] = [m.context_json for m in msgs]
+        encoded = ("properties", "context")
+    else:
+        columns["properties"] = [m.traits if m.type == "identify" else m.properties for m in msgs]
+        columns["context"] = [m.context for m in msgs]
     if session.get_bind().dialect.name == "sqlite":
         # SQLite has one writer at a time: a messageId another writer stored since the look-up in _store fails
         # the insert on the unique key and the transaction is retried, where the look-up then finds it.
         # Without RETURNING, the rows go in with a plain executemany.
-        insert_columns(session, Event, columns)
+        insert_columns(session, Event, columns, encoded=encoded)
         inserted = set(columns["message_id"])
     else:
         # ON CONFLICT DO NOTHING makes a concurrent resend of the same messageId a no-op, not an error.
         inserted = {mid for (mid,) in insert_columns(session, Event, columns, on_conflict=["message_id"],
-                                                     returning=["message_id"])}
+                                                     returning=["message_id"], encoded=encoded)}
     if inserted:
         session.info[_NEW_EVENTS] = True
     return inserted
@@ -339,7 +414,9 @@ def _identify(resolver: profiles.Resolver, traits_batch: profiles.TraitBatch, ci
         traits_batch.apply(customer_id=cid, traits=traits, source="identify", at=m.timestamp)  # type: ignore[arg-type]
 
 
-def _consent_prefs(m: Message) -> dict[str, Any] | None:
+def _consent_prefs(m: Message | Prepared) -> dict[str, Any] | None:
+    if type(m) is Prepared and '"consent"' not in m.context_json:
+        return None  # not decoded for nothing
     given = m.context.get("consent")
     prefs = given.get("categoryPreferences") if isinstance(given, dict) else None
     return prefs if isinstance(prefs, dict) and prefs else None
