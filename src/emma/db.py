@@ -251,6 +251,12 @@ def driver_datetimes(dialect_name: str, values: list[Any]) -> list[Any]:
 
 _ZERO = dt.timedelta(0)
 
+
+def stored_datetime(value: dt.datetime) -> str:
+    """The text a UTCDateTime column holds for value on SQLite (UTC, to the microsecond); PostgreSQL reads it
+    as a timestamp too."""
+    return _sqlite_datetimes([value])[0]
+
 if _c_make_encoder is not None:
     # json.dumps builds an encoder for every call, which costs more than encoding a small object; this one is
     # built once. Same output as json.dumps with compact separators (ASCII, NaN allowed, TypeError on

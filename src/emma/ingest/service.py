@@ -18,7 +18,7 @@ from emma.catalog import service as catalog
 from emma.config import Settings, get_settings
 from emma.consent import service as consent
 from emma.consent.models import PURPOSES, Consent
-from emma.db import insert_columns, json_text, lock_keys, rows_among, utcnow
+from emma.db import insert_columns, json_text, lock_keys, rows_among, stored_datetime, utcnow
 from emma.ingest.models import Event
 from emma.ingest.schemas import (
     ORDER_STATUS_EVENTS,
@@ -172,11 +172,11 @@ class Prepared:
     """
 
     __slots__ = ("messageId", "type", "event", "name", "userId", "anonymousId", "previousId", "timestamp",
-                 "payload_json", "context_json", "_payload", "_context")
+                 "stored_timestamp", "payload_json", "context_json", "_payload", "_context")
 
     def __init__(self, compact: tuple[Any, ...]) -> None:
         (self.messageId, self.type, self.event, self.name, self.userId, self.anonymousId, self.previousId,
-         timestamp, self.payload_json, self.context_json) = compact
+         timestamp, self.stored_timestamp, self.payload_json, self.context_json) = compact
         self.timestamp = dt.datetime.fromisoformat(timestamp)
         self._payload: dict[str, Any] | None = None
         self._context: dict[str, Any] | None = None
@@ -206,7 +206,7 @@ def compact(msg: Message) -> tuple[Any, ...]:
     payload = msg.traits if msg.type == "identify" else msg.properties
     assert msg.timestamp is not None
     return (msg.messageId, msg.type, msg.event, msg.name, msg.userId, msg.anonymousId, msg.previousId,
-            msg.timestamp.isoformat(), json_text(payload), json_text(msg.context))
+            msg.timestamp.isoformat(), stored_datetime(msg.timestamp), json_text(payload), json_text(msg.context))
 
 
 @dataclass
@@ -347,7 +347,8 @@ def _insert_events(session: Session, msgs: list[Message], customer_ids: list[int
     if all(type(m) is Prepared for m in msgs):  # the JSON texts are at hand
         columns["properties"] = [m.payload_json for m in msgs]
         columns["context"] = [m.context_json for m in msgs]
-        encoded = ("properties", "context")
+        columns["timestamp"] = [m.stored_timestamp for m in msgs]
+        encoded = ("properties", "context", "timestamp")
     else:
         columns["properties"] = [m.traits if m.type == "identify" else m.properties for m in msgs]
         columns["context"] = [m.context for m in msgs]
