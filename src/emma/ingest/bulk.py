@@ -826,8 +826,11 @@ def _prepare_events(sender: Any, path: Path, fmt: str, now: dt.datetime, size: i
             records = source.records()
             state.set_header(source.header)
             parse, compact = ingest.parse, ingest.compact
+            # A small first chunk: the importing process waits for it, and for no other.
+            take = size // 10 if size >= 2000 else size
             while True:
-                chunk = list(itertools.islice(records, size))
+                chunk = list(itertools.islice(records, take))
+                take = size
                 if not chunk:
                     break
                 good, bad = validate_chunk(chunk, state)
