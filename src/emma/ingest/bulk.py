@@ -7,6 +7,7 @@ call. Nothing here commits: the caller (ingest.jobs.run_import) commits each chu
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import gc
@@ -17,7 +18,9 @@ import json
 import multiprocessing as mp
 import operator
 import os
+import pickle
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -760,14 +763,15 @@ def read_chunks(source: Source, state: ImportState, size: int, *,
                 reader_process: bool | None = None) -> Iterator[Chunk]:
     """The file chunk by chunk, validated. Close the iterator when done (it may own a process).
 
-    Events: with reader_process (by default for files of READER_PROCESS_BYTES and more, where fork exists), a
+    Events: with reader_process (by default for files of READER_PROCESS_BYTES and more; on Linux), a
     forked process reads, parses and validates (ingest.service.parse) the next chunk while the caller writes
     this one, so that reading and validation run on the other core. What crosses is cheap to pickle: the
     messages as tuples of texts (ingest.service.compact) and the row errors. The outcome is the same.
     """
     if reader_process is None:
         reader_process = source.size >= READER_PROCESS_BYTES
-    if state.kind == "events" and reader_process and "fork" in mp.get_all_start_methods():
+    # fork only where it is safe with threads that do not cross into the child (Linux); elsewhere one process.
+    if state.kind == "events" and reader_process and sys.platform == "linux":
         yield from _chunks_from_process(source, state, size)
         return
     records = source.records()
@@ -848,13 +852,22 @@ def _prepare_events(sender: Any, path: Path, fmt: str, now: dt.datetime, size: i
         finally:
             source.close()
         sender.send(None)
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            return  # the importing process has gone (it stopped early or ended): nothing to hand over
+        _hand_over(sender, exc)
     except BaseException as exc:  # noqa: BLE001 - handed to the importing process, which raises it
-        try:
-            sender.send(exc)
-        except Exception:  # noqa: BLE001 - an exception that does not pickle
-            sender.send(ImportFileError(f"reading the file failed: {exc}"))
+        _hand_over(sender, exc)
     finally:
         sender.close()
+
+
+def _hand_over(sender: Any, exc: BaseException) -> None:
+    with contextlib.suppress(OSError):
+        try:
+            sender.send(exc)
+        except (pickle.PicklingError, TypeError, AttributeError):  # an exception that does not pickle
+            sender.send(ImportFileError(f"reading the file failed: {exc}"))
 
 
 # ------------------------------------------------------------------------------------------------ landing
