@@ -244,10 +244,14 @@ def part_import(args: argparse.Namespace, databases: list[str]) -> None:
                         cpu = time.process_time() - cpu
                         reader = _children_cpu() - kids  # the events import's reader process
                         # The machine is shared: CPU seconds say what the import costs, wall time what it got.
+                        split = ""
                         if server is not None:
-                            cpu += server_cpu_seconds() - server  # type: ignore[operator]
+                            pg = server_cpu_seconds() - server  # type: ignore[operator]
+                            split = f" (emma {cpu:.1f} s, PostgreSQL {pg:.1f} s)"
+                            cpu += pg
                         print(f"import {kind:<13} {db:<9} {s.rows:>9,} rows {s.seconds:7.1f} s "
-                              f"{s.rows / s.seconds:>9,.0f} rows/s   CPU {cpu:6.1f} s {s.rows / cpu:>9,.0f} rows/CPU-s"
+                              f"{s.rows / s.seconds:>9,.0f} rows/s   CPU {cpu:6.1f} s{split} "
+                              f"{s.rows / cpu:>9,.0f} rows/CPU-s"
                               + (f" (+ reader process {reader:.1f} s: {s.rows / (cpu + reader):,.0f} rows/CPU-s in all)"
                                  if reader > 0 else "")
                               + f"   load average {os.getloadavg()[0]:.1f}"
