@@ -250,6 +250,35 @@ def test_events_committed_elsewhere_reach_an_idle_worker(world, monkeypatch):
     assert not worker.is_alive()
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_sqlite_worker_wakes_on_a_commit_of_another_connection(world, monkeypatch):
+    # SQLite cannot notify another process, but the worker watches for commits (PRAGMA data_version): it
+    # goes on at once, not after its probe interval (here a minute).
+    stop, worker, passes = _start_worker(world, monkeypatch, worker_poll_seconds=5.0, worker_idle_seconds=60.0,
+                                         worker_probe_seconds=60.0)
+    try:
+        time.sleep(0.3)
+        looked = len(passes)
+        now = utcnow()
+        start = time.monotonic()
+        with monkeypatch.context() as m:
+            m.setattr(ingest, "_listeners", [])  # as if committed by another process: nothing here is woken
+            with session_scope(world.sessions) as s:
+                ingest.ingest(session=s, received_at=now, settings=world.settings, raw_messages=[{
+                    "type": "track", "userId": "c-1", "event": "Ping", "messageId": "p-1",
+                    "timestamp": now.isoformat()}])
+        while time.monotonic() - start < 8 and not world.messages():
+            time.sleep(0.01)
+        assert world.messages(), "the worker did not notice the commit"
+        assert time.monotonic() - start < 2.0
+        time.sleep(0.3)
+        assert len(passes) <= looked + 4  # idle again: no looking in a loop after its own commit
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
+
+
 @pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_new_events_are_announced_to_other_processes_on_postgres(session_factory, db_url):
     conninfo = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)

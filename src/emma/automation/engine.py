@@ -28,7 +28,7 @@ from emma.channels.models import OutboxMessage
 from emma.config import Settings
 from emma.consent import service as consent
 from emma.consent.models import Consent
-from emma.db import allocate_ids, among, insert_rows, json_text
+from emma.db import allocate_ids, among, insert_rows
 from emma.ingest.models import Event
 from emma.orders.models import Cart, CartItem, Order
 from emma.predict.models import Prediction
@@ -558,43 +558,17 @@ def flush_journal(session: Session, *, final: bool = False) -> None:
     """Insert the journal entries collected in this session (one statement instead of one per step). final:
     the transaction's work is done, so runs still deferred are inserted as they are now; otherwise they are
     handed to the ORM (changes after this point must still be written)."""
-    rows = session.info.pop(_JOURNAL, None)
-    if not rows:
-        if final:
-            insert_new_runs(session)
-        return
     if final:
         insert_new_runs(session)
-    else:
-        attach_new_runs(session)
+    rows = session.info.pop(_JOURNAL, None)
+    if not rows:
+        return
+    attach_new_runs(session)  # entries of deferred runs (a no-op when final)
     if any(r["run"].id is None for r in rows):
         session.flush()  # runs entered in this batch get their ids
     for r in rows:
         r["run_id"] = r.pop("run").id
-    if session.get_bind().dialect.name == "postgresql":
-        _journal_json(session, rows)
-    else:
-        insert_rows(session, RunStep, rows)
-
-
-_STEP_COLUMNS = ("run_id", "customer_id", "tactic_id", "node_id", "kind", "outcome", "reason", "inputs", "at")
-
-
-def _journal_json(session: Session, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL: the entries as one JSON document, expanded by the server (json_populate_recordset). The
-    C-accelerated encoder costs a fraction of dumping nine parameter arrays value by value."""
-    stamps: dict[int, str] = {}
-    for r in rows:
-        at = r["at"]
-        text = stamps.get(id(at))
-        if text is None:
-            text = stamps[id(at)] = at.astimezone(dt.UTC).replace(tzinfo=None).isoformat()
-        r["at"] = text
-    cols = ", ".join(_STEP_COLUMNS)
-    session.connection().exec_driver_sql(
-        f"INSERT INTO automation_steps ({cols}) SELECT {cols} "
-        "FROM json_populate_recordset(NULL::automation_steps, %s)",
-        (json_text([{c: r[c] for c in _STEP_COLUMNS} for r in rows]),))
+    insert_rows(session, RunStep, rows)
 
 
 _NEW_RUNS = "emma.automation.new_runs"

@@ -278,6 +278,49 @@ def _listen(url: str, stop: threading.Event) -> None:
             stop.wait(5.0)
 
 
+class Commits:
+    """SQLite: notices commits by other connections (PRAGMA data_version on a connection of its own), so the
+    worker goes on as soon as ingestion in another process committed, instead of sleeping a fixed time."""
+
+    POLL_SECONDS = 0.002
+
+    def __init__(self, url: str) -> None:
+        import sqlite3
+
+        from sqlalchemy.engine import make_url
+
+        path = make_url(url).database
+        self._conn = None
+        if path and path != ":memory:" and not path.startswith("file:"):
+            self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+
+    @property
+    def usable(self) -> bool:
+        return self._conn is not None
+
+    def version(self) -> int:
+        """Changes whenever another connection commits."""
+        assert self._conn is not None
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def wait(self, since: int, timeout: float, stop: threading.Event, seen: int | None = None) -> bool:
+        """Wait until another connection committed after version since (or this process woke the worker
+        after generation seen), at most timeout; True when that happened."""
+        end = time.monotonic() + timeout
+        while not stop.is_set():
+            if self.version() != since or (seen is not None and WAKE.generation != seen):
+                return True
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            stop.wait(min(left, self.POLL_SECONDS))
+        return False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
 def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.Event | None = None,
         clock: Clock | None = None, scan_every: float = 30.0) -> None:
     """Work until stopped; a failing pass is logged and the loop goes on (e.g. while the database restarts).
@@ -286,7 +329,8 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
     Idle, it sleeps longer and longer (worker_poll_seconds doubling up to worker_idle_seconds, never past the
     next due run) and wakes at once when new events are committed: by this process (the worker embedded in
     `emma serve`) or, on PostgreSQL, by any process (LISTEN / NOTIFY). SQLite has no notifications between
-    processes: there the idle worker looks again at least every worker_probe_seconds.
+    processes: there the worker watches for commits of other connections (`Commits`, every 2 ms) and looks
+    again at least every worker_probe_seconds.
     """
     stop = stop or threading.Event()
     clock = clock or SystemClock()
@@ -294,6 +338,19 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
     postgres = settings.database_url.startswith("postgresql")
     if postgres:
         threading.Thread(target=_listen, args=(settings.database_url, stop), name="emma-listen", daemon=True).start()
+    commits = None if postgres else Commits(settings.database_url)
+    if commits is not None and not commits.usable:
+        commits = None
+    try:
+        _loop(sessions=sessions, settings=settings, stop=stop, clock=clock, scan_every=scan_every, gaps=gaps,
+              postgres=postgres, commits=commits)
+    finally:
+        if commits is not None:
+            commits.close()
+
+
+def _loop(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.Event, clock: Clock,
+          scan_every: float, gaps: GapWatch, postgres: bool, commits: Commits | None) -> None:
     longest = max(settings.worker_idle_seconds, settings.worker_poll_seconds)
     last_scan = -scan_every
     idle = settings.worker_poll_seconds
@@ -305,6 +362,7 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
         scan = time.monotonic() - last_scan >= scan_every
         now = clock.now()
         try:
+            version = commits.version() if commits is not None else 0  # before the look: no commit is missed
             work = look(sessions=sessions)
             if scan or work.events() or work.due(now):
                 began = time.monotonic()
@@ -327,10 +385,15 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
                         stop.wait(settings.worker_poll_seconds)  # let more events gather: less work per event
                     elif not postgres:
                         # SQLite: other processes waiting for the write lock retry after sleeps (their busy
-                        # handler), so a worker that took it again at once would starve ingestion; pausing as
-                        # long as the pass took leaves the lock free at least half of the time.
+                        # handler), so a worker that took it again at once would starve ingestion. It waits
+                        # until another connection committed (ingestion had its turn; its events are then the
+                        # next pass's) or at most as long as the pass took.
                         took = time.monotonic() - began
-                        stop.wait(min(max(settings.worker_poll_seconds, took), settings.worker_probe_seconds))
+                        cap = min(max(settings.worker_poll_seconds, took), settings.worker_probe_seconds)
+                        if commits is not None:
+                            commits.wait(commits.version(), cap, stop)
+                        else:
+                            stop.wait(cap)
                     continue
         except Exception:  # noqa: BLE001 - keep working; the failed transaction was rolled back
             log.exception("automation pass failed")
@@ -339,7 +402,10 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
         pause = idle if postgres else min(idle, settings.worker_probe_seconds)
         if work.next_due is not None:  # due runs another worker holds right now: look again soon, not at once
             pause = min(pause, max(settings.worker_poll_seconds, (work.next_due - now).total_seconds()))
-        woken = WAKE.wait(seen, pause, stop) != seen
+        if commits is not None:
+            woken = commits.wait(version, pause, stop, seen=seen)
+        else:
+            woken = WAKE.wait(seen, pause, stop) != seen
         idle = settings.worker_poll_seconds if woken else min(idle * 2, longest)
 
 
