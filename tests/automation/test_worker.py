@@ -332,3 +332,43 @@ def test_runs_started_and_stepped_in_one_pass_are_written_once(world):
         journal = {(r.run_id, r.outcome) for r in s.scalars(select(RunStep))}
     assert (runs[("goal", c2)].id, "converted") in journal and (runs[("goal", c2)].id, "entered") in journal
     assert {(runs[("mail", c1)].id, o) for o in ("entered", "queued", "waiting")} <= journal
+
+
+def test_due_runs_are_written_with_one_update(world):
+    # A batch of due runs is stepped and its changes written with one statement (an array of rows on
+    # PostgreSQL), not by the ORM's flush, which writes one row at a time.
+    world.tactic(simple("later", {"kind": "event", "event": "Go"},
+                        [{"id": "w", "kind": "wait", "duration": "1h", "next": "m"},
+                         {"id": "m", "kind": "message", "content": "mail", "next": "x"}, {"id": "x", "kind": "exit"}]))
+    cids = [world.customer(f"c-{i}") for i in range(3)]
+    for i in range(3):
+        world.track(f"c-{i}", "Go")
+    world.tick()
+    world.clock.set(world.clock.now() + 2 * H)
+    updates: list[bool] = []  # per UPDATE of runs: sent as an executemany
+    flushed: list[int] = []  # runs the ORM's flush updated
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.split()[:2] == ["UPDATE", "automation_runs"] and "RETURNING" not in statement:  # not the
+            updates.append(executemany)  # SQLite claim
+
+    def orm(mapper, conn, run):
+        flushed.append(run.id)
+
+    bind = world.sessions.kw["bind"]
+    event.listen(bind, "before_cursor_execute", count)
+    event.listen(Run, "before_update", orm)
+    try:
+        with session_scope(world.sessions) as s:
+            assert engine.process_due(session=s, tactics=world.tactics, settings=world.settings,
+                                      now=world.clock.now()) == 3
+    finally:
+        event.remove(bind, "before_cursor_execute", count)
+        event.remove(Run, "before_update", orm)
+    assert flushed == []
+    postgres = world.settings.database_url.startswith("postgresql")
+    assert updates == [not postgres]
+    for cid in cids:
+        (run,) = world.runs(cid)
+        assert (run.status, run.active_key, run.node_id, run.steps) == ("exited", None, "x", 5)
+        assert [m.run_id for m in world.messages(cid)] == [run.id]

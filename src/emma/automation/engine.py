@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, inspect, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,7 +28,7 @@ from emma.channels.models import OutboxMessage
 from emma.config import Settings
 from emma.consent import service as consent
 from emma.consent.models import Consent
-from emma.db import allocate_ids, among, insert_rows
+from emma.db import allocate_ids, among, insert_rows, update_rows
 from emma.ingest.models import Event
 from emma.orders.models import Cart, CartItem, Order
 from emma.predict.models import Prediction
@@ -346,6 +346,7 @@ class Batch:
     def __init__(self, *, session: Session, runs: list[Run], settings: Settings, now: dt.datetime,
                  tactics: Iterable[S.Tactic]) -> None:
         self.session, self.settings, self.now = session, settings, now
+        self.runs = runs
         self.cids = sorted({r.customer_id for r in runs})
         self._customers: dict[int, Customer] = {}
         for part in _chunks(self.cids):
@@ -508,6 +509,7 @@ class Batch:
         """Write what the batch did: new runs, run changes, outbox messages, trait history (the journal
         follows)."""
         insert_new_runs(self.session)
+        write_runs(self.session, self.runs)
         self.session.flush()
         self.write_outbox()
         if self.history:
@@ -569,6 +571,22 @@ def flush_journal(session: Session, *, final: bool = False) -> None:
     for r in rows:
         r["run_id"] = r.pop("run").id
     insert_rows(session, RunStep, rows)
+
+
+# What a step may change in a run (the rest is fixed when it enters).
+_RUN_CHANGES = ("customer_id", "active_key", "status", "node_id", "due_at", "wait", "state", "steps", "finished_at",
+                "outcome")
+
+
+def write_runs(session: Session, runs: list[Run]) -> None:
+    """Write the changes of stepped runs with one UPDATE (the ORM's flush sends one per run), then take them out
+    of the session, which has nothing left to write for them."""
+    changed = [r for r in runs if (st := inspect(r)).persistent and st.modified]
+    if len(changed) < 2:
+        return
+    update_rows(session, Run, [{"id": r.id, **{c: getattr(r, c) for c in _RUN_CHANGES}} for r in changed])
+    for r in changed:
+        session.expunge(r)
 
 
 _NEW_RUNS = "emma.automation.new_runs"
