@@ -22,18 +22,22 @@ def msg(n: int, user: str, minutes: int, **fields: Any) -> dict[str, Any]:
 
 
 def test_last_seen_at_is_written_only_where_it_moves_forward(session_factory):
-    with session_factory() as s:
-        ingest.ingest(session=s, raw_messages=[msg(1, "u1", 60), msg(2, "u2", 60)], received_at=T0)
-        s.commit()
-    updates: list[str] = []
+    updates: list[int] = []
     engine = session_factory.kw["bind"]
 
     def seen(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if statement.startswith("UPDATE customers"):
-            updates.append(statement)
+        if statement.startswith("UPDATE customers"):  # the rows it names (PostgreSQL: arrays of them)
+            arrays = not executemany and isinstance(parameters[0], list | tuple)
+            updates.append(len(parameters[0]) if arrays else len(parameters) if executemany else 1)
 
     event.listen(engine, "before_cursor_execute", seen)
     try:
+        with session_factory() as s:  # new customers: created with the time of their first message
+            ingest.ingest(session=s, raw_messages=[msg(1, "u1", 60), msg(2, "u2", 60), msg(7, "u3", 5),
+                                                   msg(8, "u3", 6)], received_at=T0)
+            s.commit()
+        assert updates == [1]  # u3's second message only
+        updates.clear()
         with session_factory() as s:  # both earlier than what is stored: nothing to write
             result = ingest.ingest(session=s, raw_messages=[msg(3, "u1", 10), msg(4, "u2", 59)], received_at=T0)
             s.commit()
@@ -41,12 +45,13 @@ def test_last_seen_at_is_written_only_where_it_moves_forward(session_factory):
         with session_factory() as s:  # u2 later, u1 earlier: u2 moves, u1 stays
             ingest.ingest(session=s, raw_messages=[msg(5, "u1", 30), msg(6, "u2", 90)], received_at=T0)
             s.commit()
-        assert len(updates) == 1
+        assert updates == [1]
     finally:
         event.remove(engine, "before_cursor_execute", seen)
     with session_factory() as s:
         seen_at = dict(s.execute(select(Customer.external_id, Customer.last_seen_at)).all())
-    assert seen_at == {"u1": T0 + dt.timedelta(minutes=60), "u2": T0 + dt.timedelta(minutes=90)}
+    assert seen_at == {"u1": T0 + dt.timedelta(minutes=60), "u2": T0 + dt.timedelta(minutes=90),
+                       "u3": T0 + dt.timedelta(minutes=6)}
 
 
 def test_a_resend_stored_between_look_up_and_insert_lands_once(session_factory, monkeypatch):

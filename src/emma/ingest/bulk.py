@@ -39,7 +39,7 @@ from emma.profiles import service as profiles
 KINDS = ("customers", "consents", "products", "orders", "events")
 FORMATS = ("csv", "jsonl")
 # Rows per transaction: large enough to amortise the lookups of a chunk, small enough to keep memory flat.
-CHUNK_ROWS = {"customers": 5000, "consents": 10000, "products": 2000, "orders": 20000, "events": 5000}
+CHUNK_ROWS = {"customers": 5000, "consents": 10000, "products": 2000, "orders": 20000, "events": 10000}
 # Timestamps further ahead than this are rejected (the same allowance as for tracked events).
 FUTURE_SKEW = dt.timedelta(hours=24)
 MAX_WARNINGS = 20

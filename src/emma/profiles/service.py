@@ -79,14 +79,18 @@ class Resolver:
         a customer whose stored last_seen_at is already as late needs no UPDATE."""
         known = self._last_seen
         out = {}
+        parse = dt.datetime.fromisoformat
         for cid, ts in seen.items():
             stored = known.get(cid)
             if stored is not None:
-                if type(stored) is str:  # SQLite gives the stored text
-                    stored = known[cid] = dt.datetime.fromisoformat(stored)
-                if stored.tzinfo is None:
-                    stored = known[cid] = stored.replace(tzinfo=dt.UTC)
-                if stored >= ts:
+                if type(stored) is str:  # SQLite gives the stored text: naive UTC
+                    try:
+                        stored = parse(stored + "+00:00")
+                    except ValueError:
+                        stored = None
+                elif stored.tzinfo is None:
+                    stored = stored.replace(tzinfo=dt.UTC)
+                if stored is not None and stored >= ts:
                     continue
             out[cid] = ts
         return out
@@ -136,6 +140,8 @@ class Resolver:
             "id": ids, "external_id": [r["external_id"] for r in rows],
             "is_anonymous": [r["external_id"] is None for r in rows], "attributes": [{} for _ in ids],
             "created_at": [r["first_seen"] for r in rows], "last_seen_at": [r["first_seen"] for r in rows]})
+        for cid, r in zip(ids, rows, strict=True):
+            self._last_seen[cid] = r["first_seen"]
         self._new_customers = {}
         self._real.update(real)
         for key, cid in self._cache.items():
