@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -206,7 +207,10 @@ def compact(msg: Message) -> tuple[Any, ...]:
     """A parsed message as a tuple of plain values that pickles fast; Prepared reads it back."""
     payload = msg.traits if msg.type == "identify" else msg.properties
     assert msg.timestamp is not None
-    return (msg.messageId, msg.type, msg.event, msg.name, msg.userId, msg.anonymousId, msg.previousId,
+    # Names repeat from message to message: interned, pickle sends each once per chunk and refers to it after.
+    event, name = msg.event, msg.name
+    return (msg.messageId, sys.intern(msg.type), event and sys.intern(event), name and sys.intern(name),
+            msg.userId, msg.anonymousId, msg.previousId,
             msg.timestamp.isoformat(), stored_datetime(msg.timestamp), json_text(payload), json_text(msg.context))
 
 
