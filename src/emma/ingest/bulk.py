@@ -760,8 +760,8 @@ READER_PROCESS_BYTES = 1 << 20
 
 
 def read_chunks(source: Source, state: ImportState, size: int, *,
-                reader_process: bool | None = None) -> Iterator[Chunk]:
-    """The file chunk by chunk, validated. Close the iterator when done (it may own a process).
+                reader_process: bool | None = None) -> ChunkReader:
+    """The file chunk by chunk, validated: iterate, then close() (it may own a process).
 
     Events: with reader_process (by default for files of READER_PROCESS_BYTES and more; on Linux), a
     forked process reads, parses and validates (ingest.service.parse) the next chunk while the caller writes
@@ -771,48 +771,74 @@ def read_chunks(source: Source, state: ImportState, size: int, *,
     if reader_process is None:
         reader_process = source.size >= READER_PROCESS_BYTES
     # fork only where it is safe with threads that do not cross into the child (Linux); elsewhere one process.
-    if state.kind == "events" and reader_process and sys.platform == "linux":
-        yield from _chunks_from_process(source, state, size)
-        return
-    records = source.records()
-    state.set_header(source.header)
-    while True:
-        chunk = list(itertools.islice(records, size))
+    return ChunkReader(source, state, size, forked=state.kind == "events" and reader_process
+                       and sys.platform == "linux")
+
+
+class ChunkReader:
+    """Iterator of a file's chunks (see read_chunks). An iterator object rather than a generator: a suspended
+    generator would keep the chunk it handed out alive while the caller drops it and collects garbage."""
+
+    def __init__(self, source: Source, state: ImportState, size: int, *, forked: bool) -> None:
+        self.source, self.state, self.size, self.forked = source, state, size, forked
+        self._records: Iterator[Record] | None = None
+        self._child: Any = None
+        self._receiver: Any = None
+        self._done = False
+
+    def __iter__(self) -> ChunkReader:
+        return self
+
+    def __next__(self) -> Chunk:
+        if self._done:
+            raise StopIteration
+        if self.forked:
+            return self._from_process()
+        if self._records is None:
+            self._records = self.source.records()
+            self.state.set_header(self.source.header)
+        chunk = list(itertools.islice(self._records, self.size))
         if not chunk:
-            return
-        good, bad = validate_chunk(chunk, state)
-        yield Chunk(len(chunk), good, bad, source.position())
+            self._done = True
+            raise StopIteration
+        good, bad = validate_chunk(chunk, self.state)
+        return Chunk(len(chunk), good, bad, self.source.position())
 
+    def _from_process(self) -> Chunk:
+        from emma.ingest.service import Prepared
 
-def _chunks_from_process(source: Source, state: ImportState, size: int) -> Iterator[Chunk]:
-    from emma.ingest import service as ingest
-
-    receiver, sender = mp.get_context("fork").Pipe(duplex=False)
-    # Forked before this process starts threads of its own for the import; the child touches no connection
-    # or lock it inherits: it opens the file anew and only reads, validates and sends.
-    child = mp.get_context("fork").Process(target=_prepare_events, daemon=True, name="emma-import-reader",
-                                           args=(sender, source.path, source.format, state.now, size))
-    child.start()
-    sender.close()
-    try:
-        while True:
-            try:
-                item = receiver.recv()
-            except EOFError:
-                raise ImportFileError("the reader process ended unexpectedly") from None
+        if self._child is None:
+            context = mp.get_context("fork")
+            self._receiver, sender = context.Pipe(duplex=False)
+            # Forked before this process starts threads of its own for the import; the child touches no
+            # connection or lock it inherits: it opens the file anew and only reads, validates and sends.
+            self._child = context.Process(target=_prepare_events, daemon=True, name="emma-import-reader",
+                                          args=(sender, self.source.path, self.source.format, self.state.now,
+                                                self.size))
+            self._child.start()
+            sender.close()
+        try:
+            item = self._receiver.recv()
+        except EOFError:
+            self.close()
+            raise ImportFileError("the reader process ended unexpectedly") from None
+        if item is None or isinstance(item, BaseException):
+            self.close()
             if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            rows, position, bad, compact = item
-            prepared = ingest.Prepared
-            yield Chunk(rows, [prepared(t) for t in compact], bad, position)
-            del item, compact
-    finally:
-        receiver.close()
-        if child.is_alive():
-            child.terminate()
-        child.join()
+                raise StopIteration
+            raise item
+        rows, position, bad, compact = item
+        return Chunk(rows, [Prepared(t) for t in compact], bad, position)
+
+    def close(self) -> None:
+        """Stop reading; ends the reader process if there is one."""
+        self._done = True
+        if self._child is not None:
+            self._receiver.close()
+            if self._child.is_alive():
+                self._child.terminate()
+            self._child.join()
+            self._child = None
 
 
 def _prepare_events(sender: Any, path: Path, fmt: str, now: dt.datetime, size: int) -> None:

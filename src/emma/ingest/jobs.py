@@ -166,9 +166,14 @@ def run_import(*, sessions: Callable[[], Session], kind: str, path: Path, fmt: s
 
     read = bulk.read_chunks(source, state, size, reader_process=reader_process)
     try:
-        for chunks, chunk in enumerate(read, 1):
-            if stop_after_chunks is not None and chunks > stop_after_chunks:
+        chunks = 0
+        # Not a for loop over enumerate(read): its reused result tuple would keep the last chunk alive
+        # through the collection below.
+        while stop_after_chunks is None or chunks < stop_after_chunks:
+            chunk = next(read, None)
+            if chunk is None:
                 break
+            chunks += 1
             summary.rows += chunk.rows
             good, bad = chunk.good, chunk.bad
             result = run_in_transaction(sessions, lambda s, good=good: _land(s, good)) if good else bulk.ChunkResult()
