@@ -357,12 +357,22 @@ def _insert_events(session: Session, msgs: list[Message], customer_ids: list[int
     else:
         columns["properties"] = [m.traits if m.type == "identify" else m.properties for m in msgs]
         columns["context"] = [m.context for m in msgs]
+    ids = columns["message_id"]
     if session.get_bind().dialect.name == "sqlite":
-        # SQLite has one writer at a time: a messageId another writer stored since the look-up in _store fails
-        # the insert on the unique key and the transaction is retried, where the look-up then finds it.
-        # Without RETURNING, the rows go in with a plain executemany.
-        insert_columns(session, Event, columns, encoded=encoded)
-        inserted = set(columns["message_id"])
+        # A plain executemany without RETURNING; ON CONFLICT DO NOTHING skips a resend that another writer
+        # stored after the look-up in _store, and the connection's change count tells whether that happened.
+        raw = session.connection().connection.dbapi_connection
+        before = raw.total_changes  # type: ignore[union-attr]
+        insert_columns(session, Event, columns, on_conflict=["message_id"], encoded=encoded)
+        added = raw.total_changes - before  # type: ignore[union-attr]
+        if added == len(ids):
+            inserted = set(ids)
+        else:
+            # This transaction holds SQLite's write lock now, and new rows get ids above every stored one:
+            # the rows this insert added are the last `added` of these messageIds by id.
+            inserted = {mid for (mid,) in session.connection().exec_driver_sql(
+                "SELECT message_id FROM events WHERE message_id IN (SELECT value FROM json_each(?)) "
+                "ORDER BY id DESC LIMIT ?", (json.dumps(ids), added))}
     else:
         # ON CONFLICT DO NOTHING makes a concurrent resend of the same messageId a no-op, not an error.
         inserted = {mid for (mid,) in insert_columns(session, Event, columns, on_conflict=["message_id"],
