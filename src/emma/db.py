@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
@@ -77,28 +78,47 @@ class WalCheckpointer:
     leaves that to this thread, which checkpoints (PASSIVE, never blocking the writer) after every commit
     the writer reports with committed(). What is committed and when it is synced does not change (the
     same checkpoints, with synchronous=NORMAL); they run on the other core. A no-op except for SQLite files.
+
+    A server's writer, which commits hundreds of small transactions a second, calls after_commit() instead:
+    the thread checkpoints at most every `every` seconds, and the connections keep their own automatic
+    checkpoint for when the thread falls behind (it then finds the log already copied).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, every: float = 0.0) -> None:
         url = engine.url
         self.path = url.database if url.get_backend_name() == "sqlite" else None
         if self.path in ("", ":memory:") or (self.path or "").startswith("file:"):
             self.path = None
+        self.every = every
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     def start(self, session: Session) -> None:
         """Take over the checkpoints of the session's connection (call in each transaction of the writer)."""
         if self.path is None:
             return
         session.connection().exec_driver_sql("PRAGMA wal_autocheckpoint=0")
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="emma-wal-checkpoint", daemon=True)
-            self._thread.start()
+        self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._run, name="emma-wal-checkpoint", daemon=True)
+                self._thread.start()
 
     def committed(self) -> None:
         """The writer committed: checkpoint what it wrote."""
+        self._wake.set()
+
+    def after_commit(self) -> None:
+        """A commit of a writer that keeps its connection's own checkpoints: copy the log soon, in the thread."""
+        if self.path is None:
+            return
+        if self._thread is None:
+            self._ensure_thread()
         self._wake.set()
 
     def stop(self, session: Session | None = None) -> None:
@@ -118,8 +138,13 @@ class WalCheckpointer:
         conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         try:
             conn.execute("PRAGMA synchronous=NORMAL")  # as the writer's connections: sync at checkpoints
+            began = 0.0
             while True:
                 self._wake.wait()
+                if self.every and not self._stopping:
+                    # Commits that arrive meanwhile are copied by the same checkpoint.
+                    time.sleep(max(0.0, began + self.every - time.monotonic()))
+                    began = time.monotonic()
                 self._wake.clear()
                 last = self._stopping  # read before the checkpoint: it then covers every commit before stop()
                 with contextlib.suppress(sqlite3.Error):  # busy or locked: the next commit's checkpoint catches up
@@ -133,11 +158,18 @@ class WalCheckpointer:
 _WAL_AUTOCHECKPOINT = 1000  # SQLite's default, pages
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """Create an engine; SQLite gets WAL mode and a busy timeout so several threads can share it."""
+def make_engine(url: str, *, echo: bool = False, wal_autocheckpoint: int | None = None) -> Engine:
+    """Create an engine; SQLite gets WAL mode and a busy timeout so several threads can share it.
+
+    wal_autocheckpoint (SQLite, pages) is when a committing connection copies the log into the database
+    file itself; for a process whose WalCheckpointer does that in the background.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        if wal_autocheckpoint is not None:
+            event.listen(engine, "connect", lambda conn, _record: conn.execute(
+                f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}"))
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
 

@@ -127,3 +127,42 @@ def test_concurrency_two_runs_two_groups_at_once_on_postgres_sqlite_one(db_url, 
     assert sum(r.accepted for r in results) == 5 and sum(r.duplicates for r in results) == 1  # type: ignore[attr-defined]
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(Event)) == 5
+
+
+def test_on_sqlite_the_log_reaches_the_database_file_in_the_background_not_in_a_commit(tmp_path):
+    import sqlite3
+
+    from emma.app import WAL_AUTOCHECKPOINT, create_app
+    from emma.db import WalCheckpointer, make_engine, make_sessionmaker, upgrade
+
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    upgrade(url)
+    app = create_app(Settings(database_url=url))  # the server's engine: its commits seldom copy the log
+    with app.state.engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == WAL_AUTOCHECKPOINT
+    app.state.engine.dispose()
+
+    engine = make_engine(url, wal_autocheckpoint=WAL_AUTOCHECKPOINT)
+    checkpointer = WalCheckpointer(engine, every=0.05)
+    app = SimpleNamespace(state=SimpleNamespace(settings=Settings(database_url=url), write_lock=asyncio.Lock(),
+                                                sessions=make_sessionmaker(engine), checkpointer=checkpointer))
+
+    def in_file() -> int:  # immutable: the database file alone, without its log
+        raw = sqlite3.connect(f"file:{tmp_path / 'serve.db'}?immutable=1", uri=True)
+        try:
+            return raw.execute("SELECT count(*) FROM events").fetchone()[0]
+        finally:
+            raw.close()
+
+    async def run() -> None:
+        writer = GroupWriter(app)
+        await asyncio.gather(*(writer.submit([_track(i)]) for i in range(20)))
+        deadline = time.monotonic() + 10
+        while in_file() < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    asyncio.run(run())
+    assert in_file() == 20  # the commits alone would have left them in the log (10,000 pages)
+    checkpointer.stop()
+    assert not [t for t in threading.enumerate() if t.name == "emma-wal-checkpoint"]
+    engine.dispose()

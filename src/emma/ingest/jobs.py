@@ -112,6 +112,7 @@ class GroupWriter:
                     except Exception as one:
                         _resolve(future, one)
                     else:
+                        self._committed()
                         _resolve(future, result)
                 continue
             except BaseException as exc:  # cancelled (shutdown): nobody may wait for an answer forever
@@ -119,8 +120,16 @@ class GroupWriter:
                     _resolve(future, exc)
                 self._queue.clear()
                 raise
+            self._committed()
             for (_, future), result in zip(group, results, strict=True):
                 _resolve(future, result)
+
+
+    def _committed(self) -> None:
+        # The app's WAL checkpointer (SQLite) copies what the group wrote, off this path.
+        checkpointer = getattr(self.app.state, "checkpointer", None)
+        if checkpointer is not None:
+            checkpointer.after_commit()
 
 
 def _resolve(future: asyncio.Future[Any], outcome: Any) -> None:
