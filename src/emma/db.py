@@ -171,7 +171,17 @@ def make_engine(url: str, *, echo: bool = False, wal_autocheckpoint: int | None 
             event.listen(engine, "connect", lambda conn, _record: conn.execute(
                 f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}"))
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # psycopg prepares a statement on its fifth execution, and PostgreSQL then switches to a generic plan,
+    # which knows nothing of the array an IN (SELECT unnest(...)) look-up is given: the identity look-up of
+    # an ingestion group went from 1.5 ms to 75 ms (measured). Custom plans are made for every execution.
+    args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        from sqlalchemy.engine import make_url
+
+        given = make_url(url).query.get("options")
+        given = " ".join(given) if isinstance(given, tuple) else given
+        args["options"] = " ".join(filter(None, [given, "-c plan_cache_mode=force_custom_plan"]))
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=args)
 
 
 def insert_ignoring_conflicts(session: Session, model: Any, index_elements: list[str]) -> Any:
