@@ -193,3 +193,20 @@ def test_column_wise_insert_keeps_awkward_values_and_returns_ids(session):
                                                         Decimal("0")]
     assert got["AW-0"].attributes == {"tags": ["ü", "x"]} and got["AW-2"].attributes == {"n": None}
     assert [got[f"AW-{i}"].active for i in range(n)] == [True, False, True, False, True]
+
+
+def test_postgres_plans_every_execution_of_a_look_up_for_its_own_values(db_url):
+    # A prepared statement's generic plan knows nothing of the array an IN (SELECT unnest(...)) look-up is
+    # given; for an ingestion group's identity look-up it was 50 times slower than a custom plan.
+    from emma.db import rows_among
+
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as s:
+        for i in range(8):  # psycopg prepares on the fifth execution; PostgreSQL tries a generic plan after five
+            rows_among(s, "identities i JOIN customers c ON c.id = i.customer_id", ["i.value"], "i.value",
+                       [f"u{i}", f"u{i + 1}"], where="i.kind = {p}", params=["user_id"])
+        if engine.dialect.name == "postgresql":
+            plans = s.execute(text("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                                   "WHERE statement LIKE '%identities i JOIN customers%'")).all()
+            assert plans and all(generic == 0 and custom >= 3 for generic, custom in plans)
+    engine.dispose()
