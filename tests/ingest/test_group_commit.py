@@ -161,8 +161,42 @@ def test_on_sqlite_the_log_reaches_the_database_file_in_the_background_not_in_a_
         while in_file() < 20 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
+    before = {t for t in threading.enumerate() if t.name == "emma-wal-checkpoint"}
     asyncio.run(run())
     assert in_file() == 20  # the commits alone would have left them in the log (10,000 pages)
+    started = {t for t in threading.enumerate() if t.name == "emma-wal-checkpoint"} - before
+    assert len(started) == 1
     checkpointer.stop()
-    assert not [t for t in threading.enumerate() if t.name == "emma-wal-checkpoint"]
+    assert not started.pop().is_alive()
     engine.dispose()
+
+
+def test_clients_that_come_back_after_their_answer_join_the_next_transaction(db_url, session_factory,
+                                                                             monkeypatch):
+    # Four clients, each sending its next request a moment after the answer to the last one (as over a
+    # network). Without waiting for them, the requests that queued during a transaction start the next one
+    # alone, and the clients that just got their answer the one after: two transactions per round.
+    from emma.ingest import jobs
+
+    monkeypatch.setattr(jobs, "LINGER_MAX", 0.5)  # the waiting itself, not its tuning, on a busy machine
+    monkeypatch.setattr(jobs, "LINGER_SHARE", 20.0)
+    opened: list[int] = []
+    rounds = 8
+
+    async def run() -> None:
+        writer = _writer(db_url, session_factory, opened)
+        await writer.submit([_track(999)])  # the first transaction: tables warm, a time to wait by
+
+        async def client(c: int) -> None:
+            await asyncio.sleep(0.005 if c else 0)  # the first client alone in the first transaction
+            for r in range(rounds):
+                result = await writer.submit([_track(c * 100 + r)])
+                assert result.accepted == 1  # type: ignore[attr-defined]
+                await asyncio.sleep(0.002)
+
+        await asyncio.gather(*(client(c) for c in range(4)))
+
+    asyncio.run(run())
+    assert len(opened) <= rounds + 3  # about one transaction per round
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(Event)) == 4 * rounds + 1

@@ -20,6 +20,10 @@ from emma.ingest import bulk
 
 T = TypeVar("T")
 _ATTEMPTS = 5
+# After a group committed, the writer waits up to this share of its transaction's time (at most LINGER_MAX
+# seconds) for as many requests as it just answered: see GroupWriter._linger.
+LINGER_SHARE = 0.25
+LINGER_MAX = 0.005
 
 
 def run_in_transaction(sessions: Callable[[], Session], work: Callable[[Session], T]) -> T:
@@ -72,11 +76,14 @@ class GroupWriter:
         self.concurrency = concurrency
         self._queue: deque[tuple[list[Any], asyncio.Future[Any]]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._arrived: asyncio.Event | None = None
 
     async def submit(self, raw_messages: list[Any]) -> Any:
         """Ingest one request's messages with whatever else is waiting; its IngestResult after the commit."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((raw_messages, future))
+        if self._arrived is not None:
+            self._arrived.set()
         # A drainer that saw the queue empty has ended (done() at once): it is not counted.
         self._tasks = {t for t in self._tasks if not t.done()}
         if len(self._tasks) < self.concurrency:
@@ -98,9 +105,11 @@ class GroupWriter:
         settings = self.app.state.settings
         while self._queue:
             group = self._next_group()
+            started = time.perf_counter()
             try:
                 results = await run_with_retry(self.app, lambda s, group=group: service.ingest_many(
                     session=s, requests=[messages for messages, _ in group], settings=settings))
+                took = time.perf_counter() - started
             except Exception as exc:
                 if len(group) == 1:
                     _resolve(group[0][1], exc)
@@ -123,7 +132,28 @@ class GroupWriter:
             self._committed()
             for (_, future), result in zip(group, results, strict=True):
                 _resolve(future, result)
+            await self._linger(len(group), took)
 
+    async def _linger(self, answered: int, took: float) -> None:
+        # Clients that send a request, wait for its answer and send the next one come back right after
+        # their group committed, while the requests that waited meanwhile would start the next transaction
+        # alone: with 4 such clients, groups of 1 and 3 requests alternated instead of 4 (measured). Waiting
+        # for them a little (a quarter of the transaction's time, at most LINGER_MAX) gives fewer,
+        # larger transactions, which cost less per event.
+        wait = min(LINGER_MAX, LINGER_SHARE * took)
+        want = len(self._queue) + answered
+        if wait <= 0 or sum(len(m) for m, _ in self._queue) >= self.max_messages:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        while len(self._queue) < want and (left := deadline - loop.time()) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                return
 
     def _committed(self) -> None:
         # The app's WAL checkpointer (SQLite) copies what the group wrote, off this path.
