@@ -270,12 +270,18 @@ def _children_cpu() -> float:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process used so far."""
-    return sum(int(x) for x in _proc_stat(pid)[11:13]) / os.sysconf("SC_CLK_TCK")
+    """CPU time (user + system) a process and its child processes (`emma serve --workers N`) used so far."""
+    ticks = sum(int(x) for x in _proc_stat(pid)[11:15])  # its own, and that of children it waited for
+    for child in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError):
+            stat = _proc_stat(child.name)
+            if int(stat[1]) == pid:
+                ticks += sum(int(x) for x in stat[11:13])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
-def running_server(url: str, *, worker: bool = False) -> Iterator[tuple[str, str, int]]:
+def running_server(url: str, *, worker: bool = False, processes: int = 1) -> Iterator[tuple[str, str, int]]:
     """`emma serve` on a free port of 127.0.0.1 in its own process; (base URL, write key, its pid).
 
     Without worker, the server runs without the embedded automation and delivery worker
@@ -298,8 +304,9 @@ def running_server(url: str, *, worker: bool = False) -> Iterator[tuple[str, str
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "EMMA_DATABASE_URL": url, "EMMA_WORKER_EMBEDDED": "true" if worker else "false"}
+    workers = ["--workers", str(processes)] if processes > 1 else []
     proc = subprocess.Popen([sys.executable, "-c", "from emma.cli.main import app; app()", "serve", "--port",
-                             str(port)], env=env, stdout=subprocess.DEVNULL)
+                             str(port), *workers], env=env, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -393,7 +400,8 @@ def part_http_batch(args: argparse.Namespace, databases: list[str]) -> None:
 
     with tempfile.TemporaryDirectory(prefix="emma-bench-http-") as tmp:
         for db in databases:
-            with fresh_database(db, Path(tmp)) as url, running_server(url, worker=args.worker) as (base, key, pid):
+            with fresh_database(db, Path(tmp)) as url, \
+                    running_server(url, worker=args.worker, processes=args.workers) as (base, key, pid):
                 port = int(base.rsplit(":", 1)[1])
                 cpu, server, own = process_cpu_seconds(pid), server_cpu_seconds(), time.process_time()
                 secs, accepted, failed, lat = httpload.run(drive(port, key))
@@ -423,7 +431,8 @@ def part_http_track(args: argparse.Namespace, databases: list[str]) -> None:
 
     with tempfile.TemporaryDirectory(prefix="emma-bench-http-") as tmp:
         for db in databases:
-            with fresh_database(db, Path(tmp)) as url, running_server(url, worker=args.worker) as (base, key, pid):
+            with fresh_database(db, Path(tmp)) as url, \
+                    running_server(url, worker=args.worker, processes=args.workers) as (base, key, pid):
                 port = int(base.rsplit(":", 1)[1])
                 cpu, server, own = process_cpu_seconds(pid), server_cpu_seconds(), time.process_time()
                 measured, failed, achieved, _ = httpload.run(httpload.open_loop(
@@ -461,6 +470,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="duration (http-track part)")
     parser.add_argument("--worker", action="store_true",
                         help="run the server with its embedded automation and delivery worker (HTTP parts)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes (HTTP parts; `emma serve --workers`, PostgreSQL only)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
                         help="what to import (import part); orders are imported twice (the second time a no-op)")

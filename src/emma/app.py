@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     """
     settings = settings or get_settings()
     engine = make_engine(settings.database_url, echo=settings.echo_sql, wal_autocheckpoint=WAL_AUTOCHECKPOINT)
-    checkpointer = WalCheckpointer(engine, every=CHECKPOINT_SECONDS)
+    checkpointer = WalCheckpointer(engine, every=CHECKPOINT_SECONDS, name="emma-wal-checkpoint-serve")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

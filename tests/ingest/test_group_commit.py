@@ -143,7 +143,7 @@ def test_on_sqlite_the_log_reaches_the_database_file_in_the_background_not_in_a_
     app.state.engine.dispose()
 
     engine = make_engine(url, wal_autocheckpoint=WAL_AUTOCHECKPOINT)
-    checkpointer = WalCheckpointer(engine, every=0.05)
+    checkpointer = WalCheckpointer(engine, every=0.05, name="emma-wal-checkpoint-serve")
     app = SimpleNamespace(state=SimpleNamespace(settings=Settings(database_url=url), write_lock=asyncio.Lock(),
                                                 sessions=make_sessionmaker(engine), checkpointer=checkpointer))
 
@@ -161,10 +161,10 @@ def test_on_sqlite_the_log_reaches_the_database_file_in_the_background_not_in_a_
         while in_file() < 20 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
-    before = {t for t in threading.enumerate() if t.name == "emma-wal-checkpoint"}
+    before = {t for t in threading.enumerate() if t.name == "emma-wal-checkpoint-serve"}
     asyncio.run(run())
     assert in_file() == 20  # the commits alone would have left them in the log (10,000 pages)
-    started = {t for t in threading.enumerate() if t.name == "emma-wal-checkpoint"} - before
+    started = {t for t in threading.enumerate() if t.name == "emma-wal-checkpoint-serve"} - before
     assert len(started) == 1
     checkpointer.stop()
     assert not started.pop().is_alive()

@@ -9,6 +9,8 @@ cost more CPU than validating and storing the event, measured).
 from __future__ import annotations
 
 import json
+from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
+from json.encoder import encode_basestring as _encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -94,7 +96,7 @@ async def _batch(app: Any, raw: bytes, size: int) -> Answer:
     measure = size > settings.max_message_bytes
     for i, msg in enumerate(body["batch"]):
         if isinstance(msg, dict):
-            n = len(json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()) if measure else 0
+            n = _size(msg) if measure else 0
             if n > settings.max_message_bytes:
                 oversized[i] = n
                 messages.append(None)
@@ -134,6 +136,18 @@ for _kind in MESSAGE_TYPES:
                          methods=["POST"], name=_kind)
 router.add_api_route("/batch", _route("batch", "A batch envelope (at most 500 KB): valid messages land, invalid "
                                                "ones are listed by index."), methods=["POST"], name="batch")
+
+
+# The size of a message as json.dumps(msg, separators=(",", ":"), ensure_ascii=False) gives it, with an encoder
+# built once instead of per call (half the CPU; a 100-event batch is over the 32 KB at which sizes are measured).
+_encode = _c_make_encoder(None, json.JSONEncoder().default, _encode_basestring, None, ":", ",", False, False,
+                          True) if _c_make_encoder is not None else None
+
+
+def _size(msg: dict[str, Any]) -> int:
+    if _encode is None:  # pragma: no cover - Python without the C accelerator
+        return len(json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode())
+    return len("".join(_encode(msg, 0)).encode())
 
 
 def _render(payload: dict[str, Any]) -> bytes:
