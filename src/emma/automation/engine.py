@@ -685,23 +685,29 @@ class Entries:
             for run in live:
                 if run.active_key is not None and run.tactic_id in wanted_t and run.customer_id in wanted_c:
                     self.live[(run.tactic_id, run.customer_id, run.active_key)] = run
+        tset = set(tids)
         for part in _chunks(cids):
-            mine = [Run.tactic_id.in_(tids), among(session, Run.customer_id, part)]
+            # By customer only, the tactics filtered here: with the tactic in the WHERE clause a generic plan made
+            # while the table was new (PostgreSQL, prepared statements) walks every run of the tactic.
+            mine = [among(session, Run.customer_id, part)]
             if live is None:
-                for run in session.scalars(select(Run).where(*mine, Run.active_key.is_not(None))):
+                for run in session.scalars(select(Run).where(*mine, Run.tactic_id.in_(tids),
+                                                             Run.active_key.is_not(None))):
                     self.live[(run.tactic_id, run.customer_id, run.active_key or "")] = run
             for tid, cid, last in session.execute(select(Run.tactic_id, Run.customer_id, func.max(Run.entered_at))
                                                   .where(*mine).group_by(Run.tactic_id, Run.customer_id)):
-                self.last[(tid, cid)] = last
+                if tid in tset:
+                    self.last[(tid, cid)] = last
             if wanted:
                 self.seen.update((t, c, d) for t, c, d in session.execute(
                     select(Run.tactic_id, Run.customer_id, Run.dedupe)
-                    .where(*mine, among(session, Run.dedupe, wanted))))
+                    .where(*mine, among(session, Run.dedupe, wanted))) if t in tset)
             if since is not None:
                 for tid, cid, n in session.execute(select(Run.tactic_id, Run.customer_id, func.count(Run.id))
                                                    .where(*mine, Run.entered_at > since)
                                                    .group_by(Run.tactic_id, Run.customer_id)):
-                    self.recent[(tid, cid)] = n
+                    if tid in tset:
+                        self.recent[(tid, cid)] = n
 
     def live_run(self, tactic_id: str, customer_id: int, key: str) -> Run | None:
         run = self.live.get((tactic_id, customer_id, key))
