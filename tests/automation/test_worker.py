@@ -156,7 +156,7 @@ def test_commits_with_new_events_wake_the_worker(session_factory, db_url):
     assert jobs.WAKE.generation == before + 1
 
 
-def _start_worker(world, monkeypatch, **settings):
+def _start_worker(world, monkeypatch, watch_commits=True, **settings):
     world.tactic(simple("ping", {"kind": "event", "event": "Ping"},
                         [{"id": "one", "kind": "message", "content": "mail"}]))
     with session_scope(world.sessions) as s:
@@ -177,7 +177,7 @@ def _start_worker(world, monkeypatch, **settings):
     monkeypatch.setattr(jobs, "pending", counting_pending)
     stop = threading.Event()
     worker = threading.Thread(target=jobs.run, daemon=True, kwargs={
-        "sessions": world.sessions, "stop": stop,
+        "sessions": world.sessions, "stop": stop, "watch_commits": watch_commits,
         "settings": world.settings.model_copy(update={"quiet_hours": "", **settings})})
     worker.start()
     return stop, worker, passes
@@ -217,11 +217,13 @@ def test_new_events_wake_an_idle_worker(world, monkeypatch):
     assert not worker.is_alive()
 
 
-def test_events_committed_elsewhere_reach_an_idle_worker(world, monkeypatch):
+@pytest.mark.parametrize("watch_commits", [True, False], ids=["watching", "embedded"])
+def test_events_committed_elsewhere_reach_an_idle_worker(world, monkeypatch, watch_commits):
     # Committed by another process: nothing in this one is woken. PostgreSQL announces them (NOTIFY); on SQLite
-    # the idle worker looks every worker_probe_seconds, however long its back-off has grown.
-    stop, worker, passes = _start_worker(world, monkeypatch, worker_poll_seconds=5.0, worker_idle_seconds=60.0,
-                                         worker_probe_seconds=0.05)
+    # the idle worker looks every worker_probe_seconds, however long its back-off has grown (also the worker
+    # embedded in the server, which does not watch for commits).
+    stop, worker, passes = _start_worker(world, monkeypatch, watch_commits=watch_commits, worker_poll_seconds=5.0,
+                                         worker_idle_seconds=60.0, worker_probe_seconds=0.05)
     try:
         time.sleep(0.3)
         now = utcnow()
@@ -372,3 +374,20 @@ def test_due_runs_are_written_with_one_update(world):
         (run,) = world.runs(cid)
         assert (run.status, run.active_key, run.node_id, run.steps) == ("exited", None, "x", 5)
         assert [m.run_id for m in world.messages(cid)] == [run.id]
+
+
+def test_the_worker_embedded_in_the_server_does_not_watch_for_commits(world, monkeypatch):
+    # Its own ingestion wakes it; 500 looks a second for other processes' commits cost the server's requests CPU.
+    made: list[str] = []
+    real = jobs.Commits
+    monkeypatch.setattr(jobs, "Commits", lambda url: made.append(url) or real(url))
+    stop, threads = jobs.start_background(sessions=world.sessions, settings=world.settings, deliver=False)
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert made == []
+    stop = threading.Event()
+    stop.set()
+    jobs.run(sessions=world.sessions, settings=world.settings, stop=stop)  # `emma worker` does, on SQLite
+    assert made == ([] if world.settings.database_url.startswith("postgresql") else [world.settings.database_url])

@@ -322,7 +322,7 @@ class Commits:
 
 
 def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.Event | None = None,
-        clock: Clock | None = None, scan_every: float = 30.0) -> None:
+        clock: Clock | None = None, scan_every: float = 30.0, watch_commits: bool = True) -> None:
     """Work until stopped; a failing pass is logged and the loop goes on (e.g. while the database restarts).
 
     Before each pass the worker looks for work with one read (`pending`) and passes only when there is some.
@@ -330,7 +330,8 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
     next due run) and wakes at once when new events are committed: by this process (the worker embedded in
     `emma serve`) or, on PostgreSQL, by any process (LISTEN / NOTIFY). SQLite has no notifications between
     processes: there the worker watches for commits of other connections (`Commits`, every 2 ms) and looks
-    again at least every worker_probe_seconds.
+    again at least every worker_probe_seconds. watch_commits=False leaves the watch out (the worker embedded in
+    `emma serve`, which is woken by its own ingestion: 500 looks a second cost the server's requests CPU).
     """
     stop = stop or threading.Event()
     clock = clock or SystemClock()
@@ -338,7 +339,7 @@ def run(*, sessions: sessionmaker[Session], settings: Settings, stop: threading.
     postgres = settings.database_url.startswith("postgresql")
     if postgres:
         threading.Thread(target=_listen, args=(settings.database_url, stop), name="emma-listen", daemon=True).start()
-    commits = None if postgres else Commits(settings.database_url)
+    commits = None if postgres or not watch_commits else Commits(settings.database_url)
     if commits is not None and not commits.usable:
         commits = None
     try:
@@ -415,7 +416,8 @@ def start_background(*, sessions: sessionmaker[Session], settings: Settings,
     from emma.channels import jobs as delivery
 
     stop = threading.Event()
-    threads = [threading.Thread(target=run, kwargs={"sessions": sessions, "settings": settings, "stop": stop},
+    threads = [threading.Thread(target=run, kwargs={"sessions": sessions, "settings": settings, "stop": stop,
+                                                    "watch_commits": False},
                                 name="emma-automation", daemon=True)]
     if deliver:
         threads.append(threading.Thread(target=delivery.run, kwargs={"sessions": sessions, "settings": settings,
