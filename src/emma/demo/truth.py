@@ -1,4 +1,8 @@
-"""The ground truth of a demo run: hidden traits and what really happened after the cut-off date."""
+"""The ground truth of a demo run: hidden traits and what really happened after the cut-off date.
+
+It is recomputed from the seed, so it holds the simulation's own orders; orders placed in reaction to the live
+days' messages (order ids "M-...") are not in it.
+"""
 
 from __future__ import annotations
 
