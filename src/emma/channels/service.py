@@ -24,7 +24,8 @@ from emma.config import Settings
 from emma.consent import service as consent
 from emma.db import among, insert_rows, utcnow
 from emma.orders.models import Cart, CartItem, Order, OrderLine
-from emma.profiles.models import Customer, Identity
+from emma.profiles import service as profiles
+from emma.profiles.models import Customer
 
 CHANNELS = ("email", "sms", "push", "webhook")
 RATE_WINDOW = dt.timedelta(minutes=1)
@@ -474,26 +475,13 @@ def delivery_log(*, session: Session, message_id: int) -> list[DeliveryEvent]:
                                 .order_by(DeliveryEvent.at, DeliveryEvent.id)))
 
 
-def _event_identity(session: Session, customer_id: int | None) -> dict[str, str] | None:
-    if customer_id is None:
-        return None
-    c = session.get(Customer, customer_id)
-    if c is None:
-        return None
-    if c.external_id:
-        return {"userId": c.external_id}
-    anon = session.scalar(select(Identity.value).where(Identity.customer_id == c.id,
-                                                       Identity.kind == "anonymous_id").limit(1))
-    return {"anonymousId": anon} if anon else None
-
-
 def feed_back(*, session: Session, message: OutboxMessage, event: str, message_key: str, props: dict[str, Any],
               now: dt.datetime) -> None:
     """Opens, clicks and unsubscribes come back as events through ingestion (deduplicated by messageId)."""
     from emma.ingest import service as ingest
 
     m = message
-    who = _event_identity(session, m.customer_id)
+    who = profiles.event_identity(session=session, customer_id=m.customer_id)
     if who is None:
         return
     ingest.ingest(session=session, received_at=now, raw_messages=[{

@@ -19,7 +19,7 @@ from emma.channels.models import OutboxMessage
 from emma.feedback.exceptions import BadScore, UnknownSurvey
 from emma.ingest import service as ingest
 from emma.ingest.models import Event
-from emma.profiles.models import Customer, Identity
+from emma.profiles import service as profiles
 
 SURVEY_TEMPLATES = ("nps_survey",)
 ANSWER_WINDOW = dt.timedelta(days=60)  # an answer to a survey older than this is not recorded
@@ -41,17 +41,6 @@ def parse_score(raw: str | None) -> int:
     return int(raw)
 
 
-def _identity(session: Session, customer_id: int) -> dict[str, str] | None:
-    c = session.get(Customer, customer_id)
-    if c is None:
-        return None
-    if c.external_id:
-        return {"userId": c.external_id}
-    anon = session.scalar(select(Identity.value).where(Identity.customer_id == c.id,
-                                                       Identity.kind == "anonymous_id").limit(1))
-    return {"anonymousId": anon} if anon else None
-
-
 def _clicked(session: Session, m: OutboxMessage, score: int) -> bool:
     """Whether the email's tracked link for this score was clicked (the signed redirect recorded it)."""
     for props in session.scalars(select(Event.properties).where(
@@ -68,7 +57,7 @@ def record_answer(*, session: Session, message: OutboxMessage, score: int, now: 
     assert message.customer_id is not None
     props = {"survey": "nps", "score": score, "message_id": message.id, "campaign_id": message.tactic_id,
              "verified": _clicked(session, message, score)}
-    who = _identity(session, message.customer_id)
+    who = profiles.event_identity(session=session, customer_id=message.customer_id)
     if who is not None:
         ingest.ingest(session=session, received_at=now, raw_messages=[{
             "type": "track", "event": "Survey Answered", **who, "messageId": f"survey-{message.id}",

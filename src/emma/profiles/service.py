@@ -521,6 +521,20 @@ def _latest_times(session: Session, customer_id: int, traits: list[str]) -> dict
     return out
 
 
+def event_identity(*, session: Session, customer_id: int | None) -> dict[str, str] | None:
+    """The Segment ids (userId, else an anonymousId) an event about this customer is sent under; None if it has none."""
+    if customer_id is None:
+        return None
+    c = session.get(Customer, customer_id)
+    if c is None:
+        return None
+    if c.external_id:
+        return {"userId": c.external_id}
+    anon = session.scalar(select(Identity.value).where(Identity.customer_id == c.id,
+                                                       Identity.kind == "anonymous_id").limit(1))
+    return {"anonymousId": anon} if anon else None
+
+
 def get_customer(*, session: Session, ref: str | int) -> Customer:
     """A customer by internal id, external id, email or anonymous id (merged profiles lead to the target)."""
     customer: Customer | None = None
