@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import multiprocessing
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,30 @@ def test_a_prepared_message_reads_like_the_parsed_one():
             assert getattr(prepared, name) == getattr(msg, name), name
         assert prepared.timestamp.utcoffset() == msg.timestamp.utcoffset()  # type: ignore[union-attr]
         assert (ingest._consent_prefs(prepared) is None) == (ingest._consent_prefs(msg) is None)
+
+
+def test_chunks_take_the_pieces_that_arrived_while_the_last_one_landed(db_url, other_db_url, tmp_path, monkeypatch):
+    # Pieces of 2 rows, chunks of up to 6: while a slow chunk lands, the reader process runs ahead, and the
+    # next chunk takes the pieces that arrived (more than one, never more than the chunk size).
+    monkeypatch.setattr(bulk, "READER_PIECE_ROWS", 2)
+    monkeypatch.setattr(bulk, "READER_FIRST_PIECE_ROWS", 1)
+    items = [{"type": "track", "userId": f"u{i % 7}", "event": "Product Viewed", "messageId": f"p{i}",
+              "timestamp": AT, "properties": {"sku": f"S{i}"}} for i in range(40)]
+    path = write(tmp_path / "events.jsonl", items)
+    sizes: list[int] = []
+    store = ingest.ingest_prepared
+
+    def slow(**kw: Any) -> Any:
+        sizes.append(len(kw["messages"]))
+        time.sleep(0.05)
+        return store(**kw)
+
+    monkeypatch.setattr(ingest, "ingest_prepared", slow)
+    by_reader, rejects = import_events(db_url, path, chunk_rows=6, reader_process=True)
+    assert max(sizes) == 6 and all(s <= 6 for s in sizes)
+    assert len(sizes) < 40 // 2  # fewer chunks than pieces
+    alone, rejects_alone = import_events(other_db_url, path, chunk_rows=6, reader_process=False)
+    assert counts(by_reader) == counts(alone) and (by_reader.rows, by_reader.landed, by_reader.rejected) == (41, 40, 1)
+    assert rejects == rejects_alone
+    assert snapshot(db_url) == snapshot(other_db_url)
+    assert multiprocessing.active_children() == []

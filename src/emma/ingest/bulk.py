@@ -19,8 +19,10 @@ import multiprocessing as mp
 import operator
 import os
 import pickle
+import queue
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -84,6 +86,7 @@ class ChunkResult:
     details: dict[str, int] = field(default_factory=dict)
     unknown_skus: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    conflicts: int = 0  # identity conflicts recorded
 
 
 @dataclass
@@ -99,6 +102,7 @@ class ImportSummary:
     details: dict[str, int] = field(default_factory=dict)
     unknown_skus: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    conflicts: int = 0
     rejects_path: str | None = None
     seconds: float = 0.0
 
@@ -111,6 +115,7 @@ class ImportSummary:
         for k, v in chunk.details.items():
             self.details[k] = self.details.get(k, 0) + v
         self.unknown_skus |= chunk.unknown_skus
+        self.conflicts += chunk.conflicts
         for w in chunk.warnings:
             if w not in self.warnings and len(self.warnings) < MAX_WARNINGS:
                 self.warnings.append(w)
@@ -122,6 +127,8 @@ class ImportSummary:
             shown = sorted(self.unknown_skus)
             more = f" ... ({len(shown)} in all)" if len(shown) > 10 else ""
             out.append(f"unknown skus kept (add them to the catalog): {', '.join(shown[:10])}{more}")
+        if self.conflicts:
+            out.append(f"{self.conflicts} identity conflict(s) recorded; profiles kept apart")
         return out + self.warnings
 
 
@@ -757,6 +764,11 @@ class Chunk:
 
 # Events files from this size on are read and validated in a second process while this one writes.
 READER_PROCESS_BYTES = 1 << 20
+# The reader process sends the file in pieces of this many rows (the first one smaller: the importing
+# process waits for it); a chunk is what has arrived by the time the importing process asks, up to its size.
+READER_PIECE_ROWS = 1000
+READER_FIRST_PIECE_ROWS = 200
+_END = pickle.dumps(None)  # what the reader process sends last when it read the whole file
 
 
 def read_chunks(source: Source, state: ImportState, size: int, *,
@@ -784,7 +796,48 @@ class ChunkReader:
         self._records: Iterator[Record] | None = None
         self._child: Any = None
         self._receiver: Any = None
+        self._pieces: queue.Queue[Any] | None = None
+        self._receiving: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._ending: Any = None  # what ended the reader process (StopIteration or its exception)
+        self._held: Any = None  # a piece that did not fit into the last chunk
         self._done = False
+
+    def start(self) -> None:
+        """Start the reader process now (if there is one), so that it reads while the caller prepares."""
+        if not self.forked or self._child is not None:
+            return
+        context = mp.get_context("fork")
+        self._receiver, sender = context.Pipe(duplex=False)
+        # Forked before this process starts threads of its own for the import; the child touches no
+        # connection or lock it inherits: it opens the file anew and only reads, validates and sends.
+        self._child = context.Process(target=_prepare_events, daemon=True, name="emma-import-reader",
+                                      args=(sender, self.source.path, self.source.format, self.state.now,
+                                            self.size))
+        self._child.start()
+        sender.close()
+        # A thread keeps the pipe empty, so that the reader process runs up to two chunks ahead instead of
+        # waiting for this one to ask.
+        self._pieces = queue.Queue(maxsize=max(2, 2 * self.size // READER_PIECE_ROWS))
+        self._receiving = threading.Thread(target=self._receive, name="emma-import-receiver", daemon=True)
+        self._receiving.start()
+
+    def _receive(self) -> None:
+        assert self._pieces is not None
+        while True:
+            # Only the bytes: unpickling here would hold the GIL against the importing thread.
+            try:
+                item = self._receiver.recv_bytes()
+            except (EOFError, OSError):
+                item = ImportFileError("the reader process ended unexpectedly")
+            while not self._stop.is_set():
+                try:
+                    self._pieces.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException) or item == _END or self._stop.is_set():
+                return
 
     def __iter__(self) -> ChunkReader:
         return self
@@ -807,42 +860,54 @@ class ChunkReader:
     def _from_process(self) -> Chunk:
         from emma.ingest.service import Prepared
 
-        if self._child is None:
-            context = mp.get_context("fork")
-            self._receiver, sender = context.Pipe(duplex=False)
-            # Forked before this process starts threads of its own for the import; the child touches no
-            # connection or lock it inherits: it opens the file anew and only reads, validates and sends.
-            self._child = context.Process(target=_prepare_events, daemon=True, name="emma-import-reader",
-                                          args=(sender, self.source.path, self.source.format, self.state.now,
-                                                self.size))
-            self._child.start()
-            sender.close()
-        try:
-            item = self._receiver.recv()
-        except EOFError:
-            self.close()
-            raise ImportFileError("the reader process ended unexpectedly") from None
-        if item is None or isinstance(item, BaseException):
-            self.close()
-            if item is None:
-                raise StopIteration
-            raise item
-        rows, position, bad, compact = item
-        return Chunk(rows, [Prepared(t) for t in compact], bad, position)
+        self.start()
+        assert self._pieces is not None
+        chunk = Chunk(0, [], [], 0)
+        # One piece, waited for, and then what else has arrived: chunks grow while this process is the
+        # slower one, and it never waits for a whole chunk to be read.
+        while self._ending is None:
+            if self._held is not None:
+                item, self._held = self._held, None
+            else:
+                try:
+                    item = self._pieces.get(block=not chunk.rows)
+                except queue.Empty:
+                    break
+                if not isinstance(item, BaseException):
+                    item = pickle.loads(item)
+            if item is None or isinstance(item, BaseException):
+                self._ending = item if item is not None else StopIteration()
+                break
+            rows, position, bad, compact = item
+            if chunk.rows and chunk.rows + rows > self.size:
+                self._held = item  # the first piece of the next chunk
+                break
+            chunk.rows += rows
+            chunk.good += [Prepared(t) for t in compact]
+            chunk.bad += bad
+            chunk.position = position
+        if chunk.rows:
+            return chunk
+        ending = self._ending
+        self.close()
+        raise ending
 
     def close(self) -> None:
         """Stop reading; ends the reader process if there is one."""
         self._done = True
         if self._child is not None:
-            self._receiver.close()
+            self._stop.set()
             if self._child.is_alive():
                 self._child.terminate()
             self._child.join()
+            assert self._receiving is not None
+            self._receiving.join()  # the pipe has ended with the process
+            self._receiver.close()
             self._child = None
 
 
 def _prepare_events(sender: Any, path: Path, fmt: str, now: dt.datetime, size: int) -> None:
-    """The reader process: every chunk of the events file read and validated, sent as
+    """The reader process: the events file read and validated piece by piece, each sent as
     (rows read, bytes read, row errors, compact messages); then None, or the exception that ended it."""
     from emma.config import get_settings
     from emma.ingest import service as ingest
@@ -856,11 +921,10 @@ def _prepare_events(sender: Any, path: Path, fmt: str, now: dt.datetime, size: i
             records = source.records()
             state.set_header(source.header)
             parse, compact = ingest.parse, ingest.compact
-            # A small first chunk: the importing process waits for it, and for no other.
-            take = size // 10 if size >= 2000 else size
+            take = min(size, READER_FIRST_PIECE_ROWS)
             while True:
                 chunk = list(itertools.islice(records, take))
-                take = size
+                take = min(size, READER_PIECE_ROWS)
                 if not chunk:
                     break
                 good, bad = validate_chunk(chunk, state)
@@ -970,15 +1034,16 @@ def _land_events(session: Session, rows: list[Any], now: dt.datetime) -> ChunkRe
     result = ChunkResult()
     if rows and type(rows[0]) is ingest.Prepared:  # validated by the reader process
         res = ingest.ingest_prepared(session=session, messages=rows, received_at=now)
-        result.landed, result.unchanged, result.warnings = res.accepted, res.duplicates, list(res.warnings)
-        return result
-    res = ingest.ingest(session=session, raw_messages=[m for _, m in rows], received_at=now)
+    else:
+        res = ingest.ingest(session=session, raw_messages=[m for _, m in rows], received_at=now)
+        for rej in res.rejected:
+            rec = rows[rej.index][0]
+            text = rec.text()
+            result.rejected += [RowError(rec.line, e.field, e.reason, text) for e in rej.errors]
     result.landed, result.unchanged = res.accepted, res.duplicates
-    for rej in res.rejected:
-        rec = rows[rej.index][0]
-        text = rec.text()
-        result.rejected += [RowError(rec.line, e.field, e.reason, text) for e in rej.errors]
-    result.warnings = list(res.warnings)
+    # Counted for the file, not worded per chunk: the summary does not depend on where chunks end.
+    result.unknown_skus = res.unknown_skus
+    result.conflicts = res.conflicts
     return result
 
 

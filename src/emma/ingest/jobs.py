@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, configure_mappers
 
+from emma.config import get_settings
 from emma.db import WalCheckpointer, utcnow
 from emma.ingest import bulk
 
@@ -203,8 +204,11 @@ def run_import(*, sessions: Callable[[], Session], kind: str, path: Path, fmt: s
         checkpointer.start(session)
         return bulk.land(session=session, kind=kind, rows=rows, now=now)
 
+    get_settings()  # read once, before the reader process is forked, which needs them too
     read = bulk.read_chunks(source, state, size, reader_process=reader_process)
     try:
+        read.start()
+        configure_mappers()  # what the first chunk would pay for once, done while the reader process reads it
         chunks = 0
         # Not a for loop over enumerate(read): its reused result tuple would keep the last chunk alive
         # through the collection below.

@@ -226,3 +226,6 @@ class IngestResult(BaseModel):
     duplicates: int = 0
     rejected: list[Rejected] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    # For the bulk import, which reports them per file rather than per chunk; not part of the response.
+    unknown_skus: set[str] = Field(default_factory=set, exclude=True)
+    conflicts: int = Field(default=0, exclude=True)

@@ -155,6 +155,8 @@ def _store_valid(session: Session, valid: list[Any], owner: dict[str, int], resu
             r = owner.get(mid, 0) if mid is not None else 0
             conflicts[r] = conflicts.get(r, 0) + 1
         for r, result in enumerate(results):
+            result.unknown_skus |= unknown.get(r, set())
+            result.conflicts += conflicts.get(r, 0)
             if unknown.get(r):
                 shown = sorted(unknown[r])
                 result.warnings.append("unknown skus kept (add them to the catalog): "
