@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from emma.ingest import service as ingest
 from emma.ingest.models import Event
@@ -37,6 +37,28 @@ def test_traits_keep_history_and_latest_by_time_wins(session):
     names = [(t.value, t.source) for t in session.scalars(
         select(TraitChange).where(TraitChange.trait == "firstName").order_by(TraitChange.recorded_at))]
     assert names == [("Anne", "identify"), ("Anna", "identify")]
+
+
+def test_a_trait_batch_loads_the_times_of_traits_it_was_not_told_about(session):
+    # A batch preloaded for some traits only: a late, older update of another trait still loses to the
+    # newer stored one, and a trait's time found in the history is not forgotten.
+    ingest.ingest(session=session, raw_messages=[
+        {"type": "identify", "userId": "u", "timestamp": at(5), "messageId": "5",
+         "traits": {"firstName": "Anna", "email": "a@example.com", "plan": "gold"}}])
+    session.commit()
+    cid = session.scalar(select(Customer.id))
+    batch = profiles.TraitBatch(session)
+    batch.preload(customer_ids=[cid], traits=["email"])
+    assert batch.apply(customer_id=cid, traits={"email": "old@example.com"}, source="t", at=T0) == []
+    assert batch.apply(customer_id=cid, traits={"firstName": "Anne", "plan": "silver"}, source="t", at=T0) == []
+    assert batch.apply(customer_id=cid, traits={"plan": "platinum"}, source="t", at=T0 + dt.timedelta(hours=6)) == [
+        "plan"]
+    batch.flush()
+    session.commit()
+    c = session.get(Customer, cid)
+    session.refresh(c)
+    assert (c.first_name, c.email, c.attributes) == ("Anna", "a@example.com", {"plan": "platinum"})
+    assert session.scalar(select(func.count()).select_from(TraitChange).where(TraitChange.customer_id == cid)) == 7
 
 
 def test_merge_is_logged_and_reversible(session):

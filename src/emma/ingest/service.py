@@ -143,14 +143,20 @@ def _store_valid(session: Session, valid: list[Any], owner: dict[str, int], resu
         stored = _store(session, chunk, received_at, settings)
         unknown: dict[int, set[str]] = {}
         conflicts: dict[int, int] = {}
+        # counted here, then added to the results: a pydantic model's attribute costs a validation per write
+        accepted, duplicates = [0] * len(results), [0] * len(results)
+        inserted = stored.inserted
         for m in chunk:
             r = owner[m.messageId]
-            if m.messageId in stored.inserted:
-                results[r].accepted += 1
+            if m.messageId in inserted:
+                accepted[r] += 1
                 if stored.unknown_skus and (named := stored.skus.get(m.messageId)):
                     unknown.setdefault(r, set()).update(named & stored.unknown_skus)
             else:
-                results[r].duplicates += 1
+                duplicates[r] += 1
+        for r, result in enumerate(results):
+            result.accepted += accepted[r]
+            result.duplicates += duplicates[r]
         for mid in stored.conflicts:
             r = owner.get(mid, 0) if mid is not None else 0
             conflicts[r] = conflicts.get(r, 0) + 1
@@ -176,11 +182,11 @@ class Prepared:
     """
 
     __slots__ = ("messageId", "type", "event", "name", "userId", "anonymousId", "previousId", "timestamp",
-                 "stored_timestamp", "payload_json", "context_json", "_payload", "_context")
+                 "stored_timestamp", "payload_json", "context_json", "viewed_sku", "_payload", "_context")
 
     def __init__(self, compact: tuple[Any, ...]) -> None:
         (self.messageId, self.type, self.event, self.name, self.userId, self.anonymousId, self.previousId,
-         timestamp, self.stored_timestamp, self.payload_json, self.context_json) = compact
+         timestamp, self.stored_timestamp, self.payload_json, self.context_json, self.viewed_sku) = compact
         self.timestamp = dt.datetime.fromisoformat(timestamp)
         self._payload: dict[str, Any] | None = None
         self._context: dict[str, Any] | None = None
@@ -211,9 +217,12 @@ def compact(msg: Message) -> tuple[Any, ...]:
     assert msg.timestamp is not None
     # Names repeat from message to message: interned, pickle sends each once per chunk and refers to it after.
     event, name = msg.event, msg.name
+    # The sku of a product view, which is all the importing process needs of its properties.
+    viewed = _sku(payload) if event == "Product Viewed" and msg.type == "track" else None
     return (msg.messageId, sys.intern(msg.type), event and sys.intern(event), name and sys.intern(name),
             msg.userId, msg.anonymousId, msg.previousId,
-            msg.timestamp.isoformat(), stored_datetime(msg.timestamp), json_text(payload), json_text(msg.context))
+            msg.timestamp.isoformat(), stored_datetime(msg.timestamp), json_text(payload), json_text(msg.context),
+            viewed)
 
 
 @dataclass
@@ -272,7 +281,8 @@ def _store(session: Session, msgs: list[Message], received_at: dt.datetime, sett
                       if isinstance(e := m.traits.get("email"), str) and e.strip()])
     traits = profiles.TraitBatch(session)
     if identifies:
-        traits.preload(customer_ids={customer_of[m.messageId] for m in identifies})  # type: ignore[index]
+        names = {"locale", "timezone"}.union(*(profiles.trait_names(m.traits) for m in identifies))
+        traits.preload(customer_ids={customer_of[m.messageId] for m in identifies}, traits=names)  # type: ignore[index]
     shopping = [m for m in stored if m.type == "track" and m.event in _SHOP_EVENTS]
     shop = orders.Batch(session)
     if shopping:
@@ -455,7 +465,12 @@ def _consent_from_context(consents: consent.Batch, cid: int, m: Message) -> None
 
 def _track(shop: orders.Batch, cid: int, m: Message) -> set[str]:
     """Apply an ecommerce event to carts, orders and wishlists; returns the skus it named."""
-    name, p, at = m.event, m.properties, m.timestamp
+    name = m.event
+    if name == "Product Viewed":
+        return {m.viewed_sku if type(m) is Prepared else _sku(m.properties)}  # type: ignore[union-attr]
+    if name not in _SHOP_EVENTS:
+        return set()  # properties not decoded for nothing
+    p, at = m.properties, m.timestamp
     assert at is not None
     if name in ("Product Added", "Product Removed"):
         cart_id = str(p.get("cart_id") or shop.open_cart_id(customer_id=cid))
@@ -492,8 +507,6 @@ def _track(shop: orders.Batch, cid: int, m: Message) -> set[str]:
         return {_sku(p)}
     if name == "Product Removed from Wishlist":
         shop.wishlist_remove(customer_id=cid, sku=_sku(p), at=at)
-        return {_sku(p)}
-    if name == "Product Viewed":
         return {_sku(p)}
     return set()
 
