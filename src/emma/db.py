@@ -222,13 +222,14 @@ def among(session: Session, column: Any, values: Any) -> Any:
 
 
 def rows_among(session: Session, table: Any, columns: Sequence[str], key: str, values: Sequence[Any], *,
-               where: str = "", params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+               where: str = "", params: Sequence[Any] = (), for_update: bool = False) -> list[tuple[Any, ...]]:
     """SELECT columns FROM table (a table, or a FROM clause as text) WHERE key IN values [AND where], as plain
     SQL on the driver.
 
     For hot look-ups of strings, integers and booleans: no statement is built, compiled or cached per call
     (building one costs more than a small query itself). where may hold {p} markers for params; values
-    come back as the driver returns them (no type processing). Pending ORM changes are flushed first.
+    come back as the driver returns them (no type processing; see read_datetime). Pending ORM changes are
+    flushed first. for_update locks the rows until commit on PostgreSQL, as db.for_update.
     """
     values = list(values)
     if not values:
@@ -241,6 +242,8 @@ def rows_among(session: Session, table: Any, columns: Sequence[str], key: str, v
         kind = "bigint" if all(type(v) is int for v in values) else "text"
         cond = f" AND {where.replace('{p}', '%s')}" if where else ""
         sql = f"SELECT {cols} FROM {name} WHERE {key} IN (SELECT unnest(%s::{kind}[])){cond}"
+        if for_update:
+            sql += " FOR UPDATE"
         args: tuple[Any, ...] = (values, *params)
     else:
         cond = f" AND {where.replace('{p}', '?')}" if where else ""
@@ -289,6 +292,15 @@ def _to_driver(dialect: Any, column: Any, values: list[Any], memo: dict[int, Any
     if values and values[0] is not None and all(v is values[0] for v in values):  # one value repeated: once
         return [process(values[0])] * len(values)
     return [None if v is None else process(v) for v in values]
+
+
+def read_datetime(value: Any) -> dt.datetime | None:
+    """A UTCDateTime column's value as the driver returns it (SQLite: text; PostgreSQL: naive UTC), aware UTC."""
+    if value is None:
+        return None
+    if type(value) is str:
+        value = dt.datetime.fromisoformat(value)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def driver_datetimes(dialect_name: str, values: list[Any]) -> list[Any]:

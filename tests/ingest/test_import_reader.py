@@ -118,14 +118,17 @@ def counts(s: bulk.ImportSummary) -> tuple[Any, ...]:
 def test_the_reader_process_lands_what_one_process_lands(db_url, other_db_url, tmp_path, monkeypatch):
     path = write(tmp_path / "events.jsonl", lines())
     prepared: list[int] = []  # chunks that came validated from the reader process
-    store = ingest.ingest_prepared
+    here: list[int] = []  # chunks read in this process
+    store, store_raw = ingest.ingest_prepared, ingest.ingest
     monkeypatch.setattr(ingest, "ingest_prepared", lambda **kw: prepared.append(len(kw["messages"])) or store(**kw))
+    monkeypatch.setattr(ingest, "ingest", lambda **kw: here.append(len(kw["raw_messages"])) or store_raw(**kw))
     progress: list[tuple[int, int]] = []
     by_reader, rejects = import_events(db_url, path, chunk_rows=3, reader_process=True,
                                        progress=lambda done, size: progress.append((done, size)))
-    assert sum(prepared) == 12  # every valid line, the resend too
+    # every valid line, the resend too: the first chunk read here while the reader process starts, the rest by it
+    assert (here, sum(prepared)) == ([3], 9)
     alone, rejects_alone = import_events(other_db_url, path, chunk_rows=3, reader_process=False)
-    assert sum(prepared) == 12
+    assert sum(prepared) == 9 and sum(here) == 3 + 15  # in one process, every line that is a JSON object
     assert counts(by_reader) == counts(alone)
     assert (by_reader.rows, by_reader.landed, by_reader.unchanged, by_reader.rejected) == (18, 11, 1, 6)
     assert rejects == rejects_alone
@@ -180,7 +183,7 @@ def test_chunks_take_the_pieces_that_arrived_while_the_last_one_landed(db_url, o
     # Pieces of 2 rows, chunks of up to 6: while a slow chunk lands, the reader process runs ahead, and the
     # next chunk takes the pieces that arrived (more than one, never more than the chunk size).
     monkeypatch.setattr(bulk, "READER_PIECE_ROWS", 2)
-    monkeypatch.setattr(bulk, "READER_FIRST_PIECE_ROWS", 1)
+    monkeypatch.setattr(bulk, "READER_HEAD_ROWS", 1)
     items = [{"type": "track", "userId": f"u{i % 7}", "event": "Product Viewed", "messageId": f"p{i}",
               "timestamp": AT, "properties": {"sku": f"S{i}"}} for i in range(40)]
     path = write(tmp_path / "events.jsonl", items)

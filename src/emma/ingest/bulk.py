@@ -764,10 +764,11 @@ class Chunk:
 
 # Events files from this size on are read and validated in a second process while this one writes.
 READER_PROCESS_BYTES = 1 << 20
-# The reader process sends the file in pieces of this many rows (the first one smaller: the importing
-# process waits for it); a chunk is what has arrived by the time the importing process asks, up to its size.
+# The reader process sends the file in pieces of this many rows; a chunk is what has arrived by the time the
+# importing process asks, up to its size. The first rows the importing process reads itself, while the
+# reader process starts (a fork of a large process takes tens of milliseconds) and skips them.
 READER_PIECE_ROWS = 1000
-READER_FIRST_PIECE_ROWS = 200
+READER_HEAD_ROWS = 500
 _END = pickle.dumps(None)  # what the reader process sends last when it read the whole file
 
 
@@ -801,6 +802,7 @@ class ChunkReader:
         self._stop = threading.Event()
         self._ending: Any = None  # what ended the reader process (StopIteration or its exception)
         self._held: Any = None  # a piece that did not fit into the last chunk
+        self._head = min(size, READER_HEAD_ROWS)  # rows read here before the reader process's first piece
         self._done = False
 
     def start(self) -> None:
@@ -813,7 +815,7 @@ class ChunkReader:
         # connection or lock it inherits: it opens the file anew and only reads, validates and sends.
         self._child = context.Process(target=_prepare_events, daemon=True, name="emma-import-reader",
                                       args=(sender, self.source.path, self.source.format, self.state.now,
-                                            self.size))
+                                            self.size, self._head))
         self._child.start()
         sender.close()
         # A thread keeps the pipe empty, so that the reader process runs up to two chunks ahead instead of
@@ -845,11 +847,17 @@ class ChunkReader:
     def __next__(self) -> Chunk:
         if self._done:
             raise StopIteration
-        if self.forked:
-            return self._from_process()
         if self._records is None:
             self._records = self.source.records()
             self.state.set_header(self.source.header)
+            if self.forked:
+                self.start()
+                head = list(itertools.islice(self._records, self._head))
+                good, bad = validate_chunk(head, self.state)
+                if head:
+                    return Chunk(len(head), good, bad, self.source.position())
+        if self.forked:
+            return self._from_process()
         chunk = list(itertools.islice(self._records, self.size))
         if not chunk:
             self._done = True
@@ -906,9 +914,9 @@ class ChunkReader:
             self._child = None
 
 
-def _prepare_events(sender: Any, path: Path, fmt: str, now: dt.datetime, size: int) -> None:
-    """The reader process: the events file read and validated piece by piece, each sent as
-    (rows read, bytes read, row errors, compact messages); then None, or the exception that ended it."""
+def _prepare_events(sender: Any, path: Path, fmt: str, now: dt.datetime, size: int, skip: int) -> None:
+    """The reader process: the events file after its first `skip` rows read and validated piece by piece, each
+    sent as (rows read, bytes read, row errors, compact messages); then None, or the exception that ended it."""
     from emma.config import get_settings
     from emma.ingest import service as ingest
 
@@ -921,10 +929,11 @@ def _prepare_events(sender: Any, path: Path, fmt: str, now: dt.datetime, size: i
             records = source.records()
             state.set_header(source.header)
             parse, compact = ingest.parse, ingest.compact
-            take = min(size, READER_FIRST_PIECE_ROWS)
+            for _ in itertools.islice(records, skip):  # the importing process reads these
+                pass
+            take = min(size, READER_PIECE_ROWS)
             while True:
                 chunk = list(itertools.islice(records, take))
-                take = min(size, READER_PIECE_ROWS)
                 if not chunk:
                     break
                 good, bad = validate_chunk(chunk, state)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, configure_mappers
 from emma.config import get_settings
 from emma.db import WalCheckpointer, utcnow
 from emma.ingest import bulk
+from emma.ingest import service as _service  # noqa: F401 - imported before the events reader process forks
 
 T = TypeVar("T")
 _ATTEMPTS = 5

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from emma.db import allocate_ids, among, for_update, insert_columns, insert_rows, rows_among, update_rows
+from emma.db import allocate_ids, among, insert_columns, insert_rows, read_datetime, rows_among, update_rows
 from emma.orders.models import Cart, CartItem, Order, OrderLine, WishlistItem
 
 ORDER_STATUSES = ("completed", "processing", "produced", "shipped", "delivered", "cancelled", "returned",
@@ -200,6 +200,9 @@ class _Cart:
     age: int = 0  # creation order: the primary key, or after all stored carts for new ones
 
 
+_PRICE = CartItem.__table__.c.price.type
+
+
 @dataclass(eq=False)
 class _Wish:
     pk: int | None
@@ -227,38 +230,31 @@ class Batch:
 
     def preload(self, *, customer_ids: Iterable[int], cart_ids: Iterable[str], order_ids: Iterable[str]) -> None:
         """Load the named carts, the customers' unordered carts and wishlists, and which orders exist."""
-        cids = set(customer_ids)
-        names = set(cart_ids) | {default_cart_id(c) for c in cids}
-        carts = Cart.__table__
-        cols = (carts.c.id, carts.c.cart_id, carts.c.customer_id, carts.c.status, carts.c.created_at,
-                carts.c.updated_at, carts.c.order_id)
-        rows = []
-        for part in _in_chunks(sorted(names)):
-            rows += self.session.execute(for_update(self.session, select(*cols).where(
-                among(self.session, carts.c.cart_id, part)).order_by(carts.c.id))).all()
-        for part in _in_chunks(sorted(cids)):
-            rows += self.session.execute(for_update(self.session, select(*cols).where(
-                among(self.session, carts.c.customer_id, part), carts.c.status != "ordered")
-                .order_by(carts.c.id))).all()
-        for pk, cart_id, cid, status, created, updated, order_id in rows:
+        cids = sorted(set(customer_ids))
+        names = sorted(set(cart_ids) | {default_cart_id(c) for c in cids})
+        s = self.session
+        # Plain driver SQL (db.rows_among): building and compiling a statement per part cost more than the
+        # look-ups; datetimes and prices are converted here.
+        cols = ["id", "cart_id", "customer_id", "status", "created_at", "updated_at", "order_id"]
+        rows = rows_among(s, Cart, cols, "cart_id", names, for_update=True)
+        rows += rows_among(s, Cart, cols, "customer_id", cids, where="status != {p}", params=["ordered"],
+                           for_update=True)
+        for pk, cart_id, cid, status, created, updated, order_id in sorted(rows):
             if cart_id not in self._carts:
-                self._remember(_Cart(pk, cart_id, cid, status, created, updated, order_id, age=pk))
+                self._remember(_Cart(pk, cart_id, cid, status, read_datetime(created), read_datetime(updated),
+                                     order_id, age=pk))
         by_pk = {c.pk: c for c in self._carts.values()}
-        items = CartItem.__table__
-        for part in _in_chunks(sorted(by_pk)):
-            for pk, cart_pk, sku, quantity, price, added in self.session.execute(select(
-                    items.c.id, items.c.cart_pk, items.c.sku, items.c.quantity, items.c.price, items.c.added_at)
-                    .where(among(self.session, items.c.cart_pk, part))):
-                by_pk[cart_pk].items[sku] = _Item(pk, quantity, price, added)
-        for part in _in_chunks(sorted(set(order_ids))):
-            self._orders_known.update(self.session.scalars(
-                select(Order.order_id).where(among(self.session, Order.order_id, part))))
-        wl = WishlistItem.__table__
-        for part in _in_chunks(sorted(cids)):
-            for pk, cid, sku, added, removed in self.session.execute(for_update(self.session, select(
-                    wl.c.id, wl.c.customer_id, wl.c.sku, wl.c.added_at, wl.c.removed_at)
-                    .where(among(self.session, wl.c.customer_id, part)).order_by(wl.c.id))):
-                self._wish[(cid, sku)] = _Wish(pk, added, removed)
+        price = _PRICE.result_processor(s.get_bind().dialect, None)
+        for pk, cart_pk, sku, quantity, value, added in rows_among(
+                s, CartItem, ["id", "cart_pk", "sku", "quantity", "price", "added_at"], "cart_pk", sorted(by_pk)):
+            by_pk[cart_pk].items[sku] = _Item(pk, quantity, price(value) if price and value is not None else value,
+                                              read_datetime(added))
+        self._orders_known.update(oid for (oid,) in rows_among(s, Order, ["order_id"], "order_id",
+                                                                sorted(set(order_ids))))
+        for pk, cid, sku, added, removed in sorted(rows_among(
+                s, WishlistItem, ["id", "customer_id", "sku", "added_at", "removed_at"], "customer_id", cids,
+                for_update=True)):
+            self._wish[(cid, sku)] = _Wish(pk, read_datetime(added), read_datetime(removed))  # type: ignore[arg-type]
 
     def _remember(self, cart: _Cart) -> None:
         self._carts[cart.cart_id] = cart
