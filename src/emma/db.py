@@ -222,14 +222,16 @@ def among(session: Session, column: Any, values: Any) -> Any:
 
 
 def rows_among(session: Session, table: Any, columns: Sequence[str], key: str, values: Sequence[Any], *,
-               where: str = "", params: Sequence[Any] = (), for_update: bool = False) -> list[tuple[Any, ...]]:
+               where: str = "", params: Sequence[Any] = (), for_update: bool = False,
+               described: list[Any] | None = None) -> list[tuple[Any, ...]]:
     """SELECT columns FROM table (a table, or a FROM clause as text) WHERE key IN values [AND where], as plain
     SQL on the driver.
 
     For hot look-ups of strings, integers and booleans: no statement is built, compiled or cached per call
     (building one costs more than a small query itself). where may hold {p} markers for params; values
     come back as the driver returns them (no type processing; see read_datetime). Pending ORM changes are
-    flushed first. for_update locks the rows until commit on PostgreSQL, as db.for_update.
+    flushed first. for_update locks the rows until commit on PostgreSQL, as db.for_update; described, if
+    given, receives the driver's type code of each column.
     """
     values = list(values)
     if not values:
@@ -249,7 +251,29 @@ def rows_among(session: Session, table: Any, columns: Sequence[str], key: str, v
         cond = f" AND {where.replace('{p}', '?')}" if where else ""
         sql = f"SELECT {cols} FROM {name} WHERE {key} IN (SELECT value FROM json_each(?)){cond}"
         args = (json.dumps(values), *params)
-    return driver_rows(conn.exec_driver_sql(sql, args))
+    result = conn.exec_driver_sql(sql, args)
+    if described is not None:
+        described[:] = [d[1] for d in result.cursor.description]
+    return driver_rows(result)
+
+
+def typed_rows_among(session: Session, table: Any, columns: Sequence[str], key: str, values: Sequence[Any],
+                     **kw: Any) -> list[tuple[Any, ...]]:
+    """rows_among for a mapped table, with each column's values converted as SQLAlchemy would (dates, JSON,
+    booleans, aware datetimes), column by column instead of through a Row per row."""
+    types: list[Any] = []  # the driver's type codes, which some of PostgreSQL's processors go by
+    rows = rows_among(session, table, columns, key, values, described=types, **kw)
+    if not rows:
+        return rows
+    dialect = session.get_bind().dialect
+    table = getattr(table, "__table__", table)
+    processors = [table.c[c].type.dialect_impl(dialect).result_processor(dialect, code)
+                  for c, code in zip(columns, types, strict=True)]
+    if not any(processors):
+        return rows
+    cols = [list(col) if process is None else [None if v is None else process(v) for v in col]
+            for col, process in zip(zip(*rows, strict=True), processors, strict=True)]
+    return list(zip(*cols, strict=True))
 
 
 def driver_rows(result: Any) -> list[Any]:

@@ -210,3 +210,29 @@ def test_postgres_plans_every_execution_of_a_look_up_for_its_own_values(db_url):
                                    "WHERE statement LIKE '%identities i JOIN customers%'")).all()
             assert plans and all(generic == 0 and custom >= 3 for generic, custom in plans)
     engine.dispose()
+
+
+def test_typed_look_ups_read_what_the_orm_reads(session):
+    # Plain driver SQL with each column's own conversion: the values equal the ORM's, on both databases.
+    from sqlalchemy import select
+
+    from emma.db import read_datetime, rows_among, typed_rows_among
+    from emma.orders.models import Cart
+    from emma.profiles.models import Customer
+
+    full = Customer(external_id="t1", first_name="Jürgen", birthday=dt.date(1990, 5, 17), lat=50.94, lon=6.96,
+                    attributes={"plan": "gold", "n": [1, 2.5, None]}, is_anonymous=False, created_at=T0,
+                    last_seen_at=RECEIVED)
+    empty = Customer(external_id="t2", is_anonymous=True, created_at=T0)
+    session.add_all([full, empty])
+    session.flush()
+    session.add(Cart(cart_id="c1", customer_id=full.id, status="open", created_at=T0, updated_at=RECEIVED))
+    session.commit()
+    cols = ["id", "birthday", "lat", "attributes", "is_anonymous", "created_at", "last_seen_at", "first_name"]
+    got = {row[0]: row for row in typed_rows_among(session, Customer, cols, "external_id", ["t1", "t2", "t3"])}
+    session.expire_all()
+    for c in session.scalars(select(Customer)):
+        assert got[c.id] == tuple(getattr(c, name) for name in cols)
+    assert type(got[full.id][1]) is dt.date and got[full.id][5].tzinfo is not None
+    ((created, updated),) = rows_among(session, Cart, ["created_at", "updated_at"], "cart_id", ["c1"])
+    assert (read_datetime(created), read_datetime(updated), read_datetime(None)) == (T0, RECEIVED, None)

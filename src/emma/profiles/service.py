@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from emma.db import allocate_ids, among, insert_columns, insert_rows, rows_among, update_rows, utcnow
+from emma.db import allocate_ids, among, insert_columns, insert_rows, rows_among, typed_rows_among, update_rows, utcnow
 from emma.profiles.exceptions import CustomerNotFound, MergeNotRevertible
 from emma.profiles.models import Customer, Identity, IdentityConflict, MergeLog, TraitChange
 
@@ -461,13 +461,12 @@ class TraitBatch:
         if traits is not None and not self._profiles:
             self._traits = set(traits)
         only = sorted(self._traits) if self._traits is not None else None
-        for i in range(0, len(cids), 900):
-            part = cids[i:i + 900]
-            for row in self.session.execute(select(*(table.c[c] for c in _PROFILE_COLUMNS))
-                                            .where(among(self.session, table.c.id, part))).mappings():
-                self._profiles[row["id"]] = _Profile(dict(row))
-                self._latest[row["id"]] = {}
-            self._load_latest(part, only)
+        for row in typed_rows_among(self.session, table, _PROFILE_COLUMNS, "id", cids):
+            values = dict(zip(_PROFILE_COLUMNS, row, strict=True))
+            self._profiles[values["id"]] = _Profile(values)
+            self._latest[values["id"]] = {}
+        if cids:
+            self._load_latest(cids, only)
 
     def _load_latest(self, customer_ids: list[int], traits: list[str] | None) -> None:
         # The history rows as the driver gives them, the latest per trait found here: SQLAlchemy's parsing of
