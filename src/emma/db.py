@@ -93,6 +93,7 @@ class WalCheckpointer:
         self.every = every
         self.name = name
         self._wake = threading.Event()
+        self._stopped = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -128,8 +129,10 @@ class WalCheckpointer:
         if self._thread is None:
             return
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         self._thread.join()
+        self._stopped.clear()
         self._thread = None
         if session is not None:
             session.connection().exec_driver_sql(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT}")
@@ -144,8 +147,8 @@ class WalCheckpointer:
             while True:
                 self._wake.wait()
                 if self.every and not self._stopping:
-                    # Commits that arrive meanwhile are copied by the same checkpoint.
-                    time.sleep(max(0.0, began + self.every - time.monotonic()))
+                    # Commits that arrive meanwhile are copied by the same checkpoint; stop() cuts the wait short.
+                    self._stopped.wait(max(0.0, began + self.every - time.monotonic()))
                     began = time.monotonic()
                 self._wake.clear()
                 last = self._stopping  # read before the checkpoint: it then covers every commit before stop()
