@@ -18,6 +18,7 @@ measured from the scheduled start, so queueing counts; p50/p95/p99 after a one-s
     .venv/bin/python bench/ingest.py                                  # every part, both databases
     .venv/bin/python bench/ingest.py --part import --order-lines 500000 --events 50000
     .venv/bin/python bench/ingest.py --part import --db sqlite
+    .venv/bin/python bench/ingest.py --part import --db sqlite --repeat 5        # medians of five fresh runs
     .venv/bin/python bench/ingest.py --part http-batch --part http-track --db sqlite
     EMMA_BENCH_PG_URL=postgresql+psycopg://user@host/db .venv/bin/python bench/ingest.py --db postgres
 
@@ -35,10 +36,12 @@ import contextlib
 import csv
 import datetime as dt
 import importlib.util
+import itertools
 import json
 import os
 import platform
 import random
+import statistics
 import tempfile
 import time
 import uuid
@@ -229,7 +232,10 @@ def part_import(args: argparse.Namespace, databases: list[str]) -> None:
         files = generate_files(workdir, order_lines=args.order_lines, events=args.events, seed=args.seed)
         print(f"generated files in {time.perf_counter() - started:.1f} s: "
               + ", ".join(f"{k} {f.stat().st_size / 1e6:.1f} MB" for k, f in files.items()))
-        for db in databases:
+        rates: dict[tuple[str, str], list[float]] = {}
+        for run, db in itertools.product(range(args.repeat), databases):
+            if args.repeat > 1:
+                print(f"run {run + 1} of {args.repeat}, {db}", flush=True)
             with fresh_database(db, workdir) as url:
                 engine = make_engine(url)
                 sessions = make_sessionmaker(engine)
@@ -249,7 +255,8 @@ def part_import(args: argparse.Namespace, databases: list[str]) -> None:
                             pg = server_cpu_seconds() - server  # type: ignore[operator]
                             split = f" (emma {cpu:.1f} s, PostgreSQL {pg:.1f} s)"
                             cpu += pg
-                        print(f"import {kind:<13} {db:<9} {s.rows:>9,} rows {s.seconds:7.1f} s "
+                        rates.setdefault((db, kind), []).append(s.rows / s.seconds)
+                        print(f"import {kind:<13} {db:<9} {s.rows:>9,} rows {s.seconds:7.2f} s "
                               f"{s.rows / s.seconds:>9,.0f} rows/s   CPU {cpu:6.1f} s{split} "
                               f"{s.rows / cpu:>9,.0f} rows/CPU-s"
                               + (f" (+ reader process {reader:.1f} s: {s.rows / (cpu + reader):,.0f} rows/CPU-s in all)"
@@ -259,6 +266,10 @@ def part_import(args: argparse.Namespace, databases: list[str]) -> None:
                               f"customers created {s.customers_created:,}", flush=True)
                 finally:
                     engine.dispose()
+        if args.repeat > 1:  # the machine may be shared: the median of fresh runs says more than one run
+            for (db, kind), values in rates.items():
+                print(f"median of {len(values)}: import {kind:<13} {db:<9} {statistics.median(values):>9,.0f} rows/s "
+                      f"(min {min(values):,.0f}, max {max(values):,.0f})")
 
 
 def _children_cpu() -> float:
@@ -473,6 +484,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes (HTTP parts; `emma serve --workers`, PostgreSQL only)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="import part: run the imports this many times on fresh databases; print the medians")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
                         help="what to import (import part); orders are imported twice (the second time a no-op)")
     args = parser.parse_args()
