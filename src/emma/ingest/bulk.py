@@ -777,9 +777,11 @@ def read_chunks(source: Source, state: ImportState, size: int, *,
     """The file chunk by chunk, validated: iterate, then close() (it may own a process).
 
     Events: with reader_process (by default for files of READER_PROCESS_BYTES and more; on Linux), a
-    forked process reads, parses and validates (ingest.service.parse) the next chunk while the caller writes
-    this one, so that reading and validation run on the other core. What crosses is cheap to pickle: the
-    messages as tuples of texts (ingest.service.compact) and the row errors. The outcome is the same.
+    forked process reads, parses and validates (ingest.service.parse) the file ahead of the caller, so that
+    reading and validation run on the other core; the first READER_HEAD_ROWS rows are read here while it
+    starts. What crosses is cheap to pickle: the messages as tuples of texts (ingest.service.compact) and
+    the row errors. Chunks then hold what the reader process has sent by the time the caller asks (up to
+    size rows); the outcome is the same as in one process.
     """
     if reader_process is None:
         reader_process = source.size >= READER_PROCESS_BYTES
