@@ -204,3 +204,22 @@ def test_chunks_take_the_pieces_that_arrived_while_the_last_one_landed(db_url, o
     assert rejects == rejects_alone
     assert snapshot(db_url) == snapshot(other_db_url)
     assert multiprocessing.active_children() == []
+
+
+def test_the_rest_of_a_file_is_waited_for_when_it_is_about_a_piece_and_fits_the_chunk(tmp_path, monkeypatch):
+    monkeypatch.setattr(bulk, "READER_PIECE_ROWS", 10)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"x" * 100_000)  # 100 bytes per row below: 1,000 rows in all
+    reader = bulk.ChunkReader(bulk.Source(path, "jsonl"), bulk.ImportState(kind="events", now=NOW), 100,
+                              forked=True)
+    reader._head, reader._rows_before = 10, 900
+    try:
+        # 950 of 1,000 rows handed over: the 50 left are more than a piece; 995: 5 left, and they fit
+        assert not reader._rest_fits(bulk.Chunk(40, [], [], 95_000))
+        assert reader._rest_fits(bulk.Chunk(85, [], [], 99_500))
+        assert reader._rest_fits(bulk.Chunk(90, [], [], 100_000))  # nothing left
+        reader.size = 88
+        assert not reader._rest_fits(bulk.Chunk(85, [], [], 99_500))  # 85 + 5 rows would not fit into 88
+        assert not reader._rest_fits(bulk.Chunk(0, [], [], 0))
+    finally:
+        reader.source.close()

@@ -805,6 +805,7 @@ class ChunkReader:
         self._ending: Any = None  # what ended the reader process (StopIteration or its exception)
         self._held: Any = None  # a piece that did not fit into the last chunk
         self._head = min(size, READER_HEAD_ROWS)  # rows read here before the reader process's first piece
+        self._rows_before = 0  # rows of the chunks that came from the reader process so far
         self._done = False
 
     def start(self) -> None:
@@ -880,7 +881,7 @@ class ChunkReader:
                 item, self._held = self._held, None
             else:
                 try:
-                    item = self._pieces.get(block=not chunk.rows)
+                    item = self._pieces.get(block=not chunk.rows or self._rest_fits(chunk))
                 except queue.Empty:
                     break
                 if not isinstance(item, BaseException):
@@ -897,10 +898,22 @@ class ChunkReader:
             chunk.bad += bad
             chunk.position = position
         if chunk.rows:
+            self._rows_before += chunk.rows
             return chunk
         ending = self._ending
         self.close()
         raise ending
+
+    def _rest_fits(self, chunk: Chunk) -> bool:
+        """Whether the rest of the file is small enough to wait for and land with this chunk, instead of in a
+        chunk of its own (which costs its statements and commit however few rows it has)."""
+        read = self._head + self._rows_before + chunk.rows  # rows the reader process has handed over so far
+        if not chunk.position or not read:
+            return False
+        rest = (self.source.size - chunk.position) * read / chunk.position  # estimated from bytes per row
+        # Waiting pays only for about a piece: the reader process has it (nearly) read, while a chunk of its own
+        # would cost more than the wait. For more, landing this chunk now overlaps with the reading.
+        return chunk.rows + rest <= self.size and rest <= READER_PIECE_ROWS
 
     def close(self) -> None:
         """Stop reading; ends the reader process if there is one."""
