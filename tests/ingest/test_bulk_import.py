@@ -185,6 +185,42 @@ def test_consent_migration_keeps_its_history_and_repeats_add_no_audit_entry(sess
     assert counts(session_factory) == before
 
 
+def test_consent_records_older_than_the_current_decision_join_the_history(session_factory, tmp_path):
+    def at(month: int) -> str:
+        return f"2024-{month:02d}-01T09:00:00Z"
+
+    def row(status: str, month: int, source: str = "old-crm", version: str | None = "v1") -> dict[str, object]:
+        return {"customer_id": "c-1", "purpose": "email_marketing", "status": status, "source": source,
+                "recorded_at": at(month), **({"text_version": version} if version else {})}
+
+    live = write_jsonl(tmp_path / "live.jsonl", [row("granted", 10, source="shop", version="v2")])
+    assert run(session_factory, "consents", live).landed == 1
+    # A migration of the old system's records afterwards, out of time order and in chunks of two rows.
+    migration = write_jsonl(tmp_path / "migration.jsonl", [
+        row("revoked", 6), row("granted", 3),
+        row("revoked", 7, version=None),     # repeats the status logged before it: no entry
+        row("granted", 8), row("revoked", 6),  # the last one: a line repeated in the file
+    ])
+    summary = run(session_factory, "consents", migration, chunk_rows=2)
+    assert (summary.landed, summary.unchanged, summary.rejected) == (3, 2, 0)
+
+    def state(s):  # type: ignore[no-untyped-def]
+        log = s.execute(select(ConsentLog.recorded_at, ConsentLog.status, ConsentLog.previous_status,
+                               ConsentLog.source).order_by(ConsentLog.recorded_at)).all()
+        current = s.execute(select(Consent.status, Consent.source, Consent.recorded_at)).all()
+        return [(r.month, st, prev, src) for r, st, prev, src in log], [tuple(c) for c in current]
+
+    with session_factory() as s:
+        log, current = state(s)
+    assert log == [(3, "granted", None, "old-crm"), (6, "revoked", "granted", "old-crm"),
+                   (8, "granted", "revoked", "old-crm"), (10, "granted", None, "shop")]
+    assert current == [("granted", "shop", dt.datetime(2024, 10, 1, 9, tzinfo=dt.UTC))]
+    before = counts(session_factory)
+    again = run(session_factory, "consents", migration, chunk_rows=3)
+    assert (again.landed, again.unchanged) == (0, 5)
+    assert counts(session_factory) == before
+
+
 def test_customers_csv_and_jsonl_with_attributes_and_trait_history(session_factory, tmp_path):
     path = write_csv(tmp_path / "customers.csv",
                      ["customer_id", "email", "first_name", "birthday", "locale", "timezone", "postal_code", "city",

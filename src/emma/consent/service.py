@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Iterable
 from typing import Any
@@ -302,10 +303,11 @@ def record_many(*, session: Session, decisions: list[dict[str, Any]],
                 now: dt.datetime | None = None) -> tuple[int, int]:
     """Record many decisions set-based, in recorded_at order; (changed, unchanged).
 
-    Each dict: customer_id, purpose, status, source, recorded_at, text_version. As in record(), a decision
-    older than the current one changes nothing. A decision that repeats the current status (and text
-    version, when it names one) adds no audit entry, so a replayed import or migration is a no-op; the
-    audit entries keep the decision's own recorded_at, source and text version.
+    Each dict: customer_id, purpose, status, source, recorded_at, text_version. The audit entries keep the
+    decision's own recorded_at, source and text version. A decision that repeats the current status (and
+    text version, when it names one) adds no audit entry, so a replayed import or migration is a no-op. A
+    decision older than the current one leaves the current status alone but joins the audit log as history
+    (see _backdated), so a migration keeps its records in whatever order its files come.
     """
     now = now or utcnow()
     for d in decisions:
@@ -320,11 +322,15 @@ def record_many(*, session: Session, decisions: list[dict[str, Any]],
     touched: dict[tuple[int, str], dict[str, Any]] = {}
     log: list[dict[str, Any]] = []
     unchanged = 0
+    older: list[dict[str, Any]] = []
     for d in sorted(decisions, key=lambda d: d["recorded_at"]):
         key = (d["customer_id"], d["purpose"])
         state = current.get(key)
-        if state is not None and (state["recorded_at"] > d["recorded_at"] or (
-                state["status"] == d["status"] and d.get("text_version") in (None, state["text_version"]))):
+        if state is not None and state["recorded_at"] > d["recorded_at"]:
+            older.append(d)
+            continue
+        if state is not None and state["status"] == d["status"] and d.get("text_version") in (
+                None, state["text_version"]):
             unchanged += 1
             continue
         log.append({"customer_id": key[0], "purpose": key[1], "status": d["status"],
@@ -338,5 +344,42 @@ def record_many(*, session: Session, decisions: list[dict[str, Any]],
     update_rows(session, Consent, [{"id": s["id"], "status": s["status"], "source": s["source"],
                                     "text_version": s["text_version"], "recorded_at": s["recorded_at"]}
                                    for s in touched.values() if "id" in s])
+    if older:
+        history = _backdated(session, older, now)
+        unchanged += len(older) - len(history)
+        log += history
     insert_rows(session, ConsentLog, log)
     return len(log), unchanged
+
+
+def _backdated(session: Session, decisions: list[dict[str, Any]], now: dt.datetime) -> list[dict[str, Any]]:
+    """Audit entries for decisions older than the current ones (in recorded_at order): each one the log does
+    not hold yet and that changes the status the log shows at its time. previous_status is that status; the
+    entries logged after it keep theirs, as the log is never rewritten."""
+    keys = {(d["customer_id"], d["purpose"]) for d in decisions}
+    cids = sorted({cid for cid, _ in keys})
+    t = ConsentLog.__table__
+    known: dict[tuple[int, str], list[tuple[dt.datetime, str, str, str | None]]] = {}
+    for i in range(0, len(cids), 900):
+        for cid, purpose, at, status, source, version in session.execute(
+                select(t.c.customer_id, t.c.purpose, t.c.recorded_at, t.c.status, t.c.source, t.c.text_version)
+                .where(among(session, t.c.customer_id, cids[i:i + 900])).order_by(t.c.recorded_at, t.c.id)):
+            if (cid, purpose) in keys:
+                known.setdefault((cid, purpose), []).append((at, status, source, version))
+    out = []
+    for d in decisions:
+        key = (d["customer_id"], d["purpose"])
+        entries = known.setdefault(key, [])
+        version = d.get("text_version")
+        entry = (d["recorded_at"], d["status"], d["source"], version)
+        if entry in entries:
+            continue  # logged by an earlier run of the same migration
+        at = bisect.bisect_right([e[0] for e in entries], d["recorded_at"])
+        before = entries[at - 1] if at else None
+        if before is not None and before[1] == d["status"] and version in (None, before[3]):
+            continue  # no change at its time
+        entries.insert(at, entry)
+        out.append({"customer_id": key[0], "purpose": key[1], "status": d["status"],
+                    "previous_status": before[1] if before else None, "source": d["source"],
+                    "text_version": version, "recorded_at": d["recorded_at"], "logged_at": now})
+    return out
