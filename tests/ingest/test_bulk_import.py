@@ -17,6 +17,7 @@ from emma.catalog.models import PriceChange, Product, StockChange
 from emma.config import get_settings
 from emma.consent.models import Consent, ConsentLog
 from emma.ingest import bulk, jobs
+from emma.ingest import service as ingest
 from emma.ingest.models import Event
 from emma.orders.models import Cart, CartItem, Order, OrderLine
 from emma.profiles.models import Customer, Identity, IdentityConflict, TraitChange
@@ -88,6 +89,29 @@ def test_orders_land_unknown_customer_is_created_and_reimport_changes_nothing(se
     again = run(session_factory, "orders", path)
     assert (again.landed, again.unchanged, again.rejected, again.customers_created) == (0, 3, 0, 0)
     assert counts(session_factory) == before
+
+
+def test_an_import_moves_an_order_forward_only(session_factory, tmp_path):
+    def export(name: str, status: str) -> Path:
+        return write_csv(tmp_path / f"{name}.csv", ORDER_HEADER, [
+            ["o-1", "c-1", "2026-01-05T10:00:00Z", "K-1", 1, "9.90", "", status],
+            ["o-2", "c-1", "2026-01-06T10:00:00Z", "K-1", 1, "9.90", "", "completed"]])
+
+    run(session_factory, "orders", export("monday", "completed"))
+    with session_factory() as s:  # the shop's events move o-1 on after Monday's export
+        ingest.ingest(session=s, raw_messages=[
+            {"type": "track", "userId": "c-1", "event": "Order Delivered", "messageId": "m-1",
+             "properties": {"order_id": "o-1"}, "timestamp": "2026-01-08T10:00:00Z"}])
+        s.commit()
+    old = run(session_factory, "orders", export("monday", "shipped"))  # an older export, imported again
+    assert old.details["order status kept (the stored one is further along)"] == 1
+    assert old.details["orders updated"] == 0
+    with session_factory() as s:
+        assert dict(s.execute(select(Order.order_id, Order.status)).all()) == {"o-1": "delivered", "o-2": "completed"}
+    later = run(session_factory, "orders", export("friday", "returned"))
+    assert later.details["orders updated"] == 1
+    with session_factory() as s:
+        assert s.scalar(select(Order.status).where(Order.order_id == "o-1")) == "returned"
 
 
 def test_bad_order_rows_go_to_the_rejects_file_and_good_rows_land(session_factory, tmp_path):

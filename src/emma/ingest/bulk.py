@@ -1016,7 +1016,8 @@ def _land_orders(session: Session, rows: list[tuple[Record, dict[str, Any]]], no
         result.rejected.append(RowError(rec.line, "customer_id", f"order {r['order_id']} belongs to another "
                                         "customer", rec.text()))
     result.landed, result.unchanged = counts["lines_created"], counts["lines_present"]
-    result.details = {"orders created": counts["orders_created"], "orders updated": counts["orders_updated"]}
+    result.details = {"orders created": counts["orders_created"], "orders updated": counts["orders_updated"],
+                      "order status kept (the stored one is further along)": counts["orders_kept"]}
     skus = {r["sku"] for _, r in rows}
     result.unknown_skus = skus - catalog.known_skus(session=session, skus=skus)
     profiles.mark_seen(session=session, seen=counts.pop("seen"))

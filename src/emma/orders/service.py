@@ -16,6 +16,10 @@ from emma.orders.models import Cart, CartItem, Order, OrderLine, WishlistItem
 
 ORDER_STATUSES = ("completed", "processing", "produced", "shipped", "delivered", "cancelled", "returned",
                   "refunded")
+# How far along its life an order is. An import moves an order only forward: an export taken before the
+# order shipped must not undo the delivery that events recorded since.
+STAGE = {"completed": 0, "processing": 1, "produced": 2, "shipped": 3, "delivered": 4, "cancelled": 5,
+         "returned": 5, "refunded": 6}
 
 
 def create_orders(*, session: Session, orders: Sequence[dict[str, Any]], source: str) -> tuple[int, int]:
@@ -418,13 +422,15 @@ def import_lines(*, session: Session, lines: Sequence[dict[str, Any]], at: dt.da
 
     Each line dict: order_id, line_no, customer_id (internal), ordered_at, sku, quantity, unit_price, and
     optionally currency, status (the order's fields come from its first line). Lines an order already has
-    (same line_no) are left as they are; an existing order whose status differs moves to the new status.
-    Returns counts: orders_created, lines_created, lines_present, orders_updated; under "conflicting" the
+    (same line_no) are left as they are; an existing order moves to the line's status when that is further
+    along (STAGE), and keeps its own otherwise.
+    Returns counts: orders_created, lines_created, lines_present, orders_updated, orders_kept (a status
+    from the file that is not further along than the stored one); under "conflicting" the
     indexes of lines not landed because their order belongs to another customer; under "seen" the latest
     new order per customer id.
     """
     counts: dict[str, Any] = {"orders_created": 0, "lines_created": 0, "lines_present": 0, "orders_updated": 0,
-                              "conflicting": [], "seen": {}}
+                              "orders_kept": 0, "conflicting": [], "seen": {}}
     if not lines:
         return counts
     heads: dict[str, dict[str, Any]] = {}
@@ -512,7 +518,11 @@ def import_lines(*, session: Session, lines: Sequence[dict[str, Any]], at: dt.da
         counts["lines_created"] = len(new)
     for oid, (_pk, status) in existing.items():
         wanted = heads[oid].get("status")
-        if wanted and wanted != status:
+        if not wanted or wanted == status:
+            continue
+        if STAGE[wanted] > STAGE.get(status, -1):
             update_order_status(session=session, order_id=oid, status=wanted, at=at)
             counts["orders_updated"] += 1
+        else:
+            counts["orders_kept"] += 1
     return counts
