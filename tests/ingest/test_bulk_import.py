@@ -174,7 +174,7 @@ def test_consent_migration_keeps_its_history_and_repeats_add_no_audit_entry(sess
         {"customer_id": "c-1", "purpose": "email_marketing", "status": "revoked", "source": "old-crm",
          "recorded_at": "2024-06-01T09:00:00Z", "text_version": "v1"},
         {"customer_id": "c-1", "purpose": "email_marketing", "status": "revoked", "source": "old-crm",
-         "recorded_at": "2024-07-01T09:00:00Z"},                                  # repeats the state
+         "recorded_at": "2024-07-01T09:00:00Z"},              # repeats the state: a dated decision all the same
         {"customer_id": 42, "purpose": "sms_marketing", "status": "granted"},   # numeric id, defaults
         {"customer_id": "c-1", "purpose": "telepathy", "status": "granted"},    # line 5: unknown purpose
         {"customer_id": "c-1", "purpose": "push", "status": "maybe"},           # line 6: unknown status
@@ -183,7 +183,7 @@ def test_consent_migration_keeps_its_history_and_repeats_add_no_audit_entry(sess
         {"purpose": "ads", "status": "granted", "recorded_at": "yesterday"},     # line 9: two errors
     ])
     summary = run(session_factory, "consents", path)
-    assert (summary.rows, summary.landed, summary.unchanged, summary.rejected) == (8, 3, 1, 4)
+    assert (summary.rows, summary.landed, summary.unchanged, summary.rejected) == (8, 4, 0, 4)
     got = {(int(r["line"]), r["field"]): r["reason"] for r in rejects_of(Path(summary.rejects_path))}
     assert "unknown purpose 'telepathy'" in got[(5, "purpose")]
     assert "unknown status 'maybe'" in got[(6, "status")]
@@ -196,14 +196,17 @@ def test_consent_migration_keeps_its_history_and_repeats_add_no_audit_entry(sess
                         .where(ConsentLog.customer_id == c1).order_by(ConsentLog.recorded_at)).all()
         assert [tuple(x) for x in log] == [
             ("granted", None, "old-crm", dt.datetime(2024, 3, 1, 9, tzinfo=dt.UTC), "v1"),
-            ("revoked", "granted", "old-crm", dt.datetime(2024, 6, 1, 9, tzinfo=dt.UTC), "v1")]
+            ("revoked", "granted", "old-crm", dt.datetime(2024, 6, 1, 9, tzinfo=dt.UTC), "v1"),
+            ("revoked", "revoked", "old-crm", dt.datetime(2024, 7, 1, 9, tzinfo=dt.UTC), None)]
         current = s.scalar(select(Consent).where(Consent.customer_id == c1))
-        assert (current.status, current.recorded_at) == ("revoked", dt.datetime(2024, 6, 1, 9, tzinfo=dt.UTC))
+        # the current row holds the latest decision, and the text version in force
+        assert (current.status, current.recorded_at, current.text_version) == (
+            "revoked", dt.datetime(2024, 7, 1, 9, tzinfo=dt.UTC), "v1")
         sms = s.scalar(select(Consent).join(Customer, Customer.id == Consent.customer_id)
                        .where(Customer.external_id == "42"))
         assert (sms.status, sms.source, sms.recorded_at) == ("granted", "import", NOW)
     before = counts(session_factory)
-    later = NOW + dt.timedelta(days=1)  # rows without recorded_at get another default time: still no change
+    later = NOW + dt.timedelta(days=1)  # a row without recorded_at gets another default time: still no change
     again = run(session_factory, "consents", path, now=later)
     assert (again.landed, again.unchanged) == (0, 4)
     assert counts(session_factory) == before
@@ -222,11 +225,11 @@ def test_consent_records_older_than_the_current_decision_join_the_history(sessio
     # A migration of the old system's records afterwards, out of time order and in chunks of two rows.
     migration = write_jsonl(tmp_path / "migration.jsonl", [
         row("revoked", 6), row("granted", 3),
-        row("revoked", 7, version=None),     # repeats the status logged before it: no entry
+        row("revoked", 7, version=None),     # repeats the status logged before it: a decision all the same
         row("granted", 8), row("revoked", 6),  # the last one: a line repeated in the file
     ])
     summary = run(session_factory, "consents", migration, chunk_rows=2)
-    assert (summary.landed, summary.unchanged, summary.rejected) == (3, 2, 0)
+    assert (summary.landed, summary.unchanged, summary.rejected) == (4, 1, 0)
 
     def state(s):  # type: ignore[no-untyped-def]
         log = s.execute(select(ConsentLog.recorded_at, ConsentLog.status, ConsentLog.previous_status,
@@ -237,11 +240,34 @@ def test_consent_records_older_than_the_current_decision_join_the_history(sessio
     with session_factory() as s:
         log, current = state(s)
     assert log == [(3, "granted", None, "old-crm"), (6, "revoked", "granted", "old-crm"),
-                   (8, "granted", "revoked", "old-crm"), (10, "granted", None, "shop")]
+                   (7, "revoked", "revoked", "old-crm"), (8, "granted", "revoked", "old-crm"),
+                   (10, "granted", None, "shop")]
     assert current == [("granted", "shop", dt.datetime(2024, 10, 1, 9, tzinfo=dt.UTC))]
     before = counts(session_factory)
     again = run(session_factory, "consents", migration, chunk_rows=3)
     assert (again.landed, again.unchanged) == (0, 5)
+    assert counts(session_factory) == before
+
+
+def test_consent_ends_at_the_latest_decision_whatever_order_the_records_come_in(session_factory, tmp_path):
+    def row(status: str, month: int) -> dict[str, object]:
+        return {"customer_id": "c-1", "purpose": "sms_marketing", "status": status, "source": f"crm-{month}",
+                "recorded_at": f"2024-{month:02d}-01T09:00:00Z"}
+
+    # Chunks of two: March and May (a repeat) first, then February and April.
+    path = write_jsonl(tmp_path / "consents.jsonl", [row("revoked", 3), row("revoked", 5),
+                                                     row("granted", 2), row("granted", 4)])
+    summary = run(session_factory, "consents", path, chunk_rows=2)
+    with session_factory() as s:
+        current = s.execute(select(Consent.status, Consent.source, Consent.recorded_at)).one()
+        log = s.execute(select(ConsentLog.recorded_at, ConsentLog.status, ConsentLog.source)
+                        .order_by(ConsentLog.recorded_at)).all()
+    assert tuple(current) == ("revoked", "crm-5", dt.datetime(2024, 5, 1, 9, tzinfo=dt.UTC))
+    assert [(at.month, st, src) for at, st, src in log] == [
+        (2, "granted", "crm-2"), (3, "revoked", "crm-3"), (4, "granted", "crm-4"), (5, "revoked", "crm-5")]
+    assert (summary.landed, summary.unchanged) == (4, 0)
+    before = counts(session_factory)
+    assert run(session_factory, "consents", path, chunk_rows=2).landed == 0
     assert counts(session_factory) == before
 
 

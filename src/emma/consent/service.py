@@ -303,11 +303,14 @@ def record_many(*, session: Session, decisions: list[dict[str, Any]],
                 now: dt.datetime | None = None) -> tuple[int, int]:
     """Record many decisions set-based, in recorded_at order; (changed, unchanged).
 
-    Each dict: customer_id, purpose, status, source, recorded_at, text_version. The audit entries keep the
-    decision's own recorded_at, source and text version. A decision that repeats the current status (and
-    text version, when it names one) adds no audit entry, so a replayed import or migration is a no-op. A
-    decision older than the current one leaves the current status alone but joins the audit log as history
-    (see _backdated), so a migration keeps its records in whatever order its files come.
+    Each dict: customer_id, purpose, status, source, recorded_at, text_version, and dated (False when
+    recorded_at is only the time of the import). The audit entries keep the decision's own recorded_at,
+    source and text version, and the current row is always the latest decision, so the outcome does not
+    depend on the order in which files, chunks or concurrent imports bring the decisions:
+    - a dated decision is logged once (a replay of it changes nothing), also when it repeats the status;
+    - an undated one that repeats the current status (and text version, when it names one) changes nothing,
+      so re-importing a file without times is a no-op too;
+    - one older than the current decision joins the log as history and leaves the current row alone.
     """
     now = now or utcnow()
     for d in decisions:
@@ -326,60 +329,58 @@ def record_many(*, session: Session, decisions: list[dict[str, Any]],
     for d in sorted(decisions, key=lambda d: d["recorded_at"]):
         key = (d["customer_id"], d["purpose"])
         state = current.get(key)
-        if state is not None and state["recorded_at"] > d["recorded_at"]:
-            older.append(d)
-            continue
-        if state is not None and state["status"] == d["status"] and d.get("text_version") in (
-                None, state["text_version"]):
-            unchanged += 1
-            continue
+        if state is not None:
+            if state["recorded_at"] > d["recorded_at"]:
+                older.append(d)
+                continue
+            if state["status"] == d["status"] and (
+                    state["recorded_at"] == d["recorded_at"]  # a replay
+                    or (not d.get("dated", True) and d.get("text_version") in (None, state["text_version"]))):
+                unchanged += 1
+                continue
+        version = d.get("text_version")
+        if state is not None and version is None and state["status"] == d["status"]:
+            version = state["text_version"]  # a repeat that names no text version confirms the one in force
         log.append({"customer_id": key[0], "purpose": key[1], "status": d["status"],
                     "previous_status": state["status"] if state else None, "source": d["source"],
                     "text_version": d.get("text_version"), "recorded_at": d["recorded_at"], "logged_at": now})
         state = {**(state or {}), "customer_id": key[0], "purpose": key[1], "status": d["status"],
-                 "source": d["source"], "text_version": d.get("text_version"), "recorded_at": d["recorded_at"]}
+                 "source": d["source"], "text_version": version, "recorded_at": d["recorded_at"]}
         current[key] = touched[key] = state
     insert_rows(session, Consent, [{k: v for k, v in s.items() if k != "id"} for s in touched.values()
                                    if "id" not in s])
     update_rows(session, Consent, [{"id": s["id"], "status": s["status"], "source": s["source"],
                                     "text_version": s["text_version"], "recorded_at": s["recorded_at"]}
                                    for s in touched.values() if "id" in s])
-    if older:
-        history = _backdated(session, older, now)
-        unchanged += len(older) - len(history)
-        log += history
-    insert_rows(session, ConsentLog, log)
-    return len(log), unchanged
+    history = _backdated(session, older, now) if older else []
+    insert_rows(session, ConsentLog, log + history)
+    return len(log) + len(history), unchanged + len(older) - len(history)
 
 
 def _backdated(session: Session, decisions: list[dict[str, Any]], now: dt.datetime) -> list[dict[str, Any]]:
-    """Audit entries for decisions older than the current ones (in recorded_at order): each one the log does
-    not hold yet and that changes the status the log shows at its time. previous_status is that status; the
-    entries logged after it keep theirs, as the log is never rewritten."""
+    """Audit entries for decisions older than the current ones (in recorded_at order) that the log does not
+    hold yet. previous_status is the status the log shows at the decision's time; the entries logged after
+    it keep theirs, as the log is never rewritten."""
     keys = {(d["customer_id"], d["purpose"]) for d in decisions}
     cids = sorted({cid for cid, _ in keys})
     t = ConsentLog.__table__
-    known: dict[tuple[int, str], list[tuple[dt.datetime, str, str, str | None]]] = {}
+    known: dict[tuple[int, str], list[tuple[dt.datetime, str]]] = {}
     for i in range(0, len(cids), 900):
-        for cid, purpose, at, status, source, version in session.execute(
-                select(t.c.customer_id, t.c.purpose, t.c.recorded_at, t.c.status, t.c.source, t.c.text_version)
+        for cid, purpose, at, status in session.execute(
+                select(t.c.customer_id, t.c.purpose, t.c.recorded_at, t.c.status)
                 .where(among(session, t.c.customer_id, cids[i:i + 900])).order_by(t.c.recorded_at, t.c.id)):
             if (cid, purpose) in keys:
-                known.setdefault((cid, purpose), []).append((at, status, source, version))
+                known.setdefault((cid, purpose), []).append((at, status))
     out = []
     for d in decisions:
         key = (d["customer_id"], d["purpose"])
         entries = known.setdefault(key, [])
-        version = d.get("text_version")
-        entry = (d["recorded_at"], d["status"], d["source"], version)
+        entry = (d["recorded_at"], d["status"])
         if entry in entries:
             continue  # logged by an earlier run of the same migration
-        at = bisect.bisect_right([e[0] for e in entries], d["recorded_at"])
-        before = entries[at - 1] if at else None
-        if before is not None and before[1] == d["status"] and version in (None, before[3]):
-            continue  # no change at its time
+        at = bisect.bisect_right(entries, d["recorded_at"], key=lambda e: e[0])
         entries.insert(at, entry)
         out.append({"customer_id": key[0], "purpose": key[1], "status": d["status"],
-                    "previous_status": before[1] if before else None, "source": d["source"],
-                    "text_version": version, "recorded_at": d["recorded_at"], "logged_at": now})
+                    "previous_status": entries[at - 1][1] if at else None, "source": d["source"],
+                    "text_version": d.get("text_version"), "recorded_at": d["recorded_at"], "logged_at": now})
     return out

@@ -570,12 +570,14 @@ def validate_order(row: _Row, state: ImportState) -> dict[str, Any]:
 
 def validate_consent(row: _Row, state: ImportState) -> dict[str, Any]:
     """One consent decision: customer_id, purpose, status[, source, recorded_at, text_version]."""
+    recorded_at = row.timestamp("recorded_at", now=state.now)
     out = {
         "customer_id": row.text("customer_id", required=True),
         "purpose": row.text("purpose", required=True, max_len=32),
         "status": row.text("status", required=True, max_len=16),
         "source": row.text("source", max_len=64) or "import",
-        "recorded_at": row.timestamp("recorded_at", now=state.now) or state.now,
+        "recorded_at": recorded_at or state.now,
+        "dated": recorded_at is not None,  # the file's own time, not the import's
         "text_version": row.text("text_version", max_len=64),
     }
     if out["purpose"] is not None and out["purpose"] not in PURPOSES:
