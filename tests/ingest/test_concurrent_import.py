@@ -14,11 +14,12 @@ from typing import Any
 
 from sqlalchemy import select
 
+from emma.catalog.models import PriceChange, Product, StockChange
 from emma.consent.models import Consent, ConsentLog
 from emma.db import make_engine, make_sessionmaker
 from emma.ingest.models import Event
 from emma.orders.models import Cart, CartItem, Order, OrderLine
-from emma.profiles.models import Customer, Identity, IdentityConflict
+from emma.profiles.models import Customer, Identity, IdentityConflict, TraitChange
 
 
 def _orders(path: Path, numbers: range) -> Path:
@@ -29,6 +30,24 @@ def _orders(path: Path, numbers: range) -> Path:
             for line in range(2):
                 w.writerow([f"o-{n}", f"c-{n % 90}", f"2026-03-01T{n % 24:02d}:{n % 60:02d}:00Z", f"K-{line}",
                             1 + n % 3, "4.50", "delivered" if n % 5 == 0 else "completed"])
+    return path
+
+
+def _customers(path: Path, numbers: range) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["customer_id", "email", "first_name", "city", "loyalty_tier"])
+        for n in numbers:
+            w.writerow([f"c-{n}", f"kunde{n}@example.com", f"Vorname{n}", "Berlin", ("gold", "silver")[n % 2]])
+    return path
+
+
+def _products(path: Path, numbers: range) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sku", "name", "price", "stock"])
+        for n in numbers:
+            w.writerow([f"K-{n}", f"Produkt {n}", f"{5 + n % 20}.90", n % 7])
     return path
 
 
@@ -88,8 +107,17 @@ def _state(url: str) -> dict[str, Any]:
     with make_sessionmaker(engine)() as s:
         ext = dict(s.execute(select(Customer.id, Customer.external_id)).all())
         state = {
-            "customers": sorted((str(e), str(seen)) for e, seen in s.execute(
-                select(Customer.external_id, Customer.last_seen_at))),
+            "customers": sorted((str(e), str(seen), first, city, json.dumps(attrs, sort_keys=True))
+                                for e, seen, first, city, attrs in s.execute(
+                select(Customer.external_id, Customer.last_seen_at, Customer.first_name, Customer.city,
+                       Customer.attributes))),
+            "trait_history": sorted((str(ext[c]), t, json.dumps(v)) for c, t, v in s.execute(
+                select(TraitChange.customer_id, TraitChange.trait, TraitChange.value))),
+            "products": sorted((sku, str(price), stock) for sku, price, stock in s.execute(
+                select(Product.sku, Product.price, Product.stock))),
+            "price_history": sorted((sku, str(price)) for sku, price in s.execute(
+                select(PriceChange.sku, PriceChange.price))),
+            "stock_history": sorted(tuple(r) for r in s.execute(select(StockChange.sku, StockChange.stock))),
             "identities": sorted((k, v, str(ext[c])) for k, v, c in s.execute(
                 select(Identity.kind, Identity.value, Identity.customer_id))),
             "conflicts": sorted((str(ext[a]), str(ext[b])) for a, b in s.execute(
@@ -117,10 +145,14 @@ def _state(url: str) -> dict[str, Any]:
 
 def test_two_imports_at_once_land_every_row_once(db_url, other_db_url, tmp_path):
     pairs = [  # each kind: two files that share a third of their rows, run at the same time
+        ("products", _products(tmp_path / "p1.csv", range(0, 60)), _products(tmp_path / "p2.csv", range(40, 100)), 100),
         ("orders", _orders(tmp_path / "o1.csv", range(0, 300)), _orders(tmp_path / "o2.csv", range(200, 500)), 1000),
         ("events", _events(tmp_path / "e1.jsonl", range(0, 450)), _events(tmp_path / "e2.jsonl", range(300, 750)), 750),
         ("consents", _consents(tmp_path / "k1.csv", range(0, 280)), _consents(tmp_path / "k2.csv", range(140, 420)),
          420),
+        # after orders and events, which race to create the same customers: now they gain their traits
+        ("customers", _customers(tmp_path / "c1.csv", range(0, 300)), _customers(tmp_path / "c2.csv", range(200, 500)),
+         500),
     ]
     for kind, first, second, distinct in pairs:
         procs = [_start(db_url, kind, first), _start(db_url, kind, second)]
@@ -135,6 +167,7 @@ def test_two_imports_at_once_land_every_row_once(db_url, other_db_url, tmp_path)
             assert p.returncode == 0, out
     together, one_by_one = _state(db_url), _state(other_db_url)
     assert len(together["orders"]) == 500 + 750 // 5 and len(together["events"]) == 750
+    assert len(together["products"]) == 100 and len(together["price_history"]) == 100
     assert len(together["consent_log"]) == 420
     for table in together:
         assert together[table] == one_by_one[table], table
