@@ -31,14 +31,18 @@ def validate(*, purpose: str, status: str) -> None:
 
 def record(*, session: Session, customer_id: int, purpose: str, status: str, source: str,
            recorded_at: dt.datetime | None = None, text_version: str | None = None) -> bool:
-    """Record a consent decision; returns False when it changes nothing (same status, or older than current)."""
+    """Record a consent decision; False when the current consent stays as it is (a replay, or a decision older
+    than the current one, which joins the audit log as history)."""
     validate(purpose=purpose, status=status)
     recorded_at = recorded_at or utcnow()
     current = session.scalar(select(Consent).where(Consent.customer_id == customer_id,
                                                    Consent.purpose == purpose))
     if current is not None:
-        if current.recorded_at > recorded_at:
-            return False  # a stale decision must not overwrite a newer one
+        if current.recorded_at > recorded_at:  # a stale decision must not overwrite a newer one
+            insert_rows(session, ConsentLog, _backdated(session, [{
+                "customer_id": customer_id, "purpose": purpose, "status": status, "source": source,
+                "text_version": text_version, "recorded_at": recorded_at}], utcnow()))
+            return False
         if (current.status, current.source, current.text_version, current.recorded_at) == (
                 status, source, text_version, recorded_at):
             return False  # replayed import: idempotent
@@ -226,6 +230,7 @@ class Batch:
         self.settings = settings
         self._current: dict[tuple[int, str], dict[str, Any]] = {}
         self._log: list[dict[str, Any]] = []
+        self._older: list[dict[str, Any]] = []  # decisions older than the current ones: history for the log
         self._mails: list[dict[str, Any]] = []
 
     def preload(self, *, customer_ids: Iterable[int]) -> None:
@@ -245,12 +250,14 @@ class Batch:
 
     def record(self, *, customer_id: int, purpose: str, status: str, source: str,
                recorded_at: dt.datetime | None = None, text_version: str | None = None) -> bool:
-        """As record."""
+        """As record (a decision older than the current one joins the audit log at flush)."""
         validate(purpose=purpose, status=status)
         recorded_at = recorded_at or utcnow()
         current = self._current.get((customer_id, purpose))
         if current is not None:
             if current["recorded_at"] > recorded_at:
+                self._older.append({"customer_id": customer_id, "purpose": purpose, "status": status,
+                                    "source": source, "text_version": text_version, "recorded_at": recorded_at})
                 return False
             if (current["status"], current["source"], current["text_version"], current["recorded_at"]) == (
                     status, source, text_version, recorded_at):
@@ -294,9 +301,12 @@ class Batch:
         insert_rows(self.session, t, fresh)
         update_rows(self.session, t, changed)
         insert_rows(self.session, ConsentLog, self._log)
+        if self._older:
+            insert_rows(self.session, ConsentLog, _backdated(
+                self.session, sorted(self._older, key=lambda d: d["recorded_at"]), utcnow()))
         for c in self._current.values():
             c["dirty"] = False
-        self._log = []
+        self._log, self._older = [], []
 
 
 def record_many(*, session: Session, decisions: list[dict[str, Any]],
