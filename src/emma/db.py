@@ -95,8 +95,7 @@ class WalCheckpointer:
         self.every = every
         self.name = name
         self._wake = threading.Event()
-        self._stopped = threading.Event()
-        self._stopping = False
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -110,7 +109,7 @@ class WalCheckpointer:
     def _ensure_thread(self) -> None:
         with self._start_lock:
             if self._thread is None:
-                self._stopping = False
+                self._stopping.clear()
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
 
@@ -130,11 +129,9 @@ class WalCheckpointer:
         """Last checkpoint, end the thread; the session's connection checkpoints by itself again."""
         if self._thread is None:
             return
-        self._stopping = True
-        self._stopped.set()
+        self._stopping.set()
         self._wake.set()
         self._thread.join()
-        self._stopped.clear()
         self._thread = None
         if session is not None:
             session.connection().exec_driver_sql(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT}")
@@ -148,12 +145,12 @@ class WalCheckpointer:
             began = 0.0
             while True:
                 self._wake.wait()
-                if self.every and not self._stopping:
+                if self.every and not self._stopping.is_set():
                     # Commits that arrive meanwhile are copied by the same checkpoint; stop() cuts the wait short.
-                    self._stopped.wait(max(0.0, began + self.every - time.monotonic()))
+                    self._stopping.wait(max(0.0, began + self.every - time.monotonic()))
                     began = time.monotonic()
                 self._wake.clear()
-                last = self._stopping  # read before the checkpoint: it then covers every commit before stop()
+                last = self._stopping.is_set()  # read before the checkpoint: it then covers every commit before stop()
                 with contextlib.suppress(sqlite3.Error):  # busy or locked: the next commit's checkpoint catches up
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 if last:

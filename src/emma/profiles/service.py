@@ -10,7 +10,17 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from emma.db import allocate_ids, among, insert_columns, insert_rows, rows_among, typed_rows_among, update_rows, utcnow
+from emma.db import (
+    allocate_ids,
+    among,
+    insert_columns,
+    insert_rows,
+    read_datetime,
+    rows_among,
+    typed_rows_among,
+    update_rows,
+    utcnow,
+)
 from emma.profiles.exceptions import CustomerNotFound, MergeNotRevertible
 from emma.profiles.models import Customer, Identity, IdentityConflict, MergeLog, TraitChange
 
@@ -477,13 +487,10 @@ class TraitBatch:
                 where, params = "trait IN (SELECT value FROM json_each({p}))", (json.dumps(traits),)
             else:
                 where, params = "trait = ANY({p})", (traits,)
-        for cid, trait, ts in rows_among(self.session, TraitChange, ["customer_id", "trait", "recorded_at"],
-                                         "customer_id", customer_ids, where=where, params=params):
+        for cid, trait, stored in rows_among(self.session, TraitChange, ["customer_id", "trait", "recorded_at"],
+                                             "customer_id", customer_ids, where=where, params=params):
+            ts = read_datetime(stored)
             if ts is not None:
-                if isinstance(ts, str):
-                    ts = dt.datetime.fromisoformat(ts)
-                if ts.tzinfo is None:
-                    ts = ts.replace(tzinfo=dt.UTC)
                 latest = self._latest[cid]
                 if trait not in latest or latest[trait] < ts:
                     latest[trait] = ts
