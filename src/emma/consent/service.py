@@ -328,9 +328,12 @@ def record_many(*, session: Session, decisions: list[dict[str, Any]],
     cids = list({d["customer_id"] for d in decisions})
     current: dict[tuple[int, str], dict[str, Any]] = {}
     for i in range(0, len(cids), 900):
-        for row in session.execute(select(Consent.id, Consent.customer_id, Consent.purpose, Consent.status,
-                                          Consent.source, Consent.text_version, Consent.recorded_at)
-                                   .where(among(session, Consent.customer_id, cids[i:i + 900]))).mappings():
+        # Locked (PostgreSQL): a concurrent import of the same customers waits and then reads this one's result.
+        for row in session.execute(for_update(session, select(
+                Consent.id, Consent.customer_id, Consent.purpose, Consent.status, Consent.source,
+                Consent.text_version, Consent.recorded_at).where(among(session, Consent.customer_id,
+                                                                       cids[i:i + 900])).order_by(Consent.id))
+                                   ).mappings():
             current[(row["customer_id"], row["purpose"])] = dict(row)
     touched: dict[tuple[int, str], dict[str, Any]] = {}
     log: list[dict[str, Any]] = []

@@ -36,6 +36,11 @@ def run_in_transaction(sessions: Callable[[], Session], work: Callable[[Session]
     for attempt in range(_ATTEMPTS):
         session = sessions()
         try:
+            if session.get_bind().dialect.name == "sqlite":
+                # The driver begins a transaction only at the first write, so the reads before it would not
+                # be isolated from another process's commits (two concurrent imports logged the same consent
+                # decisions twice). The write lock first, then the reads: what work reads holds until commit.
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
             result = work(session)
             session.commit()
             return result
